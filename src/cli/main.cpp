@@ -1,0 +1,37 @@
+// dsv4: one binary, subcommands registered from src/cli/*.cpp.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dsv4: DeepSeek-V4 inference engine and local API server"};
+  app.set_version_flag("--version", std::string("dsv4 ") + DSV4_VERSION);
+  app.require_subcommand(1);
+
+  CLI::App* check_golden = app.add_subcommand(
+      "check-golden", "Check the engine against golden data produced by DeepSeek's reference code");
+  check_golden->require_subcommand(1);
+  dsv4::cli::register_check_golden_model(*check_golden);
+  dsv4::cli::register_check_golden_tokenizer(*check_golden);
+  dsv4::cli::register_check_golden_encoding(*check_golden);
+  dsv4::cli::register_check_golden_parse(*check_golden);
+
+  dsv4::cli::register_inspect(app);
+  dsv4::cli::register_synth(app);
+  dsv4::cli::register_generate(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const dsv4::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "internal error: %s\n", e.what());
+    return 2;
+  }
+  return dsv4::cli::exit_code();
+}
