@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   dsv4::cli::register_inspect(app);
   dsv4::cli::register_synth(app);
   dsv4::cli::register_generate(app);
+  dsv4::cli::register_make_tokenizer(app);
 
   try {
     app.parse(argc, argv);
