@@ -1,0 +1,105 @@
+// GEMM throughput at DeepSeek-V4-Flash shapes, per ISA path. Weights are random codes and
+// larger than the caches (several copies are cycled when one is small), so M = 1 measures the
+// weight stream: the "bytes_per_second" counter counts weight (+ scale) bytes read. M = 512
+// reports FLOP/s (2*M*N*K). Args: {M, isa (0 scalar, 1 avx2, 2 avx512)}.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/gemm.h"
+#include "kernels/numerics.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr size_t kMinBytes = size_t{256} << 20;  // > L3, so every call streams from DRAM
+
+ThreadPool& pool() {
+  static ThreadPool p(0);
+  return p;
+}
+
+std::vector<uint8_t> rand_bytes(size_t n, uint32_t seed, bool e4m3) {
+  std::vector<uint8_t> v(n);
+  std::mt19937 rng(seed);
+  for (auto& b : v) {
+    b = static_cast<uint8_t>(rng());
+    if (e4m3 && (b & 0x7f) == 0x7f) b ^= 1;  // no NaN codes
+  }
+  return v;
+}
+std::vector<float> rand_x(size_t n) {
+  std::vector<float> x(n);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (auto& v : x) v = bf16_round(nd(rng));
+  return x;
+}
+
+enum class WKind { Fp8, Fp4 };
+
+void run_bench(benchmark::State& st, WKind kind, int N, int K) {
+  const int M = static_cast<int>(st.range(0));
+  const Isa want = static_cast<Isa>(st.range(1));
+  if (!isa_supported(want)) {
+    st.SkipWithError("ISA not supported");
+    return;
+  }
+  const Isa saved = force_isa(want);
+  const size_t wbytes = kind == WKind::Fp8 ? size_t(N) * K : size_t(N) * K / 2;
+  const size_t sbytes = kind == WKind::Fp8 ? size_t((N + 127) / 128) * ((K + 127) / 128) : size_t(N) * K / 32;
+  // M = 1 cycles through copies so the weights come from memory; M = 512 is compute bound.
+  const int copies = M == 1 ? static_cast<int>((kMinBytes + wbytes - 1) / wbytes) : 1;
+  const auto w = rand_bytes(wbytes * copies, 1, kind == WKind::Fp8);
+  std::vector<uint8_t> s(sbytes * copies, 120);
+  const auto x = rand_x(size_t(M) * K);
+  std::vector<float> y(size_t(M) * N);
+  int c = 0;
+  for (auto _ : st) {
+    if (kind == WKind::Fp8) {
+      const Fp8Weight W{w.data() + wbytes * c, s.data() + sbytes * c, N, K};
+      gemm_fp8(x.data(), M, W, y.data(), pool());
+    } else {
+      const Fp4Weight W{w.data() + wbytes * c, s.data() + sbytes * c, N, K};
+      gemm_fp4(x.data(), M, W, y.data(), pool());
+    }
+    benchmark::DoNotOptimize(y.data());
+    c = (c + 1) % copies;
+  }
+  st.counters["bytes_per_second"] =
+      benchmark::Counter(double(wbytes + sbytes), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(isa_name(want));
+  force_isa(saved);
+}
+
+// Scalar at M = 512 takes seconds per call; it is measured on wq_a only (ArgsWithScalar512).
+void Args(benchmark::internal::Benchmark* b) {
+  for (int isa : {0, 1, 2}) b->Args({1, isa});
+  for (int isa : {1, 2}) b->Args({512, isa});
+  b->ArgNames({"M", "isa"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+void ArgsWithScalar512(benchmark::internal::Benchmark* b) {
+  Args(b);
+  b->Args({512, 0});
+}
+
+void BM_wq_a_fp8_4096x1024(benchmark::State& st) { run_bench(st, WKind::Fp8, 1024, 4096); }
+void BM_wq_b_fp8_1024x32768(benchmark::State& st) { run_bench(st, WKind::Fp8, 32768, 1024); }
+void BM_wo_b_fp8_8192x4096(benchmark::State& st) { run_bench(st, WKind::Fp8, 4096, 8192); }
+void BM_shared_w1_fp8_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp8, 2048, 4096); }
+void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4, 2048, 4096); }
+void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
+BENCHMARK(BM_wq_a_fp8_4096x1024)->Apply(ArgsWithScalar512);
+BENCHMARK(BM_wq_b_fp8_1024x32768)->Apply(Args);
+BENCHMARK(BM_wo_b_fp8_8192x4096)->Apply(Args);
+BENCHMARK(BM_shared_w1_fp8_4096x2048)->Apply(Args);
+BENCHMARK(BM_expert_w1_fp4_4096x2048)->Apply(Args);
+BENCHMARK(BM_expert_w2_fp4_2048x4096)->Apply(Args);
+
+}  // namespace
+}  // namespace dsv4

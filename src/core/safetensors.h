@@ -1,0 +1,92 @@
+// Memory-mapped safetensors reader and a small writer (for synthetic models and test data).
+// Tensors are used in place from the mapping: no copy, no conversion.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dsv4 {
+
+enum class DType { BF16, F16, F32, F8_E4M3, F8_E8M0, I8, U8, I32, I64, BOOL };
+
+const char* dtype_name(DType t);
+size_t dtype_size(DType t);
+bool parse_dtype(std::string_view s, DType* out);
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  size_t nbytes = 0;
+  const std::string* file = nullptr;  // shard the tensor lives in (owned by the store)
+
+  int64_t numel() const;
+  int64_t dim(int i) const { return shape.at(static_cast<size_t>(i)); }
+  std::string shape_str() const;
+  template <class T>
+  const T* as() const { return reinterpret_cast<const T*>(data); }
+};
+
+// One mapped .safetensors file. Validates the header fully on open.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::vector<TensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  size_t file_size() const { return size_; }
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  std::vector<TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a model directory (one model.safetensors, or shards listed by
+// model.safetensors.index.json), or of a single file.
+class TensorStore {
+ public:
+  static TensorStore open_dir(const std::string& dir);
+  static TensorStore open_file(const std::string& path);
+
+  const TensorView* find(const std::string& name) const;
+  // Throws dsv4::Error naming the tensor when it is missing.
+  const TensorView& get(const std::string& name) const;
+  const std::map<std::string, const TensorView*>& all() const { return by_name_; }
+  size_t total_bytes() const;
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> by_name_;
+  void add(std::unique_ptr<SafetensorsFile> f);
+};
+
+// Writer: tensors are written in the order given, data offsets packed, header padded to 8 bytes.
+struct TensorToWrite {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// Streaming writer for files larger than memory: the header comes from `headers` (bytes left
+// empty), then `fill(i, out)` produces tensor i's bytes, one tensor at a time.
+void write_safetensors_streaming(const std::string& path, const std::vector<TensorToWrite>& headers,
+                                 const std::function<void(size_t, std::vector<uint8_t>&)>& fill,
+                                 const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace dsv4

@@ -1,0 +1,24 @@
+// Runtime CPU feature detection and the choice of SIMD path for the kernels.
+// The SIMD code lives in *_avx2.cpp / *_avx512.cpp files compiled with their own -m flags; it
+// may run only after this module says the CPU (and the OS, via XCR0) supports it.
+#pragma once
+
+namespace dsv4 {
+
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* isa_name(Isa isa);
+
+// Best path this CPU supports: Avx512 needs F/BW/VL/DQ/BF16/VNNI (+ AVX2/FMA/F16C/BMI2, since
+// the avx512 files are compiled with all of those flags); Avx2 needs AVX2/FMA/F16C/BMI2.
+Isa detected_isa();
+bool isa_supported(Isa isa);
+
+// The path the kernels use: detected_isa(), lowered by env DSV4_ISA=scalar|avx2|avx512 (read
+// once; a request the CPU cannot run is clamped down), or by force_isa().
+Isa active_isa();
+// For tests and benchmarks: use `isa` from now on (clamped to what the CPU supports); returns
+// the ISA actually set. Not meant to be called while kernels run on other threads.
+Isa force_isa(Isa isa);
+
+}  // namespace dsv4

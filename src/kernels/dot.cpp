@@ -1,0 +1,41 @@
+#include "kernels/dot.h"
+
+#include <cmath>
+
+#include "kernels/cpu_features.h"
+
+namespace dsv4 {
+
+namespace dot_detail {
+
+float dot_scalar(const float* a, const float* b, int n) {
+  float lane[16] = {};
+  for (int i = 0; i < n; ++i) lane[i & 15] = std::fma(a[i], b[i], lane[i & 15]);
+  for (int h = 8; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
+  return lane[0];
+}
+
+void axpy_scalar(float alpha, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
+}
+
+}  // namespace dot_detail
+
+float dot_f32(const float* a, const float* b, int n) {
+  switch (active_isa()) {
+    case Isa::Avx512: return dot_detail::dot_avx512(a, b, n);
+    case Isa::Avx2: return dot_detail::dot_avx2(a, b, n);
+    default: return dot_detail::dot_scalar(a, b, n);
+  }
+}
+
+void axpy_f32(float alpha, const float* x, float* y, int n) {
+  switch (active_isa()) {
+    case Isa::Avx512: dot_detail::axpy_avx512(alpha, x, y, n); break;
+    case Isa::Avx2: dot_detail::axpy_avx2(alpha, x, y, n); break;
+    default: dot_detail::axpy_scalar(alpha, x, y, n); break;
+  }
+}
+
+}  // namespace dsv4

@@ -1,0 +1,42 @@
+// AVX2 dot / axpy (see dot.h): the 16 canonical lanes are two ymm accumulators.
+#include <immintrin.h>
+
+#include "kernels/dot.h"
+
+namespace dsv4::dot_detail {
+
+float dot_avx2(const float* a, const float* b, int n) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), hi);
+  }
+  if (i < n) {  // zero-padded tail step (a lane is never -0, so padding changes nothing)
+    alignas(32) float ta[16] = {}, tb[16] = {};
+    for (int j = 0; j < n - i; ++j) {
+      ta[j] = a[i + j];
+      tb[j] = b[i + j];
+    }
+    lo = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), lo);
+    hi = _mm256_fmadd_ps(_mm256_load_ps(ta + 8), _mm256_load_ps(tb + 8), hi);
+  }
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+
+void axpy_avx2(float alpha, const float* x, float* y, int n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) {
+    const __m128 r = _mm_fmadd_ss(_mm_set_ss(alpha), _mm_set_ss(x[i]), _mm_set_ss(y[i]));
+    y[i] = _mm_cvtss_f32(r);
+  }
+}
+
+}  // namespace dsv4::dot_detail

@@ -1,0 +1,40 @@
+// AVX-512 dot / axpy (see dot.h). One zmm holds the 16 canonical lanes; splitting them over
+// more accumulators would change the order, so the chain is one fma per 16 elements.
+// GCC 12 flags its own _mm512_undefined_* helpers (used inside many intrinsics) as
+// uninitialised; the pragma must precede the header to cover those locations.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "kernels/dot.h"
+
+namespace dsv4::dot_detail {
+
+float dot_avx512(const float* a, const float* b, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < n) {  // zero padding leaves the lanes unchanged (a lane is never -0)
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), acc);
+  }
+  // Tree: l += l+8, +4, +2, +1.
+  __m256 s8 = _mm256_add_ps(_mm512_extractf32x8_ps(acc, 0), _mm512_extractf32x8_ps(acc, 1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+
+void axpy_avx512(float alpha, const float* x, float* y, int n) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if (i < n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i)));
+  }
+}
+
+}  // namespace dsv4::dot_detail

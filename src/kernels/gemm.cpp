@@ -1,0 +1,213 @@
+#include "kernels/gemm.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/numerics.h"
+
+namespace dsv4 {
+
+namespace gd = gemm_detail;
+
+void quantize_rows_fp8(const float* x, int M, int K, float* q, float* s) {
+  const int nb = (K + 127) / 128;
+  for (int m = 0; m < M; ++m)
+    for (int b = 0; b < nb; ++b) {
+      const int k0 = b * 128, len = std::min(128, K - k0);
+      s[m * nb + b] = act_quant_block(x + static_cast<size_t>(m) * K + k0, len, q + static_cast<size_t>(m) * K + k0);
+    }
+}
+
+namespace {
+
+const float* e8m0_table() {
+  static const std::array<float, 256> t = [] {
+    std::array<float, 256> v{};
+    for (int e = 0; e < 256; ++e) v[e] = e8m0_to_f32(static_cast<uint8_t>(e));
+    return v;
+  }();
+  return t.data();
+}
+
+gd::Problem base_problem(gd::Kind kind, int M, int K) {
+  gd::Problem p;
+  p.kind = kind;
+  p.M = M;
+  p.K = K;
+  p.kp = (K + 31) / 32 * 32;
+  p.nb = (K + 127) / 128;
+  p.e4m3 = kE4M3Values;
+  p.e2m1 = kE2M1Values;
+  p.e8m0 = e8m0_table();
+  return p;
+}
+
+// Activations the back ends can read in 32-wide steps: the caller's rows when K is a multiple
+// of 32, else a zero-padded copy.
+struct PaddedRows {
+  std::vector<float> buf;
+  const float* a = nullptr;
+  int stride = 0;
+};
+PaddedRows pad_rows(const float* x, int M, int K, int x_stride, int kp) {
+  PaddedRows r;
+  if (kp == K) {
+    r.a = x;
+    r.stride = x_stride;
+    return r;
+  }
+  r.buf.assign(static_cast<size_t>(M) * kp, 0.0f);
+  for (int m = 0; m < M; ++m)
+    std::copy(x + static_cast<size_t>(m) * x_stride, x + static_cast<size_t>(m) * x_stride + K,
+              r.buf.begin() + static_cast<ptrdiff_t>(m) * kp);
+  r.a = r.buf.data();
+  r.stride = kp;
+  return r;
+}
+
+// Runs rows [row_begin, row_end) in panels of kPanelRows, split over the pool.
+void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
+  if (p.M <= 0 || row_end <= row_begin) return;
+  std::vector<float> zero(static_cast<size_t>(p.kp) + 32, 0.0f);
+  p.zero_row = zero.data();
+  p.row0 = row_begin;
+  const Isa isa = active_isa();
+  const int64_t panels = (row_end - row_begin + gd::kPanelRows - 1) / gd::kPanelRows;
+  pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
+    std::vector<float> scratch;
+    if (isa != Isa::Scalar) scratch.resize(static_cast<size_t>(gd::scratch_floats(p.M, p.nb)));
+    for (int64_t pi = p0; pi < p1; ++pi) {
+      const int n0 = row_begin + static_cast<int>(pi) * gd::kPanelRows;
+      const int n1 = std::min(row_end, n0 + gd::kPanelRows);
+      switch (isa) {
+        case Isa::Avx512: gd::rows_avx512(p, n0, n1, scratch.data()); break;
+        case Isa::Avx2: gd::rows_avx2(p, n0, n1, scratch.data()); break;
+        default: gd::rows_scalar(p, n0, n1); break;
+      }
+    }
+  });
+}
+
+// fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer.
+// Rows are independent, so this is split over the pool too (it is a visible cost at M = 512).
+void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, std::vector<float>& sa,
+                     ThreadPool& pool) {
+  q.assign(static_cast<size_t>(p.M) * p.kp, 0.0f);
+  sa.resize(static_cast<size_t>(p.M) * p.nb);
+  pool.parallel_for(p.M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int b = 0; b < p.nb; ++b) {
+        const int k0 = b * 128, len = std::min(128, p.K - k0);
+        sa[static_cast<size_t>(m) * p.nb + b] = act_quant_block(
+            x + static_cast<size_t>(m) * p.K + k0, len, q.data() + static_cast<size_t>(m) * p.kp + k0);
+      }
+  }, 8);
+}
+
+}  // namespace
+
+namespace gemm_detail {
+
+// The canonical order of gemm.h, written out plainly: the reference for the SIMD paths.
+void rows_scalar(const Problem& p, int n0, int n1) {
+  for (int n = n0; n < n1; ++n) {
+    for (int m = 0; m < p.M; ++m) {
+      const float* a = p.a + static_cast<size_t>(m) * p.a_stride;
+      float acc = 0.0f;
+      for (int b = 0; b < p.nb; ++b) {
+        const int k0 = b * 128, k1 = std::min(p.K, k0 + 128);
+        float lane[16] = {};
+        for (int k = k0; k < k1; ++k) {
+          float w;
+          switch (p.kind) {
+            case Kind::Fp8:
+            case Kind::Fp8AsBf16: w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]]; break;
+            case Kind::Fp4: {
+              const uint8_t byte = p.w[static_cast<size_t>(n) * (p.K / 2) + k / 2];
+              w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15] *
+                  p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + k / 32]];
+              break;
+            }
+            default: {
+              const uint16_t* wb = reinterpret_cast<const uint16_t*>(p.w);
+              w = f32_from_bits(static_cast<uint32_t>(wb[static_cast<size_t>(n) * p.K + k]) << 16);
+            }
+          }
+          lane[(k - k0) & 15] = std::fma(a[k], w, lane[(k - k0) & 15]);
+        }
+        for (int h = 8; h >= 1; h /= 2)
+          for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
+        const float sa = p.sa ? p.sa[static_cast<size_t>(m) * p.nb + b] : 1.0f;
+        const float sw = (p.kind == Kind::Fp8 || p.kind == Kind::Fp8AsBf16)
+                             ? p.e8m0[p.ws[static_cast<size_t>(n / 128) * p.nb + b]]
+                             : 1.0f;
+        acc = std::fma(lane[0], sa * sw, acc);
+      }
+      p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round(acc) : acc;
+    }
+  }
+}
+
+}  // namespace gemm_detail
+
+void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
+  gd::Problem p = base_problem(gd::Kind::Fp8, M, W.k);
+  std::vector<float> q, sa;
+  quantize_padded(x, p, q, sa, pool);
+  p.a = q.data();
+  p.a_stride = p.kp;
+  p.sa = sa.data();
+  p.w = W.w;
+  p.ws = W.scale;
+  p.y = y;
+  p.y_stride = W.n;
+  run(p, 0, W.n, pool);
+}
+
+void gemm_fp4(const float* x, int M, const Fp4Weight& W, float* y, ThreadPool& pool) {
+  gd::Problem p = base_problem(gd::Kind::Fp4, M, W.k);
+  std::vector<float> q, sa;
+  quantize_padded(x, p, q, sa, pool);
+  p.a = q.data();
+  p.a_stride = p.kp;
+  p.sa = sa.data();
+  p.w = W.w;
+  p.ws = W.scale;
+  p.y = y;
+  p.y_stride = W.n;
+  run(p, 0, W.n, pool);
+}
+
+void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight& W, int row_begin,
+                           int row_end, float* y, int y_stride, ThreadPool& pool) {
+  gd::Problem p = base_problem(gd::Kind::Fp8AsBf16, M, W.k);
+  const PaddedRows a = pad_rows(x, M, W.k, x_stride, p.kp);
+  p.a = a.a;
+  p.a_stride = a.stride;
+  p.w = W.w;
+  p.ws = W.scale;
+  p.y = y;
+  p.y_stride = y_stride;
+  run(p, row_begin, row_end, pool);
+}
+
+void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
+  gemm_fp8_as_bf16_rows(x, M, W.k, W, 0, W.n, y, W.n, pool);
+}
+
+void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
+  gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
+  const PaddedRows a = pad_rows(x, M, W.k, W.k, p.kp);
+  p.a = a.a;
+  p.a_stride = a.stride;
+  p.w = reinterpret_cast<const uint8_t*>(W.w);
+  p.y = y;
+  p.y_stride = W.n;
+  p.round_bf16 = false;
+  run(p, 0, W.n, pool);
+}
+
+}  // namespace dsv4

@@ -1,0 +1,86 @@
+// Matrix products of the forward pass with the reference's quantisation semantics
+// (spec model.md §4.7, §4.8, §6.5, §8.1). Activations are fp32 arrays holding bf16 values;
+// weights are used in place in their checkpoint format. All outputs are row-major [M, N].
+//
+// Canonical summation order (identical, bit for bit, on every ISA path and thread count):
+//   * K is cut into 128-wide blocks b (the last one may be shorter).
+//   * Within a block, element k goes to lane (k mod 16) of 16 fp32 lanes that start at +0 and
+//     accumulate in increasing k with fused multiply-add: lane = fma(a_k, w_k, lane).
+//   * The lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2, l += l+1.
+//   * The block partial enters the output accumulator (starting at +0) in increasing b:
+//     acc = fma(part_b, scale(m, n, b), acc).
+// Every product a_k * w_k of these GEMMs is exact in fp32 (e4m3 x e4m3, e4m3 x e2m1, bf16 x bf16,
+// bf16 x e4m3), so the fma only fixes the few cases that underflow; the order is what matters.
+// Work is split over output rows n only, so the thread count never changes a result.
+// (NaN weight codes are not supported by the SIMD decoders; checkpoints have none.)
+#pragma once
+#include <cstdint>
+
+#include "core/thread_pool.h"
+#include "model/weights.h"
+
+namespace dsv4 {
+
+// FP8 GEMM (§4.7): act_quant(x, block 128); per 128-block part, scale sa[m,b] * sw[n/128,b].
+void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool);
+
+// FP4 expert GEMM (§4.8): weights are dequantised exactly to w * sw[n, k/32] (a power of two,
+// so exact) and the 128-block partials take the activation scale sa[m, k/128] — the
+// "dequantise W and take one fp32 dot product" form that §4.8 allows. K must be a multiple of 32.
+void gemm_fp4(const float* x, int M, const Fp4Weight& W, float* y, ThreadPool& pool);
+
+// bf16 activations times an FP8-stored weight used as bf16 (wo_a): no activation
+// quantisation; per 128-block part of x * w_e4m3, scale sw[n/128, b]; bf16 output.
+void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool);
+
+// Same, for output rows [row_begin, row_end) of W only (the grouped output projection, §6.5):
+// y[m * y_stride + (n - row_begin)] for x rows x[m * x_stride .. + W.k). The scale row is n/128
+// for the absolute n, so row_begin need not be a multiple of 128.
+void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight& W, int row_begin,
+                           int row_end, float* y, int y_stride, ThreadPool& pool);
+
+// x [M, K] times a BF16 weight [N, K] in fp32, fp32 output (gate, compressor, head, ...);
+// 128-block partials summed with scale 1.
+void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool);
+
+// Activation quantisation of a row block for the GEMMs above: q holds the rounded e4m3 values,
+// s the power-of-two scale per 128 columns.
+void quantize_rows_fp8(const float* x, int M, int K, float* q, float* s);
+
+namespace gemm_detail {
+
+// One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
+enum class Kind { Fp8, Fp4, Fp8AsBf16, Bf16 };
+struct Problem {
+  Kind kind = Kind::Fp8;
+  const float* a = nullptr;  // [M, a_stride]: q (Fp8/Fp4) or x
+  int a_stride = 0, M = 0;
+  const float* zero_row = nullptr;  // kp zeros, stands in for missing rows of a tile
+  const float* sa = nullptr;        // [M, nb] activation scales, or nullptr (= 1)
+  const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
+  const uint8_t* ws = nullptr;      // ue8m0 scales (Fp8*: [ceil(N/128), nb]; Fp4: [N, K/32])
+  int K = 0, kp = 0, nb = 0;        // kp = K rounded up to 32; nb = ceil(K/128)
+  float* y = nullptr;
+  int y_stride = 0, row0 = 0;  // y[m * y_stride + n - row0]
+  bool round_bf16 = true;
+  // Decoding tables from numerics (passed in so that the ISA files need no shared inlines).
+  const float* e4m3 = nullptr;  // [256]
+  const float* e2m1 = nullptr;  // [16]
+  const float* e8m0 = nullptr;  // [256]
+};
+
+constexpr int kPanelRows = 16;  // rows n per work item
+constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 path)
+// Floats of scratch one work item needs.
+inline int64_t scratch_floats(int M, int nb) {
+  return int64_t{kPanelRows} * kChunkK + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + 64;
+}
+
+// Compute output rows [n0, n1) (n1 - n0 <= kPanelRows) of `p` for all M rows.
+void rows_scalar(const Problem& p, int n0, int n1);
+void rows_avx2(const Problem& p, int n0, int n1, float* scratch);
+void rows_avx512(const Problem& p, int n0, int n1, float* scratch);
+
+}  // namespace gemm_detail
+
+}  // namespace dsv4

@@ -1,0 +1,694 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <numeric>
+
+#include "core/error.h"
+#include "kernels/dot.h"
+#include "kernels/gemm.h"
+#include "kernels/numerics.h"
+
+namespace dsv4 {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+// Interleaved-pair RoPE on `npairs` pairs (spec §4.10), rounded back to bf16.
+void apply_rope(float* x, const float* cs, const float* sn, int npairs, bool inverse) {
+  for (int j = 0; j < npairs; ++j) {
+    const float a = x[2 * j], b = x[2 * j + 1];
+    const float c = cs[j], s = inverse ? -sn[j] : sn[j];
+    x[2 * j] = bf16_round(a * c - b * s);
+    x[2 * j + 1] = bf16_round(a * s + b * c);
+  }
+}
+
+// HC_PRE (spec §5.1) for one token: collapses hc streams x [hc*D] into a [D].
+void hc_pre_token(const ModelConfig& c, const HcWeights& hw, const float* x, float* a, float* post, float* comb) {
+  const int hc = c.hc_mult, D = c.dim, HD = hc * D;
+  const float eps = static_cast<float>(c.hc_eps);
+  float ss = 0.0f;
+  for (int i = 0; i < HD; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
+  float mix[64];
+  for (int j = 0; j < hw.mix; ++j) {
+    const float* f = hw.fn + static_cast<size_t>(j) * HD;
+    float acc = 0.0f;  // sequential, as the reference's fp32 linear (netlib BLAS) sums
+    for (int i = 0; i < HD; ++i) acc += f[i] * x[i];
+    mix[j] = acc * r;
+  }
+  float pre[16];
+  for (int j = 0; j < hc; ++j) {
+    pre[j] = sigmoid(mix[j] * hw.scale[0] + hw.base[j]) + eps;
+    post[j] = 2.0f * sigmoid(mix[hc + j] * hw.scale[1] + hw.base[hc + j]);
+  }
+  float* C = comb;  // [hc][hc], row j, column k
+  for (int j = 0; j < hc; ++j) {
+    float m = kNegInf;
+    for (int k = 0; k < hc; ++k) {
+      const int idx = 2 * hc + hc * j + k;
+      C[j * hc + k] = mix[idx] * hw.scale[2] + hw.base[idx];
+      m = std::max(m, C[j * hc + k]);
+    }
+    float sum = 0.0f;
+    for (int k = 0; k < hc; ++k) sum += (C[j * hc + k] = std::exp(C[j * hc + k] - m));
+    for (int k = 0; k < hc; ++k) C[j * hc + k] = C[j * hc + k] / sum + eps;
+  }
+  auto col_norm = [&] {
+    for (int k = 0; k < hc; ++k) {
+      float s = 0.0f;
+      for (int j = 0; j < hc; ++j) s += C[j * hc + k];
+      for (int j = 0; j < hc; ++j) C[j * hc + k] /= (s + eps);
+    }
+  };
+  auto row_norm = [&] {
+    for (int j = 0; j < hc; ++j) {
+      float s = 0.0f;
+      for (int k = 0; k < hc; ++k) s += C[j * hc + k];
+      for (int k = 0; k < hc; ++k) C[j * hc + k] /= (s + eps);
+    }
+  };
+  col_norm();
+  for (int it = 1; it < c.hc_sinkhorn_iters; ++it) {
+    row_norm();
+    col_norm();
+  }
+  for (int d = 0; d < D; ++d) {
+    float acc = 0.0f;
+    for (int j = 0; j < hc; ++j) acc += pre[j] * x[j * D + d];
+    a[d] = bf16_round(acc);
+  }
+}
+
+// HC_POST (spec §5.2): h[k] = bf16(post_k * f + sum_j C[j][k] * h[j]) for one token.
+void hc_post_token(const ModelConfig& c, const float* f, const float* post, const float* comb, float* h) {
+  const int hc = c.hc_mult, D = c.dim;
+  float out[16];
+  for (int d = 0; d < D; ++d) {
+    for (int k = 0; k < hc; ++k) {
+      float s = 0.0f;
+      for (int j = 0; j < hc; ++j) s += comb[j * hc + k] * h[j * D + d];
+      out[k] = post[k] * f[d] + s;
+    }
+    for (int k = 0; k < hc; ++k) h[k * D + d] = bf16_round(out[k]);
+  }
+}
+
+float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+
+// Indices of the k largest values, descending, equal values by ascending index.
+void topk_desc(const float* v, int n, int k, int32_t* out) {
+  std::vector<int32_t> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  auto cmp = [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), cmp);
+  std::copy(idx.begin(), idx.begin() + k, out);
+}
+
+}  // namespace
+
+void RopeTable::init(int rope_dim, double base, bool yarn, double factor, int64_t original_seq_len, double beta_fast,
+                     double beta_slow) {
+  const int half = rope_dim / 2;
+  freq.resize(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(rope_dim);
+    freq[static_cast<size_t>(i)] = 1.0f / static_cast<float>(std::pow(base, static_cast<double>(expo)));
+  }
+  if (yarn && original_seq_len > 0) {
+    auto corr = [&](double rot) {
+      return rope_dim * std::log(static_cast<double>(original_seq_len) / (rot * 2 * M_PI)) / (2 * std::log(base));
+    };
+    double low = std::max(std::floor(corr(beta_fast)), 0.0);
+    double high = std::min(std::ceil(corr(beta_slow)), static_cast<double>(rope_dim - 1));
+    if (low == high) high += 0.001;
+    for (int i = 0; i < half; ++i) {
+      const float ramp = static_cast<float>(std::clamp((i - low) / (high - low), 0.0, 1.0));
+      const float f = freq[static_cast<size_t>(i)];
+      freq[static_cast<size_t>(i)] = f / static_cast<float>(factor) * ramp + f * (1.0f - ramp);
+    }
+  }
+}
+
+void RopeTable::angles(int64_t pos, float* cs, float* sn) const {
+  for (size_t i = 0; i < freq.size(); ++i) {
+    const float ang = static_cast<float>(pos) * freq[i];  // fp32 product, as the reference
+    cs[i] = static_cast<float>(std::cos(static_cast<double>(ang)));
+    sn[i] = static_cast<float>(std::sin(static_cast<double>(ang)));
+  }
+}
+
+Model::Model(const std::string& dir, int threads) {
+  const std::filesystem::path d(dir);
+  if (!std::filesystem::is_directory(d)) throw Error(dir + ": not a model directory");
+  cfg_ = ModelConfig::from_file((d / "config.json").string());
+  store_ = TensorStore::open_dir(dir);
+  w_ = bind_weights(cfg_, store_);
+  pool_ = std::make_unique<ThreadPool>(threads);
+  rope_swa_.init(cfg_.rope_dim, cfg_.rope_theta, false, 1, 0, 0, 0);
+  rope_compressed_.init(cfg_.rope_dim, cfg_.compress_rope_theta, true, cfg_.rope_factor, cfg_.original_seq_len,
+                        cfg_.beta_fast, cfg_.beta_slow);
+}
+
+Model::~Model() = default;
+
+const RopeTable& Model::rope_for(int layer_id) const {
+  return cfg_.ratio(layer_id) == 0 ? rope_swa_ : rope_compressed_;
+}
+
+static void init_layer_state(const ModelConfig& c, int layer_id, LayerState& ls) {
+  ls.window.init(c.nope_dim(), c.rope_dim);
+  ls.window.resize(c.window);
+  ls.compressed.init(c.nope_dim(), c.rope_dim);
+  ls.index_keys.init(c.index_head_dim);
+  const int r = c.ratio(layer_id);
+  if (r > 0) ls.compressor.init(r, (r == 4 ? 2 : 1) * c.head_dim);
+  if (r == 4) ls.index_compressor.init(4, 2 * c.index_head_dim);
+}
+
+SequenceState Model::new_state() const {
+  SequenceState s;
+  s.layers.resize(static_cast<size_t>(cfg_.n_layers));
+  for (int i = 0; i < cfg_.n_layers; ++i) init_layer_state(cfg_, i, s.layers[static_cast<size_t>(i)]);
+  return s;
+}
+
+SequenceState Model::new_mtp_state() const {
+  SequenceState s;
+  s.layers.resize(static_cast<size_t>(cfg_.n_mtp_layers));
+  for (int i = 0; i < cfg_.n_mtp_layers; ++i) init_layer_state(cfg_, cfg_.n_layers + i, s.layers[static_cast<size_t>(i)]);
+  return s;
+}
+
+void Model::compress(const CompressorWeights& cw, CompressorState& cs, const float* x, int n, int64_t start,
+                     bool indexer, LayerState& ls) {
+  const int D = cfg_.dim, r = cw.ratio, Dc = cw.out_dim, width = cs.width;
+  const bool overlap = cw.overlap();
+  std::vector<float> a(static_cast<size_t>(n) * width), z(static_cast<size_t>(n) * width);
+  gemm_bf16_f32(x, n, cw.wkv, a.data(), *pool_);
+  gemm_bf16_f32(x, n, cw.wgate, z.data(), *pool_);
+  (void)D;
+  const int cur0 = overlap ? 4 : 0;
+  std::vector<float> u(static_cast<size_t>(Dc)), row(static_cast<size_t>(Dc));
+  std::vector<float> cosv(static_cast<size_t>(cfg_.rope_dim / 2)), sinv(cosv.size());
+  std::vector<uint8_t> codes(static_cast<size_t>(Dc)), scales(static_cast<size_t>(Dc / 32 + 1));
+  for (int t = 0; t < n; ++t) {
+    const int64_t p = start + t;
+    const int i = static_cast<int>(p % r);
+    float* kv_slot = cs.kv.data() + static_cast<size_t>(cur0 + i) * width;
+    float* sc_slot = cs.score.data() + static_cast<size_t>(cur0 + i) * width;
+    const float* ape = cw.ape + static_cast<size_t>(i) * width;
+    for (int ch = 0; ch < width; ++ch) {
+      kv_slot[ch] = a[static_cast<size_t>(t) * width + ch];
+      sc_slot[ch] = z[static_cast<size_t>(t) * width + ch] + ape[ch];
+    }
+    if (i != r - 1) continue;
+    // Pool the block: per-channel softmax over the candidate tokens.
+    const int64_t j = p / r;
+    for (int ch = 0; ch < Dc; ++ch) {
+      float cand_kv[16], cand_sc[16];
+      int nc = 0;
+      if (overlap) {
+        for (int s = 0; s < 4; ++s) {
+          cand_kv[nc] = cs.kv[static_cast<size_t>(s) * width + ch];
+          cand_sc[nc++] = cs.score[static_cast<size_t>(s) * width + ch];
+        }
+        for (int s = 4; s < 8; ++s) {
+          cand_kv[nc] = cs.kv[static_cast<size_t>(s) * width + Dc + ch];
+          cand_sc[nc++] = cs.score[static_cast<size_t>(s) * width + Dc + ch];
+        }
+        float m = kNegInf;
+        for (int q = 0; q < nc; ++q) m = std::max(m, cand_sc[q]);
+        float e[16], sum = 0.0f;
+        for (int q = 0; q < nc; ++q) sum += (e[q] = std::exp(cand_sc[q] - m));
+        float acc = 0.0f;
+        for (int q = 0; q < nc; ++q) acc += (e[q] / sum) * cand_kv[q];
+        u[static_cast<size_t>(ch)] = acc;
+      } else {
+        float m = kNegInf;
+        for (int s = 0; s < r; ++s) m = std::max(m, cs.score[static_cast<size_t>(s) * width + ch]);
+        float sum = 0.0f;
+        for (int s = 0; s < r; ++s) sum += std::exp(cs.score[static_cast<size_t>(s) * width + ch] - m);
+        float acc = 0.0f;
+        for (int s = 0; s < r; ++s)
+          acc += (std::exp(cs.score[static_cast<size_t>(s) * width + ch] - m) / sum) * cs.kv[static_cast<size_t>(s) * width + ch];
+        u[static_cast<size_t>(ch)] = acc;
+      }
+    }
+    for (int ch = 0; ch < Dc; ++ch) u[static_cast<size_t>(ch)] = bf16_round(u[static_cast<size_t>(ch)]);
+    rms_norm(u.data(), cw.norm.data(), Dc, static_cast<float>(cfg_.norm_eps), row.data());
+    rope_compressed_.angles(j * r, cosv.data(), sinv.data());
+    apply_rope(row.data() + Dc - cfg_.rope_dim, cosv.data(), sinv.data(), cfg_.rope_dim / 2, false);
+    if (indexer) {
+      hadamard128(row.data());
+      fp4_simulate_codes(row.data(), Dc, codes.data(), scales.data());
+      ls.index_keys.append(codes.data(), scales.data());
+    } else {
+      const int nope = cfg_.nope_dim();
+      act_quant_simulate_codes(row.data(), nope, 64, codes.data(), scales.data());
+      ls.compressed.append(codes.data(), scales.data(), row.data() + nope);
+    }
+    if (overlap) {  // the completed block becomes the previous block
+      std::copy(cs.kv.begin() + 4 * width, cs.kv.end(), cs.kv.begin());
+      std::copy(cs.score.begin() + 4 * width, cs.score.end(), cs.score.begin());
+    }
+  }
+}
+
+void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, int n, int64_t start, float* out,
+                      BlockProbe* probe) {
+  const ModelConfig& c = cfg_;
+  const AttentionWeights& aw = bw.attn;
+  const int H = c.n_heads, Dh = c.head_dim, Dr = c.rope_dim, Dn = c.nope_dim(), W = c.window;
+  const int r = c.ratio(bw.layer_id);
+  const RopeTable& rope = rope_for(bw.layer_id);
+  const float eps = static_cast<float>(c.norm_eps);
+  const size_t N = static_cast<size_t>(n);
+
+  // Projections (§6.1).
+  std::vector<float> qr(N * c.q_lora_rank);
+  gemm_fp8(x, n, aw.wq_a, qr.data(), *pool_);
+  for (int t = 0; t < n; ++t) {
+    float* row = qr.data() + static_cast<size_t>(t) * c.q_lora_rank;
+    rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
+  }
+  std::vector<float> q(N * H * Dh), kv(N * Dh);
+  gemm_fp8(qr.data(), n, aw.wq_b, q.data(), *pool_);
+  gemm_fp8(x, n, aw.wkv, kv.data(), *pool_);
+  std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
+  for (int t = 0; t < n; ++t) rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
+  std::vector<uint8_t> kv_codes(N * Dn), kv_scales(N * (Dn / 64));
+  pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
+      const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
+      for (int h = 0; h < H; ++h) {
+        float* qh = q.data() + (static_cast<size_t>(t) * H + h) * Dh;
+        q_head_norm_bf16(qh, Dh, eps);
+        apply_rope(qh + Dn, cs, sn, Dr / 2, false);
+      }
+      float* k = kv.data() + static_cast<size_t>(t) * Dh;
+      rms_norm(k, aw.kv_norm.data(), Dh, eps, k);
+      apply_rope(k + Dn, cs, sn, Dr / 2, false);
+      act_quant_simulate_codes(k, Dn, 64, &kv_codes[static_cast<size_t>(t) * Dn], &kv_scales[static_cast<size_t>(t) * (Dn / 64)]);
+    }
+  });
+
+  // Compressors emit every row completed inside this chunk (§6.3); visibility is by position.
+  if (r > 0) compress(aw.compressor, ls.compressor, x, n, start, false, ls);
+
+  // Lightning indexer (§6.4): top-k compressed rows per query.
+  const int topk_cap = c.index_topk;
+  std::vector<int32_t> topk;  // [n, topk_cap], -1 padded
+  std::vector<int> topk_count(N, 0);
+  if (r == 4) {
+    compress(aw.idx_compressor, ls.index_compressor, x, n, start, true, ls);
+    const int IH = c.index_n_heads, ID = c.index_head_dim;
+    std::vector<float> qi(N * IH * ID), wts(N * IH);
+    gemm_fp8(qr.data(), n, aw.idx_wq_b, qi.data(), *pool_);
+    gemm_bf16_f32(x, n, aw.idx_weights_proj, wts.data(), *pool_);
+    const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ID)) / std::sqrt(static_cast<double>(IH)));
+    for (size_t i = 0; i < wts.size(); ++i) wts[i] = bf16_round(bf16_round(wts[i]) * wscale);
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < IH; ++h) {
+        float* v = qi.data() + (static_cast<size_t>(t) * IH + h) * ID;
+        apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
+        hadamard128(v);
+        fp4_simulate(v, ID);
+      }
+    const int64_t nkeys = ls.index_keys.rows();
+    std::vector<float> keys(static_cast<size_t>(nkeys) * ID);
+    pool_->parallel_for(nkeys, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) ls.index_keys.load(j, &keys[static_cast<size_t>(j) * ID]);
+    }, 64);
+    topk.assign(N * topk_cap, -1);
+    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
+      std::vector<float> score;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t vis = (start + t + 1) / 4;
+        score.assign(static_cast<size_t>(vis), 0.0f);
+        const float* qt = qi.data() + static_cast<size_t>(t) * IH * ID;
+        const float* wt = wts.data() + static_cast<size_t>(t) * IH;
+        for (int64_t j = 0; j < vis; ++j) {
+          const float* kj = &keys[static_cast<size_t>(j) * ID];
+          float sum = 0.0f;
+          for (int h = 0; h < IH; ++h) {
+            const float* qh = qt + static_cast<size_t>(h) * ID;
+            float d = 0.0f;
+            d = dot_f32(qh, kj, ID);
+            d = std::max(bf16_round(d), 0.0f);
+            sum += bf16_round(d * wt[h]);
+          }
+          score[static_cast<size_t>(j)] = bf16_round(sum);
+        }
+        const int k = static_cast<int>(std::min<int64_t>(topk_cap, vis));
+        topk_desc(score.data(), static_cast<int>(vis), k, &topk[static_cast<size_t>(t) * topk_cap]);
+        topk_count[static_cast<size_t>(t)] = k;
+      }
+    });
+    if (probe) probe->indexer_topk.insert(probe->indexer_topk.end(), topk.begin(), topk.end());
+  }
+
+  // Window rows: earlier positions come from the ring, this chunk's from the fresh kv.
+  const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
+  const int64_t nwin = start + n - wstart;
+  std::vector<float> win(static_cast<size_t>(nwin) * Dh);
+  for (int64_t p = wstart; p < start; ++p) ls.window.load(p % W, &win[static_cast<size_t>(p - wstart) * Dh]);
+  std::copy(kv.begin(), kv.end(), win.begin() + static_cast<ptrdiff_t>((start - wstart) * Dh));
+  // HCA attends to every visible compressed row: decode them once per call.
+  std::vector<float> comp_rows;
+  if (r == 128) {
+    comp_rows.resize(static_cast<size_t>(ls.compressed.rows()) * Dh);
+    for (int64_t j = 0; j < ls.compressed.rows(); ++j) ls.compressed.load(j, &comp_rows[static_cast<size_t>(j) * Dh]);
+  }
+
+  // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const int wlen = start == 0 ? std::min(n, W) : W;  // window part of the index list
+  std::vector<float> o(N * H * Dh);
+  std::vector<const float*> rows;
+  std::vector<float> sel_rows;
+  for (int t = 0; t < n; ++t) {
+    const int64_t p = start + t;
+    rows.assign(static_cast<size_t>(wlen), nullptr);
+    const int64_t first = std::max<int64_t>(0, p - (W - 1));
+    for (int64_t q0 = first; q0 <= p; ++q0) rows[static_cast<size_t>(q0 - first)] = &win[static_cast<size_t>(q0 - wstart) * Dh];
+    if (r == 128) {
+      const int64_t vis = (p + 1) / r;
+      for (int64_t j = 0; j < vis; ++j) rows.push_back(&comp_rows[static_cast<size_t>(j) * Dh]);
+    } else if (r == 4) {
+      const int k = topk_count[static_cast<size_t>(t)];
+      sel_rows.resize(static_cast<size_t>(k) * Dh);
+      const int32_t* sel = &topk[static_cast<size_t>(t) * topk_cap];
+      pool_->parallel_for(k, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) ls.compressed.load(sel[i], &sel_rows[static_cast<size_t>(i) * Dh]);
+      }, 32);
+      for (int i = 0; i < k; ++i) rows.push_back(&sel_rows[static_cast<size_t>(i) * Dh]);
+    }
+    const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
+    const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
+    pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
+      std::vector<float> acc(static_cast<size_t>(Dh)), z(64);
+      for (int64_t h = h0; h < h1; ++h) {
+        const float* qh = q.data() + (static_cast<size_t>(t) * H + h) * Dh;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float m = kNegInf, den = 0.0f;
+        for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
+          const size_t b1 = std::min(rows.size(), b0 + 64);
+          float bm = kNegInf;
+          for (size_t e = b0; e < b1; ++e) {
+            if (!rows[e]) continue;
+            z[e - b0] = dot_f32(qh, rows[e], Dh) * scale;
+            bm = std::max(bm, z[e - b0]);
+          }
+          if (bm == kNegInf) continue;
+          const float m_new = std::max(m, bm);
+          const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
+          den *= alpha;
+          for (float& v : acc) v *= alpha;
+          for (size_t e = b0; e < b1; ++e) {
+            if (!rows[e]) continue;
+            const float pe = std::exp(z[e - b0] - m_new);
+            den += pe;
+            const float pb = bf16_round(pe);
+            axpy_f32(pb, rows[e], acc.data(), Dh);
+          }
+          m = m_new;
+        }
+        den += std::exp(aw.sink[h] - m);
+        float* oh = o.data() + (static_cast<size_t>(t) * H + h) * Dh;
+        for (int k = 0; k < Dh; ++k) oh[k] = bf16_round(acc[static_cast<size_t>(k)] / den);
+        apply_rope(oh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
+      }
+    });
+  }
+
+  // The ring keeps the last W positions (written after attending, see the ring hazard in §7.3).
+  for (int64_t p = std::max<int64_t>(start, start + n - W); p < start + n; ++p) {
+    const size_t t = static_cast<size_t>(p - start);
+    ls.window.set(p % W, &kv_codes[t * Dn], &kv_scales[t * (Dn / 64)], &kv[t * Dh + Dn]);
+  }
+
+  // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
+  const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
+  std::vector<float> u(N * G * R);
+  const Fp8Weight& woa = aw.wo_a;
+  pool_->parallel_for(static_cast<int64_t>(G) * R, [&](int64_t r0, int64_t r1) {
+    const int nb = woa.scale_cols();
+    for (int64_t row = r0; row < r1; ++row) {
+      const int g = static_cast<int>(row / R);
+      const uint8_t* wrow = woa.w + row * gin;
+      const uint8_t* srow = woa.scale + (row / 128) * nb;
+      for (int t = 0; t < n; ++t) {
+        const float* og = o.data() + static_cast<size_t>(t) * H * Dh + static_cast<size_t>(g) * gin;
+        float acc = 0.0f;
+        for (int b = 0; b < nb; ++b) {
+          const float s = e8m0_to_f32(srow[b]);
+          for (int k = b * 128; k < std::min(gin, b * 128 + 128); ++k) acc += og[k] * (e4m3_to_f32(wrow[k]) * s);
+        }
+        u[static_cast<size_t>(t) * G * R + static_cast<size_t>(row)] = bf16_round(acc);
+      }
+    }
+  }, 8);
+  gemm_fp8(u.data(), n, aw.wo_b, out, *pool_);
+}
+
+void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_t* tokens, int n, float* out,
+                BlockProbe* probe) {
+  const ModelConfig& c = cfg_;
+  const int E = c.n_routed_experts, K = c.n_activated_experts, D = c.dim, I = c.moe_inter_dim;
+  const size_t N = static_cast<size_t>(n);
+  std::vector<float> logits(N * E);
+  gemm_bf16_f32(x, n, mw.gate, logits.data(), *pool_);
+  std::vector<int32_t> ids(N * K);
+  std::vector<float> wts(N * K);
+  std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
+  for (int t = 0; t < n; ++t) {
+    for (int e = 0; e < E; ++e) score[static_cast<size_t>(e)] = std::sqrt(softplus(logits[static_cast<size_t>(t) * E + e]));
+    int32_t* id = &ids[static_cast<size_t>(t) * K];
+    if (layer_id < c.n_hash_layers) {
+      std::copy_n(&mw.tid2eid[static_cast<size_t>(tokens[t]) * K], K, id);
+    } else {
+      for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + mw.bias[e];
+      topk_desc(biased.data(), E, K, id);
+    }
+    float sum = 0.0f;
+    for (int k = 0; k < K; ++k) sum += score[static_cast<size_t>(id[k])];
+    for (int k = 0; k < K; ++k)
+      wts[static_cast<size_t>(t) * K + k] = score[static_cast<size_t>(id[k])] / sum * static_cast<float>(c.route_scale);
+  }
+  if (probe) {
+    probe->expert_ids.insert(probe->expert_ids.end(), ids.begin(), ids.end());
+    probe->expert_weights.insert(probe->expert_weights.end(), wts.begin(), wts.end());
+  }
+
+  const float limit = static_cast<float>(c.swiglu_limit);
+  // SwiGLU with clamps (§8.2); `weight` (routed experts) is applied before the down projection.
+  auto swiglu = [&](const float* g, const float* up, const float* weight, int m, float* hdn) {
+    for (int t = 0; t < m; ++t)
+      for (int i = 0; i < I; ++i) {
+        float gv = g[static_cast<size_t>(t) * I + i], uv = up[static_cast<size_t>(t) * I + i];
+        if (limit > 0) {
+          uv = std::clamp(uv, -limit, limit);
+          gv = std::min(gv, limit);
+        }
+        float h = gv / (1.0f + std::exp(-gv)) * uv;
+        if (weight) h *= weight[t];
+        hdn[static_cast<size_t>(t) * I + i] = bf16_round(h);
+      }
+  };
+
+  std::vector<double> unused;
+  std::vector<float> y(N * D, 0.0f);
+  std::vector<float> xe, g, up, hdn, oe, we;
+  std::vector<int> rows;
+  for (int e = 0; e < E; ++e) {
+    rows.clear();
+    we.clear();
+    for (int t = 0; t < n; ++t)
+      for (int k = 0; k < K; ++k)
+        if (ids[static_cast<size_t>(t) * K + k] == e) {
+          rows.push_back(t);
+          we.push_back(wts[static_cast<size_t>(t) * K + k]);
+        }
+    if (rows.empty()) continue;
+    const int m = static_cast<int>(rows.size());
+    xe.resize(static_cast<size_t>(m) * D);
+    for (int i = 0; i < m; ++i) std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
+    g.resize(static_cast<size_t>(m) * I);
+    up.resize(static_cast<size_t>(m) * I);
+    hdn.resize(static_cast<size_t>(m) * I);
+    oe.resize(static_cast<size_t>(m) * D);
+    const ExpertWeights& ew = mw.experts[static_cast<size_t>(e)];
+    gemm_fp4(xe.data(), m, ew.w1, g.data(), *pool_);
+    gemm_fp4(xe.data(), m, ew.w3, up.data(), *pool_);
+    swiglu(g.data(), up.data(), we.data(), m, hdn.data());
+    gemm_fp4(hdn.data(), m, ew.w2, oe.data(), *pool_);
+    for (int i = 0; i < m; ++i) {
+      float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
+      for (int d = 0; d < D; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
+    }
+  }
+  if (mw.has_shared) {
+    g.resize(N * I);
+    up.resize(N * I);
+    hdn.resize(N * I);
+    oe.resize(N * D);
+    gemm_fp8(x, n, mw.shared.w1, g.data(), *pool_);
+    gemm_fp8(x, n, mw.shared.w3, up.data(), *pool_);
+    swiglu(g.data(), up.data(), nullptr, n, hdn.data());
+    gemm_fp8(hdn.data(), n, mw.shared.w2, oe.data(), *pool_);
+    for (size_t i = 0; i < N * D; ++i) y[i] += oe[i];
+  }
+  for (size_t i = 0; i < N * D; ++i) out[i] = bf16_round(y[i]);
+}
+
+void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const int32_t* tokens, int n, int64_t start,
+                      BlockProbe* probe) {
+  const ModelConfig& c = cfg_;
+  const int D = c.dim, hc = c.hc_mult;
+  const size_t N = static_cast<size_t>(n);
+  std::vector<float> a(N * D), post(N * hc), comb(N * hc * hc), f(N * D);
+  auto site = [&](const HcWeights& hw, const std::vector<float>& norm, auto&& body, std::vector<float>* in_probe,
+                  std::vector<float>* out_probe) {
+    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        float* at = &a[static_cast<size_t>(t) * D];
+        hc_pre_token(c, hw, h + static_cast<size_t>(t) * hc * D, at, &post[static_cast<size_t>(t) * hc],
+                     &comb[static_cast<size_t>(t) * hc * hc]);
+        rms_norm(at, norm.data(), D, static_cast<float>(c.norm_eps), at);
+      }
+    });
+    if (in_probe) in_probe->insert(in_probe->end(), a.begin(), a.end());
+    body();
+    if (out_probe) out_probe->insert(out_probe->end(), f.begin(), f.end());
+    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        hc_post_token(c, &f[static_cast<size_t>(t) * D], &post[static_cast<size_t>(t) * hc],
+                      &comb[static_cast<size_t>(t) * hc * hc], h + static_cast<size_t>(t) * hc * D);
+    });
+  };
+  site(bw.hc_attn, bw.attn_norm, [&] { attention(bw, ls, a.data(), n, start, f.data(), probe); },
+       probe ? &probe->attn_in : nullptr, probe ? &probe->attn_out : nullptr);
+  site(bw.hc_ffn, bw.ffn_norm, [&] { moe(bw.moe, bw.layer_id, a.data(), tokens, n, f.data(), probe); },
+       probe ? &probe->ffn_in : nullptr, probe ? &probe->ffn_out : nullptr);
+}
+
+void Model::head(const float* streams, const HcWeights& hc_head, const std::vector<float>& norm, float* logits,
+                 float* normed_out) {
+  const ModelConfig& c = cfg_;
+  const int hc = c.hc_mult, D = c.dim, HD = hc * D;
+  float ss = 0.0f;
+  for (int i = 0; i < HD; ++i) ss += streams[i] * streams[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
+  std::vector<float> y(static_cast<size_t>(D));
+  float pre[16];
+  for (int j = 0; j < hc; ++j) {
+    float acc = 0.0f;
+    for (int i = 0; i < HD; ++i) acc += hc_head.fn[static_cast<size_t>(j) * HD + i] * streams[i];
+    pre[j] = sigmoid(acc * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
+  }
+  for (int d = 0; d < D; ++d) {
+    float acc = 0.0f;
+    for (int j = 0; j < hc; ++j) acc += pre[j] * streams[j * D + d];
+    y[static_cast<size_t>(d)] = bf16_round(acc);
+  }
+  rms_norm(y.data(), norm.data(), D, static_cast<float>(c.norm_eps), y.data());
+  if (normed_out) std::copy(y.begin(), y.end(), normed_out);
+  if (logits) gemm_bf16_f32(y.data(), 1, w_.head, logits, *pool_);
+}
+
+static void check_tokens(const ModelConfig& c, const SequenceState& st, const int32_t* tokens, int n) {
+  if (n <= 0) throw Error("forward: no tokens");
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      throw Error("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
+                  std::to_string(c.vocab_size) + ")");
+  if (st.pos + n > c.max_position_embeddings)
+    throw Error("context overflow: " + std::to_string(st.pos + n) + " tokens exceed max_position_embeddings " +
+                std::to_string(c.max_position_embeddings));
+}
+
+void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, std::vector<float>* final_streams) {
+  check_tokens(cfg_, st, tokens, n);
+  if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("forward: state does not belong to this model");
+  const int D = cfg_.dim, hc = cfg_.hc_mult;
+  std::vector<float> h(static_cast<size_t>(n) * hc * D);
+  for (int t = 0; t < n; ++t) {
+    const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
+    for (int j = 0; j < hc; ++j)
+      for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
+  }
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
+  st.pos += n;
+  if (logits) head(&h[static_cast<size_t>(n - 1) * hc * D], w_.hc_head, w_.norm, logits);
+  if (final_streams) *final_streams = std::move(h);
+}
+
+void Model::mtp_forward(SequenceState& st, const float* h_main, const int32_t* tokens, int n, float* logits,
+                        std::vector<float>* final_streams) {
+  if (w_.mtp.empty()) throw Error("this checkpoint has no MTP module");
+  check_tokens(cfg_, st, tokens, n);
+  const MtpWeights& m = w_.mtp[0];
+  const int D = cfg_.dim, hc = cfg_.hc_mult;
+  const size_t N = static_cast<size_t>(n);
+  const float eps = static_cast<float>(cfg_.norm_eps);
+  std::vector<float> e(N * D), hh(N * hc * D), ep(N * D), hp(N * hc * D);
+  for (int t = 0; t < n; ++t) {
+    const uint16_t* row = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
+    float* et = &e[static_cast<size_t>(t) * D];
+    for (int d = 0; d < D; ++d) et[d] = bf16_to_f32(row[d]);
+    rms_norm(et, m.enorm.data(), D, eps, et);
+    for (int j = 0; j < hc; ++j)
+      rms_norm(h_main + (static_cast<size_t>(t) * hc + j) * D, m.hnorm.data(), D, eps, &hh[(static_cast<size_t>(t) * hc + j) * D]);
+  }
+  gemm_fp8(e.data(), n, m.e_proj, ep.data(), *pool_);
+  gemm_fp8(hh.data(), n * hc, m.h_proj, hp.data(), *pool_);
+  std::vector<float> x(N * hc * D);
+  for (int t = 0; t < n; ++t)
+    for (int j = 0; j < hc; ++j)
+      for (int d = 0; d < D; ++d) {
+        const size_t i = (static_cast<size_t>(t) * hc + j) * D + d;
+        x[i] = bf16_round(ep[static_cast<size_t>(t) * D + d] + hp[i]);
+      }
+  run_block(m.block, st.layers[0], x.data(), tokens, n, st.pos);
+  st.pos += n;
+  if (logits) head(&x[(N - 1) * hc * D], m.hc_head, m.norm, logits);
+  if (final_streams) *final_streams = std::move(x);
+}
+
+size_t Model::bytes_per_token() const {
+  const ModelConfig& c = cfg_;
+  size_t total = 0;
+  auto fp8 = [](const Fp8Weight& w) { return static_cast<size_t>(w.n) * w.k + static_cast<size_t>((w.n + 127) / 128) * w.scale_cols(); };
+  auto fp4 = [](const Fp4Weight& w) { return static_cast<size_t>(w.n) * (w.k / 2) + static_cast<size_t>(w.n) * (w.k / 32); };
+  auto bf16 = [](const Bf16Weight& w) { return static_cast<size_t>(w.n) * w.k * 2; };
+  auto block = [&](const BlockWeights& b) {
+    const AttentionWeights& a = b.attn;
+    size_t s = fp8(a.wq_a) + fp8(a.wq_b) + fp8(a.wkv) + fp8(a.wo_a) + fp8(a.wo_b);
+    s += 2 * static_cast<size_t>(b.hc_attn.mix) * c.hc_mult * c.dim * 4;
+    if (a.compressor.ratio > 0) s += bf16(a.compressor.wkv) + bf16(a.compressor.wgate);
+    if (a.compressor.ratio == 4)
+      s += fp8(a.idx_wq_b) + bf16(a.idx_weights_proj) + bf16(a.idx_compressor.wkv) + bf16(a.idx_compressor.wgate);
+    s += bf16(b.moe.gate);
+    if (!b.moe.experts.empty()) {
+      const ExpertWeights& e = b.moe.experts[0];
+      s += static_cast<size_t>(c.n_activated_experts) * (fp4(e.w1) + fp4(e.w2) + fp4(e.w3));
+    }
+    if (b.moe.has_shared) s += fp8(b.moe.shared.w1) + fp8(b.moe.shared.w2) + fp8(b.moe.shared.w3);
+    return s;
+  };
+  for (const BlockWeights& b : w_.layers) total += block(b);
+  total += static_cast<size_t>(c.dim) * 2 + bf16(w_.head);  // embedding row + LM head
+  return total;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,87 @@
+// The DeepSeek-V4 forward pass on CPU (spec model.md §3-§10): main stack, LM head and MTP.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/safetensors.h"
+#include "core/thread_pool.h"
+#include "model/config.h"
+#include "model/state.h"
+#include "model/weights.h"
+
+namespace dsv4 {
+
+// Optional per-block capture of intermediate tensors (for golden per-block checks and debugging).
+struct BlockProbe {
+  std::vector<float> attn_in, attn_out, ffn_in, ffn_out;  // [n, D]
+  std::vector<int32_t> expert_ids;                         // [n, K]
+  std::vector<float> expert_weights;                       // [n, K]
+  std::vector<int32_t> indexer_topk;                       // [n, index_topk], -1 padded (CSA only)
+};
+
+// RoPE frequencies of one regime (spec §4.10).
+struct RopeTable {
+  std::vector<float> freq;  // rope_dim / 2
+  void init(int rope_dim, double base, bool yarn, double factor, int64_t original_seq_len, double beta_fast,
+            double beta_slow);
+  void angles(int64_t pos, float* cos_out, float* sin_out) const;
+};
+
+class Model {
+ public:
+  // Loads config.json + safetensors from `dir` (memory-mapped, validated).
+  Model(const std::string& dir, int threads = 0);
+  ~Model();
+
+  const ModelConfig& config() const { return cfg_; }
+  const ModelWeights& weights() const { return w_; }
+  const TensorStore& store() const { return store_; }
+  ThreadPool& pool() { return *pool_; }
+
+  SequenceState new_state() const;      // main stack state
+  SequenceState new_mtp_state() const;  // state of the MTP block
+
+  // Runs n tokens at positions st.pos .. st.pos+n-1 through the main stack (any chunking of a
+  // sequence gives the same semantics). Writes last-position logits [V] when `logits` is set and
+  // the final residual streams [n, hc, D] when `final_streams` is set.
+  void forward(SequenceState& st, const int32_t* tokens, int n, float* logits,
+               std::vector<float>* final_streams = nullptr);
+
+  // The MTP module: h_main [n, hc, D] final streams of the main model at positions
+  // st.pos.., tokens[i] = the token following position i. Writes last-position logits.
+  void mtp_forward(SequenceState& st, const float* h_main, const int32_t* tokens, int n, float* logits,
+                   std::vector<float>* final_streams = nullptr);
+
+  // One block (main layer index, or n_layers + i for MTP block i) on residual streams h [n, hc, D],
+  // updating h in place and the block's state `ls` at positions start..start+n-1.
+  void run_block(const BlockWeights& bw, LayerState& ls, float* h, const int32_t* tokens, int n, int64_t start,
+                 BlockProbe* probe = nullptr);
+
+  // HC_HEAD + final norm + LM head for one position's streams [hc, D]; logits [V].
+  void head(const float* streams, const HcWeights& hc_head, const std::vector<float>& norm, float* logits,
+            float* normed_out = nullptr);
+
+  // Weight bytes read to decode one token (attention + K routed + shared experts + head).
+  size_t bytes_per_token() const;
+
+  // The two sub-blocks on their normalised inputs x [n, D] (exposed for teacher-forced checks).
+  void attention(const BlockWeights& bw, LayerState& ls, const float* x, int n, int64_t start, float* out,
+                 BlockProbe* probe);
+  void moe(const MoeWeights& mw, int layer_id, const float* x, const int32_t* tokens, int n, float* out,
+           BlockProbe* probe);
+
+ private:
+  void compress(const CompressorWeights& cw, CompressorState& cs, const float* x, int n, int64_t start,
+                bool indexer, LayerState& ls);
+  const RopeTable& rope_for(int layer_id) const;
+
+  ModelConfig cfg_;
+  TensorStore store_;
+  ModelWeights w_;
+  std::unique_ptr<ThreadPool> pool_;
+  RopeTable rope_swa_, rope_compressed_;
+};
+
+}  // namespace dsv4

@@ -1,0 +1,339 @@
+// GEMM / dot kernels: every SIMD path equals the scalar path bit for bit (ragged shapes,
+// extreme codes, 1 vs 2 threads), and the scalar path matches a plain double-precision
+// reference up to fp32 reassociation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/dot.h"
+#include "kernels/gemm.h"
+#include "kernels/numerics.h"
+
+namespace dsv4 {
+namespace {
+
+// Restores the ISA choice when a test ends.
+struct IsaGuard {
+  Isa saved = active_isa();
+  ~IsaGuard() { force_isa(saved); }
+};
+
+std::vector<Isa> simd_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Avx2, Isa::Avx512})
+    if (isa_supported(i)) v.push_back(i);
+  return v;
+}
+
+TEST(CpuFeatures, ReportsIsas) {
+  std::string tested = "scalar";
+  for (Isa i : simd_isas()) tested += std::string(" ") + isa_name(i);
+  std::printf("[ gemm ] detected %s; ISA paths tested: %s\n", isa_name(detected_isa()), tested.c_str());
+  IsaGuard g;
+  EXPECT_EQ(force_isa(Isa::Scalar), Isa::Scalar);
+  EXPECT_EQ(active_isa(), Isa::Scalar);
+}
+
+// Random e4m3 codes: NaN-free, with the extremes (±448, ±0, subnormals) over-represented.
+uint8_t rand_e4m3(std::mt19937& rng) {
+  static const uint8_t special[] = {0x00, 0x80, 0x01, 0x81, 0x07, 0x87, 0x08, 0x7e, 0xfe, 0x04, 0x84};
+  const uint32_t r = rng();
+  if (r % 8 == 0) return special[(r >> 8) % sizeof(special)];
+  uint8_t c;
+  do c = static_cast<uint8_t>(rng()); while ((c & 0x7f) == 0x7f);
+  return c;
+}
+
+// bf16 activations of mixed magnitude, with exact zeros and negative zeros.
+std::vector<float> rand_act(std::mt19937& rng, size_t n) {
+  std::vector<float> x(n);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-12, 6);
+  for (auto& v : x) {
+    const uint32_t r = rng() % 32;
+    if (r == 0) v = 0.0f;
+    else if (r == 1) v = -0.0f;
+    else v = bf16_round(std::ldexp(nd(rng), ex(rng)));
+  }
+  return x;
+}
+
+struct Fp8Data {
+  std::vector<uint8_t> w, s;
+  Fp8Weight W;
+};
+Fp8Data make_fp8(std::mt19937& rng, int N, int K) {
+  Fp8Data d;
+  d.w.resize(static_cast<size_t>(N) * K);
+  for (auto& c : d.w) c = rand_e4m3(rng);
+  const int sr = (N + 127) / 128, sc = (K + 127) / 128;
+  d.s.resize(static_cast<size_t>(sr) * sc);
+  for (auto& e : d.s) e = static_cast<uint8_t>(110 + rng() % 24);
+  d.W = {d.w.data(), d.s.data(), N, K};
+  return d;
+}
+struct Fp4Data {
+  std::vector<uint8_t> w, s;
+  Fp4Weight W;
+};
+Fp4Data make_fp4(std::mt19937& rng, int N, int K) {
+  Fp4Data d;
+  d.w.resize(static_cast<size_t>(N) * K / 2);
+  for (auto& c : d.w) c = static_cast<uint8_t>(rng());
+  d.s.resize(static_cast<size_t>(N) * K / 32);
+  for (auto& e : d.s) e = static_cast<uint8_t>(112 + rng() % 20);
+  d.W = {d.w.data(), d.s.data(), N, K};
+  return d;
+}
+struct Bf16Data {
+  std::vector<uint16_t> w;
+  Bf16Weight W;
+};
+Bf16Data make_bf16(std::mt19937& rng, int N, int K) {
+  Bf16Data d;
+  const auto v = rand_act(rng, static_cast<size_t>(N) * K);
+  d.w.resize(v.size());
+  for (size_t i = 0; i < v.size(); ++i) d.w[i] = bf16_bits(v[i]);
+  d.W = {d.w.data(), N, K};
+  return d;
+}
+
+void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (f32_bits(a[i]) != f32_bits(b[i]) && bad++ == 0) first = i;
+  EXPECT_EQ(bad, 0u) << what << ": first difference at " << first << ": " << a[first] << " vs " << b[first];
+}
+
+// Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads.
+template <class F>
+std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
+  IsaGuard g;
+  ThreadPool p1(1), p2(2);
+  std::vector<float> ref(out_size, -7.0f);
+  force_isa(Isa::Scalar);
+  f(p1, ref);
+  {
+    std::vector<float> y(out_size, -7.0f);
+    f(p2, y);
+    expect_bits_equal(ref, y, what + " scalar 2 threads");
+  }
+  for (Isa isa : simd_isas()) {
+    force_isa(isa);
+    for (ThreadPool* p : {&p1, &p2}) {
+      std::vector<float> y(out_size, -7.0f);
+      f(*p, y);
+      expect_bits_equal(ref, y, what + " " + isa_name(isa) + " " + std::to_string(p->size()) + " threads");
+    }
+  }
+  return ref;
+}
+
+struct Shape {
+  int M, N, K;
+};
+std::string name(const char* kind, Shape s) {
+  return std::string(kind) + " M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K);
+}
+
+// Plain reference: exact block sums in double, then the block loop of §4.7 in double.
+// (Differs from the canonical fp32 order only by fp32 rounding of the partial sums.)
+void expect_close(const std::vector<float>& got, const std::vector<double>& ref, const std::vector<double>& mag,
+                  bool bf16_out, const std::string& what) {
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double tol = (bf16_out ? std::fabs(ref[i]) * 0x1p-8 : 0.0) + mag[i] * 1e-6 + 1e-30;
+    ASSERT_LE(std::fabs(got[i] - ref[i]), tol) << what << " at " << i;
+  }
+}
+
+const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 257, 384},
+                            {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512}};
+
+TEST(Gemm, Fp8AllPathsBitIdentical) {
+  std::mt19937 rng(1);
+  for (Shape s : kFp8Shapes) {
+    auto d = make_fp8(rng, s.N, s.K);
+    const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
+    const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp8", s),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), s.M, d.W, out.data(), p); });
+    // Reference.
+    const int nb = (s.K + 127) / 128;
+    std::vector<float> q(static_cast<size_t>(s.M) * s.K), sa(static_cast<size_t>(s.M) * nb);
+    quantize_rows_fp8(x.data(), s.M, s.K, q.data(), sa.data());
+    std::vector<double> ref(y.size()), mag(y.size());
+    for (int m = 0; m < s.M; ++m)
+      for (int n = 0; n < s.N; ++n) {
+        double acc = 0, am = 0;
+        for (int b = 0; b < nb; ++b) {
+          double part = 0, pm = 0;
+          for (int k = b * 128; k < std::min(s.K, b * 128 + 128); ++k) {
+            const double t = double(q[size_t(m) * s.K + k]) * e4m3_to_f32(d.w[size_t(n) * s.K + k]);
+            part += t;
+            pm += std::fabs(t);
+          }
+          const double sc = double(sa[size_t(m) * nb + b]) * e8m0_to_f32(d.s[size_t(n / 128) * nb + b]);
+          acc += part * sc;
+          am += pm * sc;
+        }
+        ref[size_t(m) * s.N + n] = acc;
+        mag[size_t(m) * s.N + n] = am;
+      }
+    expect_close(y, ref, mag, true, name("fp8 vs reference", s));
+  }
+}
+
+TEST(Gemm, Fp4AllPathsBitIdentical) {
+  std::mt19937 rng(2);
+  const Shape shapes[] = {{1, 300, 1024}, {2, 129, 96}, {3, 17, 160}, {17, 65, 4096}, {4, 31, 32}, {6, 50, 288}};
+  for (Shape s : shapes) {
+    auto d = make_fp4(rng, s.N, s.K);
+    const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
+    const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp4", s),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), s.M, d.W, out.data(), p); });
+    const int nb = (s.K + 127) / 128;
+    std::vector<float> q(static_cast<size_t>(s.M) * s.K), sa(static_cast<size_t>(s.M) * nb);
+    quantize_rows_fp8(x.data(), s.M, s.K, q.data(), sa.data());
+    std::vector<double> ref(y.size()), mag(y.size());
+    for (int m = 0; m < s.M; ++m)
+      for (int n = 0; n < s.N; ++n) {
+        double acc = 0, am = 0;
+        for (int b = 0; b < s.K / 32; ++b) {
+          double part = 0, pm = 0;
+          for (int k = b * 32; k < b * 32 + 32; ++k) {
+            const uint8_t byte = d.w[size_t(n) * s.K / 2 + k / 2];
+            const double t = double(q[size_t(m) * s.K + k]) * e2m1_to_f32((k & 1) ? byte >> 4 : byte & 15);
+            part += t;
+            pm += std::fabs(t);
+          }
+          const double sc = double(sa[size_t(m) * nb + b / 4]) * e8m0_to_f32(d.s[size_t(n) * (s.K / 32) + b]);
+          acc += part * sc;
+          am += pm * sc;
+        }
+        ref[size_t(m) * s.N + n] = acc;
+        mag[size_t(m) * s.N + n] = am;
+      }
+    expect_close(y, ref, mag, true, name("fp4 vs reference", s));
+  }
+}
+
+TEST(Gemm, Fp8AsBf16AllPathsBitIdentical) {
+  std::mt19937 rng(3);
+  for (Shape s : kFp8Shapes) {
+    auto d = make_fp8(rng, s.N, s.K);
+    const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
+    const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp8_as_bf16", s), [&](ThreadPool& p, std::vector<float>& out) {
+      gemm_fp8_as_bf16(x.data(), s.M, d.W, out.data(), p);
+    });
+    const int nb = (s.K + 127) / 128;
+    std::vector<double> ref(y.size()), mag(y.size());
+    for (int m = 0; m < s.M; ++m)
+      for (int n = 0; n < s.N; ++n) {
+        double acc = 0, am = 0;
+        for (int k = 0; k < s.K; ++k) {
+          const double t = double(x[size_t(m) * s.K + k]) * e4m3_to_f32(d.w[size_t(n) * s.K + k]) *
+                           e8m0_to_f32(d.s[size_t(n / 128) * nb + k / 128]);
+          acc += t;
+          am += std::fabs(t);
+        }
+        ref[size_t(m) * s.N + n] = acc;
+        mag[size_t(m) * s.N + n] = am;
+      }
+    expect_close(y, ref, mag, true, name("fp8_as_bf16 vs reference", s));
+  }
+}
+
+// Grouped output projection: rows [r0, r1) with an offset x and strided y equal the matching
+// columns of the full product, on every path.
+TEST(Gemm, Fp8AsBf16RowsMatchesFull) {
+  std::mt19937 rng(4);
+  const int M = 5, N = 400, K = 160, xs = 200, ys = 90;
+  auto d = make_fp8(rng, N, K);
+  const auto x = rand_act(rng, static_cast<size_t>(M) * xs);
+  std::vector<float> xd(static_cast<size_t>(M) * K);
+  for (int m = 0; m < M; ++m) std::copy(x.begin() + m * xs, x.begin() + m * xs + K, xd.begin() + m * K);
+  ThreadPool pool(2);
+  std::vector<float> full(static_cast<size_t>(M) * N);
+  gemm_fp8_as_bf16(xd.data(), M, d.W, full.data(), pool);
+  for (auto [r0, r1] : {std::pair{0, 90}, std::pair{100, 190}, std::pair{250, 331}}) {
+    const auto y = check_all_paths(static_cast<size_t>(M) * ys, "fp8_as_bf16_rows", [&](ThreadPool& p, std::vector<float>& out) {
+      gemm_fp8_as_bf16_rows(x.data(), M, xs, d.W, r0, r1, out.data(), ys, p);
+    });
+    for (int m = 0; m < M; ++m)
+      for (int n = r0; n < r1; ++n)
+        ASSERT_EQ(f32_bits(y[size_t(m) * ys + n - r0]), f32_bits(full[size_t(m) * N + n])) << m << " " << n;
+  }
+}
+
+TEST(Gemm, Bf16F32AllPathsBitIdentical) {
+  std::mt19937 rng(5);
+  for (Shape s : kFp8Shapes) {
+    auto d = make_bf16(rng, s.N, s.K);
+    const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
+    const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("bf16", s),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_bf16_f32(x.data(), s.M, d.W, out.data(), p); });
+    std::vector<double> ref(y.size()), mag(y.size());
+    for (int m = 0; m < s.M; ++m)
+      for (int n = 0; n < s.N; ++n) {
+        double acc = 0, am = 0;
+        for (int k = 0; k < s.K; ++k) {
+          const double t = double(x[size_t(m) * s.K + k]) * bf16_to_f32(d.w[size_t(n) * s.K + k]);
+          acc += t;
+          am += std::fabs(t);
+        }
+        ref[size_t(m) * s.N + n] = acc;
+        mag[size_t(m) * s.N + n] = am;
+      }
+    expect_close(y, ref, mag, false, name("bf16 vs reference", s));
+  }
+}
+
+// The decoders must agree with the numerics tables on all 254 non-NaN e4m3 codes.
+TEST(Gemm, Fp8EveryCodeDecodes) {
+  std::vector<uint8_t> w;
+  for (int c = 0; c < 256; ++c)
+    if ((c & 0x7f) != 0x7f) w.push_back(static_cast<uint8_t>(c));
+  const int N = static_cast<int>(w.size()), K = 1;
+  std::vector<uint8_t> s(static_cast<size_t>((N + 127) / 128), 127);
+  const Fp8Weight W{w.data(), s.data(), N, K};
+  const float x[1] = {1.0f};
+  const auto y = check_all_paths(static_cast<size_t>(N), "every e4m3 code", [&](ThreadPool& p, std::vector<float>& out) {
+    gemm_fp8_as_bf16(x, 1, W, out.data(), p);
+  });
+  // + 0.0f: the canonical sums start at +0, so code 0x80 (-0) yields +0.
+  for (int i = 0; i < N; ++i) EXPECT_EQ(f32_bits(y[i]), f32_bits(bf16_round(e4m3_to_f32(w[i]) + 0.0f))) << i;
+}
+
+TEST(Dot, AllPathsBitIdentical) {
+  IsaGuard g;
+  std::mt19937 rng(6);
+  for (int n : {0, 1, 5, 15, 16, 17, 31, 64, 100, 512, 1000}) {
+    const auto a = rand_act(rng, n), b = rand_act(rng, n);
+    const float alpha = bf16_round(0.37f);
+    force_isa(Isa::Scalar);
+    const float ref = dot_f32(a.data(), b.data(), n);
+    auto yref = b;
+    axpy_f32(alpha, a.data(), yref.data(), n);
+    double exact = 0, mag = 0;
+    for (int i = 0; i < n; ++i) {
+      exact += double(a[i]) * b[i];
+      mag += std::fabs(double(a[i]) * b[i]);
+    }
+    EXPECT_LE(std::fabs(ref - exact), mag * 1e-6 + 1e-30) << n;
+    for (Isa isa : simd_isas()) {
+      force_isa(isa);
+      EXPECT_EQ(f32_bits(dot_f32(a.data(), b.data(), n)), f32_bits(ref)) << isa_name(isa) << " n=" << n;
+      auto y = b;
+      axpy_f32(alpha, a.data(), y.data(), n);
+      expect_bits_equal(yref, y, std::string("axpy ") + isa_name(isa));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dsv4

@@ -1,0 +1,168 @@
+// Engine core against itself and on bad input: chunked prefill == full prefill == token-by-token
+// decode, 1 thread == 2 threads, loader validation errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "model/model.h"
+#include "model/synth.h"
+
+using namespace dsv4;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A tiny model with every attention kind (SWA, CSA, HCA) and a small vocabulary.
+const std::string& test_model_dir() {
+  static const std::string dir = [] {
+    const fs::path d = fs::temp_directory_path() / ("dsv4_test_model_" + std::to_string(::getpid()));
+    ModelConfig c = synth_config("tiny", 0, 0);
+    c.vocab_size = 1024;
+    c.compress_ratios = {0, 4, 128, 4, 0};
+    synthesize_model(c, 42, d.string());
+    return d.string();
+  }();
+  return dir;
+}
+
+std::vector<int32_t> tokens(int n) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) t[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + 13) % 1024);
+  return t;
+}
+
+double kl(const std::vector<float>& a, const std::vector<float>& b) {
+  auto lse = [](const std::vector<float>& l) {
+    double m = -INFINITY, s = 0;
+    for (float v : l) m = std::max(m, static_cast<double>(v));
+    for (float v : l) s += std::exp(v - m);
+    return m + std::log(s);
+  };
+  const double la = lse(a), lb = lse(b);
+  double k = 0;
+  for (size_t i = 0; i < a.size(); ++i) k += std::exp(a[i] - la) * ((a[i] - la) - (b[i] - lb));
+  return k;
+}
+
+std::string load_error(const std::string& dir) {
+  try {
+    Model m(dir, 1);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Model, ChunkedPrefillAndDecodeMatchFullPrefill) {
+  Model m(test_model_dir(), 2);
+  const int n = 300;  // crosses the window (128), CSA blocks (4) and two HCA blocks (128)
+  const auto tok = tokens(n);
+  const int V = m.config().vocab_size;
+  std::vector<float> full(V), chunked(V), stepped(V);
+  SequenceState a = m.new_state(), b = m.new_state(), c = m.new_state();
+  m.forward(a, tok.data(), n, full.data());
+  for (int s : {0, 37, 100, 228}) {  // uneven chunks, one longer than the window
+    const int e = s == 228 ? n : (s == 0 ? 37 : s == 37 ? 100 : 228);
+    m.forward(b, tok.data() + s, e - s, chunked.data());
+  }
+  m.forward(c, tok.data(), 200, nullptr);
+  for (int p = 200; p < n; ++p) m.forward(c, tok.data() + p, 1, stepped.data());
+  EXPECT_EQ(a.pos, n);
+  EXPECT_EQ(b.pos, n);
+  EXPECT_EQ(c.layers[2].compressed.rows(), 2);  // HCA rows for positions 0..255
+  EXPECT_EQ(c.layers[1].compressed.rows(), n / 4);
+  EXPECT_EQ(c.layers[1].index_keys.rows(), n / 4);
+  // Only the 64-entry blocking of the online softmax differs between call shapes.
+  EXPECT_LT(kl(full, chunked), 1e-3);
+  EXPECT_LT(kl(full, stepped), 1e-3);
+  EXPECT_EQ(std::max_element(full.begin(), full.end()) - full.begin(),
+            std::max_element(stepped.begin(), stepped.end()) - stepped.begin());
+}
+
+TEST(Model, ThreadCountDoesNotChangeResults) {
+  const auto tok = tokens(150);
+  std::vector<float> l1, l2;
+  for (int threads : {1, 2}) {
+    Model m(test_model_dir(), threads);
+    std::vector<float> logits(static_cast<size_t>(m.config().vocab_size));
+    SequenceState s = m.new_state();
+    m.forward(s, tok.data(), 150, nullptr);
+    m.forward(s, tok.data(), 1, logits.data());
+    (threads == 1 ? l1 : l2) = logits;
+  }
+  EXPECT_EQ(l1, l2);
+}
+
+TEST(Model, MtpRunsOnMainStreams) {
+  Model m(test_model_dir(), 2);
+  const auto tok = tokens(20);
+  std::vector<float> logits(static_cast<size_t>(m.config().vocab_size)), streams;
+  SequenceState s = m.new_state(), ms = m.new_mtp_state();
+  m.forward(s, tok.data(), 19, logits.data(), &streams);
+  ASSERT_EQ(streams.size(), static_cast<size_t>(19 * m.config().hc_mult * m.config().dim));
+  m.mtp_forward(ms, streams.data(), tok.data() + 1, 19, logits.data());
+  EXPECT_EQ(ms.pos, 19);
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST(Model, RejectsBadTokensAndOverflow) {
+  Model m(test_model_dir(), 1);
+  SequenceState s = m.new_state();
+  const int32_t bad[] = {5, 1024};
+  try {
+    m.forward(s, bad, 2, nullptr);
+    FAIL() << "out-of-range token accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("outside the vocabulary"), std::string::npos);
+  }
+  s.pos = m.config().max_position_embeddings;
+  const int32_t ok[] = {5};
+  EXPECT_THROW(m.forward(s, ok, 1, nullptr), Error);
+}
+
+TEST(Model, LoaderNamesMissingWrongAndUnknownTensors) {
+  const fs::path src = test_model_dir();
+  const fs::path d = fs::temp_directory_path() / ("dsv4_test_badmodel_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  fs::copy_file(src / "config.json", d / "config.json");
+  TensorStore s = TensorStore::open_dir(src.string());
+  auto rewrite = [&](const std::function<void(std::vector<TensorToWrite>&)>& edit) {
+    std::vector<TensorToWrite> ts;
+    for (const auto& [name, t] : s.all()) ts.push_back({name, t->dtype, t->shape, std::vector<uint8_t>(t->data, t->data + t->nbytes)});
+    edit(ts);
+    write_safetensors((d / "model.safetensors").string(), ts);
+  };
+  rewrite([](auto& ts) { std::erase_if(ts, [](const auto& t) { return t.name == "layers.1.attn.wkv.scale"; }); });
+  EXPECT_NE(load_error(d.string()).find("missing tensor 'layers.1.attn.wkv.scale'"), std::string::npos);
+  rewrite([](auto& ts) {
+    for (auto& t : ts)
+      if (t.name == "norm.weight") {
+        t.shape = {128};
+        t.bytes.resize(256);
+      }
+  });
+  EXPECT_NE(load_error(d.string()).find("'norm.weight' has shape [128], expected [256]"), std::string::npos);
+  rewrite([](auto& ts) { ts.push_back({"layers.0.extra", DType::F32, {1}, {0, 0, 0, 0}}); });
+  EXPECT_NE(load_error(d.string()).find("unexpected tensor 'layers.0.extra'"), std::string::npos);
+  rewrite([](auto& ts) {
+    for (auto& t : ts)
+      if (t.name == "layers.0.ffn.gate.tid2eid") std::memcpy(t.bytes.data() + 8, t.bytes.data(), 8);  // duplicate id
+  });
+  EXPECT_NE(load_error(d.string()).find("repeats expert"), std::string::npos);
+  // Truncated file.
+  rewrite([](auto&) {});
+  fs::resize_file(d / "model.safetensors", fs::file_size(d / "model.safetensors") - 100);
+  EXPECT_NE(load_error(d.string()).find("outside the data section"), std::string::npos);
+  // Config missing a key.
+  { std::ofstream(d / "config.json") << R"({"vocab_size": 1024})"; }
+  EXPECT_NE(load_error(d.string()).find("missing key 'hidden_size'"), std::string::npos);
+}

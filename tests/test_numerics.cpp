@@ -1,0 +1,134 @@
+// Exact primitives of spec model.md §4: bit-exact against brute-force definitions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/numerics.h"
+
+using namespace dsv4;
+
+namespace {
+// Nearest grid value, ties to the even code (the definition the fast rounding must equal).
+float brute_round(float x, const float* grid, int n_codes, float maxv) {
+  const float a = std::min(std::fabs(x), maxv);
+  int best = 0;
+  for (int c = 1; c < n_codes; ++c) {
+    const float d = std::fabs(grid[c] - a), db = std::fabs(grid[best] - a);
+    if (d < db || (d == db && (c % 2 == 0))) best = c;
+  }
+  return std::signbit(x) ? -grid[best] : grid[best];
+}
+}  // namespace
+
+TEST(Numerics, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(bf16_round(1.0f + 0x1p-8f), 1.0f);                  // tie -> even (1.0)
+  EXPECT_EQ(bf16_round(1.0f + 3 * 0x1p-8f), 1.0f + 0x1p-6f);    // tie -> even (odd mantissa rounds up)
+  EXPECT_EQ(bf16_round(1.0f + 0x1p-8f + 0x1p-20f), 1.0f + 0x1p-7f);
+  EXPECT_TRUE(std::isnan(bf16_round(NAN)));
+}
+
+TEST(Numerics, E2M1SpecExamples) {
+  EXPECT_EQ(round_to_e2m1(2.5f), 2.0f);
+  EXPECT_EQ(round_to_e2m1(5.0f), 4.0f);
+  EXPECT_EQ(round_to_e2m1(0.25f), 0.0f);
+  EXPECT_EQ(round_to_e2m1(0.75f), 1.0f);
+  EXPECT_EQ(round_to_e2m1(1.25f), 1.0f);
+  EXPECT_EQ(round_to_e2m1(5.5f), 6.0f);
+  EXPECT_EQ(round_to_e2m1(-5.5f), -6.0f);
+}
+
+TEST(Numerics, RoundingEqualsNearestGridValue) {
+  float e4m3_pos[128];
+  for (int c = 0; c < 127; ++c) e4m3_pos[c] = e4m3_to_f32(static_cast<uint8_t>(c));
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (int i = 0; i < 200000; ++i) {
+    const float x = u(rng) * std::ldexp(1.0f, static_cast<int>(rng() % 20) - 10);
+    if (std::fabs(x) <= 448.0f) {
+      ASSERT_EQ(round_to_e4m3(x), brute_round(x, e4m3_pos, 127, 448.0f)) << x;
+    }
+    const float y = u(rng) * 6.0f;
+    ASSERT_EQ(round_to_e2m1(y), brute_round(y, kE2M1Values, 8, 6.0f)) << y;
+  }
+}
+
+TEST(Numerics, CodecsRoundTrip) {
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(e4m3_to_f32(static_cast<uint8_t>(c))));
+      continue;
+    }
+    EXPECT_EQ(encode_e4m3(e4m3_to_f32(static_cast<uint8_t>(c))), c) << c;
+  }
+  EXPECT_EQ(e4m3_to_f32(0x7e), 448.0f);
+  EXPECT_EQ(e4m3_to_f32(0x01), 0x1p-9f);  // smallest subnormal
+  for (int c = 0; c < 16; ++c) EXPECT_EQ(encode_e2m1(e2m1_to_f32(static_cast<uint8_t>(c))), c);
+  EXPECT_EQ(e8m0_to_f32(127), 1.0f);
+  EXPECT_EQ(e8m0_to_f32(0), 0x1p-127f);
+  EXPECT_TRUE(std::isnan(e8m0_to_f32(255)));
+}
+
+TEST(Numerics, Pow2CeilIsExact) {
+  EXPECT_EQ(pow2ceil(1.0f), 1.0f);
+  EXPECT_EQ(pow2ceil(std::nextafter(1.0f, 2.0f)), 2.0f);
+  EXPECT_EQ(pow2ceil(0.75f), 1.0f);
+  EXPECT_EQ(pow2ceil(3.0f), 4.0f);
+  EXPECT_EQ(pow2ceil(0x1p-20f), 0x1p-20f);
+}
+
+TEST(Numerics, ActQuantBlock) {
+  float x[128], q[128];
+  for (int i = 0; i < 128; ++i) x[i] = bf16_round(std::sin(i * 0.37f) * 3.0f);
+  float amax = 0;
+  for (float v : x) amax = std::max(amax, std::fabs(v));
+  const float s = act_quant_block(x, 128, q);
+  EXPECT_EQ(s, pow2ceil(amax * (1.0f / 448.0f)));
+  for (int i = 0; i < 128; ++i) EXPECT_EQ(q[i], round_to_e4m3(x[i] / s));
+  // The amax floor: an all-zero block gets scale pow2ceil(1e-4/448), never zero or NaN.
+  float z[128] = {}, qz[128];
+  EXPECT_EQ(act_quant_block(z, 128, qz), pow2ceil(1e-4f * (1.0f / 448.0f)));
+}
+
+TEST(Numerics, SimulationsProduceCodeTimesScale) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0, 2);
+  float x[448], y[448];
+  for (float& v : x) v = bf16_round(nd(rng));
+  std::copy(x, x + 448, y);
+  uint8_t codes[448], scales[7];
+  act_quant_simulate_codes(y, 448, 64, codes, scales);
+  for (int i = 0; i < 448; ++i) EXPECT_EQ(y[i], e4m3_to_f32(codes[i]) * e8m0_to_f32(scales[i / 64]));
+  float f[128];
+  for (float& v : f) v = bf16_round(nd(rng));
+  uint8_t packed[64], s4[4];
+  fp4_simulate_codes(f, 128, packed, s4);
+  for (int k = 0; k < 128; ++k) {
+    const uint8_t nib = k % 2 ? packed[k / 2] >> 4 : packed[k / 2] & 15;
+    EXPECT_EQ(f[k], e2m1_to_f32(nib) * e8m0_to_f32(s4[k / 32]));
+  }
+}
+
+TEST(Numerics, HadamardMatchesDefinition) {
+  float x[128], y[128];
+  for (int i = 0; i < 128; ++i) x[i] = bf16_round(std::cos(i * 1.3f));
+  std::copy(x, x + 128, y);
+  hadamard128(y);
+  for (int i = 0; i < 128; ++i) {
+    double s = 0;
+    for (int j = 0; j < 128; ++j) s += (__builtin_popcount(static_cast<unsigned>(i & j)) % 2 ? -1.0 : 1.0) * x[j];
+    s *= 0.08838834764831845;
+    EXPECT_NEAR(y[i], s, std::fabs(s) * 0x1p-7 + 1e-6) << i;
+    EXPECT_EQ(y[i], bf16_round(y[i]));
+  }
+}
+
+TEST(Numerics, QHeadNormIsBf16Arithmetic) {
+  float q[512];
+  for (int i = 0; i < 512; ++i) q[i] = bf16_round(std::sin(i * 0.1f) * 5);
+  q_head_norm_bf16(q, 512, 1e-6f);
+  double ss = 0;
+  for (float v : q) ss += v * v;
+  EXPECT_NEAR(ss / 512, 1.0, 0.02);
+  for (float v : q) EXPECT_EQ(v, bf16_round(v));
+}

@@ -1,0 +1,90 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+
+using namespace dsv4;
+namespace fs = std::filesystem;
+
+namespace {
+fs::path tmp_file(const std::string& name) { return fs::temp_directory_path() / ("dsv4_test_" + name); }
+
+std::string error_of(const std::string& path) {
+  try {
+    SafetensorsFile f(path);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void write_raw(const fs::path& p, const std::string& header, size_t data_bytes) {
+  std::ofstream out(p, std::ios::binary);
+  const uint64_t n = header.size();
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << header << std::string(data_bytes, '\0');
+}
+}  // namespace
+
+TEST(Safetensors, WriteReadRoundTrip) {
+  const fs::path p = tmp_file("rt.safetensors");
+  std::vector<uint8_t> a(2 * 3 * 4), b{1, 2, 3};
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<uint8_t>(i);
+  write_safetensors(p.string(), {{"a", DType::F32, {2, 3}, a}, {"b", DType::I8, {3}, b}}, {{"k", "v"}});
+  TensorStore s = TensorStore::open_file(p.string());
+  const TensorView& ta = s.get("a");
+  EXPECT_EQ(ta.dtype, DType::F32);
+  EXPECT_EQ(ta.shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(std::memcmp(ta.data, a.data(), a.size()), 0);
+  EXPECT_EQ(s.get("b").as<int8_t>()[2], 3);
+  EXPECT_EQ(s.find("c"), nullptr);
+  EXPECT_THROW(s.get("c"), Error);
+}
+
+TEST(Safetensors, RejectsCorruptFiles) {
+  const fs::path p = tmp_file("bad.safetensors");
+  { std::ofstream(p, std::ios::binary) << "abc"; }
+  EXPECT_NE(error_of(p.string()).find("not a safetensors file"), std::string::npos);
+
+  write_raw(p, "{not json", 0);
+  EXPECT_NE(error_of(p.string()).find("not valid JSON"), std::string::npos);
+
+  {  // header length larger than the file: truncated
+    std::ofstream out(p, std::ios::binary);
+    const uint64_t n = 1000;
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << "{}";
+  }
+  EXPECT_NE(error_of(p.string()).find("exceeds file size"), std::string::npos);
+
+  write_raw(p, R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8);
+  EXPECT_NE(error_of(p.string()).find("outside the data section"), std::string::npos);
+
+  write_raw(p, R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16);
+  EXPECT_NE(error_of(p.string()).find("does not match"), std::string::npos);
+
+  write_raw(p, R"({"w":{"dtype":"Q9","shape":[4],"data_offsets":[0,4]}})", 4);
+  EXPECT_NE(error_of(p.string()).find("unsupported dtype"), std::string::npos);
+
+  write_raw(p, R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"v":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 8);
+  EXPECT_NE(error_of(p.string()).find("overlap"), std::string::npos);
+}
+
+TEST(Safetensors, ShardedDirectory) {
+  const fs::path d = fs::temp_directory_path() / "dsv4_test_sharded";
+  fs::remove_all(d);
+  fs::create_directories(d);
+  write_safetensors((d / "s1.safetensors").string(), {{"x", DType::U8, {2}, {1, 2}}});
+  write_safetensors((d / "s2.safetensors").string(), {{"y", DType::U8, {1}, {3}}});
+  { std::ofstream(d / "model.safetensors.index.json") << R"({"weight_map":{"x":"s1.safetensors","y":"s2.safetensors"}})"; }
+  TensorStore s = TensorStore::open_dir(d.string());
+  EXPECT_EQ(s.get("y").data[0], 3);
+  { std::ofstream(d / "model.safetensors.index.json") << R"({"weight_map":{"x":"s2.safetensors","y":"s2.safetensors"}})"; }
+  EXPECT_THROW(TensorStore::open_dir(d.string()), Error);
+  { std::ofstream(d / "model.safetensors.index.json") << R"({"weight_map":{"x":"missing.safetensors"}})"; }
+  EXPECT_THROW(TensorStore::open_dir(d.string()), Error);
+}
