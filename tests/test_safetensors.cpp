@@ -88,3 +88,28 @@ TEST(Safetensors, ShardedDirectory) {
   { std::ofstream(d / "model.safetensors.index.json") << R"({"weight_map":{"x":"missing.safetensors"}})"; }
   EXPECT_THROW(TensorStore::open_dir(d.string()), Error);
 }
+
+TEST(Safetensors, WriterAlignsAndReaderCopesWithMisalignedData) {
+  const fs::path p = tmp_file("align.safetensors");
+  // Written in an order that would misalign the F32 and I64 tensors if packed as given.
+  write_safetensors(p.string(), {{"byte", DType::U8, {3}, {1, 2, 3}},
+                                 {"f", DType::F32, {1}, {0, 0, 0x80, 0x3f}},
+                                 {"i", DType::I64, {1}, {7, 0, 0, 0, 0, 0, 0, 0}}});
+  TensorStore s = TensorStore::open_file(p.string());
+  for (const char* name : {"byte", "f", "i"}) {
+    const TensorView& t = s.get(name);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype), 0u) << name;
+  }
+  EXPECT_EQ(s.get("f").as<float>()[0], 1.0f);
+  EXPECT_EQ(s.get("i").as<int64_t>()[0], 7);
+  // A file from another writer with an F32 at an odd offset is still read correctly.
+  write_raw(p, R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"f":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}})", 0);
+  {
+    std::ofstream out(p, std::ios::binary | std::ios::app);
+    const unsigned char bytes[] = {9, 0, 0, 0x80, 0x3f};
+    out.write(reinterpret_cast<const char*>(bytes), 5);
+  }
+  TensorStore s2 = TensorStore::open_file(p.string());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(s2.get("f").data) % 4, 0u);
+  EXPECT_EQ(s2.get("f").as<float>()[0], 1.0f);
+}

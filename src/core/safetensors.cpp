@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -138,6 +139,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
                   " and shape " + t.shape_str());
       t.data = data + b;
       t.nbytes = e - b;
+      if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0) {
+        realigned_.emplace_back(new uint64_t[(t.nbytes + 7) / 8]);
+        std::memcpy(realigned_.back().get(), t.data, t.nbytes);
+        t.data = reinterpret_cast<const uint8_t*>(realigned_.back().get());
+      }
       ranges.emplace_back(b, e);
       tensors_.push_back(std::move(t));
     }
@@ -238,14 +244,20 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Tens
   // nlohmann::ordered_json keeps insertion order so the file layout is deterministic.
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
+  // Element size descending keeps every tensor aligned (the safetensors library does the same).
+  std::vector<size_t> order(headers.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return dtype_size(headers[a].dtype) > dtype_size(headers[b].dtype); });
   uint64_t off = 0;
-  std::vector<size_t> sizes;
-  for (const auto& t : headers) {
+  std::vector<size_t> sizes(headers.size());
+  for (size_t i : order) {
+    const auto& t = headers[i];
     size_t bytes = dtype_size(t.dtype);
     for (int64_t d : t.shape) bytes *= static_cast<size_t>(d);
     header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + bytes}}};
     off += bytes;
-    sizes.push_back(bytes);
+    sizes[i] = bytes;
   }
   std::string h = header.dump();
   while (h.size() % 8) h.push_back(' ');
@@ -257,7 +269,7 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Tens
     out.write(reinterpret_cast<const char*>(&hlen), 8);
     out.write(h.data(), static_cast<std::streamsize>(h.size()));
     std::vector<uint8_t> buf;
-    for (size_t i = 0; i < headers.size(); ++i) {
+    for (size_t i : order) {
       buf.clear();
       fill(i, buf);
       if (buf.size() != sizes[i])

@@ -52,6 +52,9 @@ class SafetensorsFile {
   size_t size_ = 0;
   std::vector<TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
+  // Aligned copies of tensors whose data offset is not a multiple of their element size (writers
+  // other than the safetensors library may pack tensors that way); used instead of the mapping.
+  std::vector<std::unique_ptr<uint64_t[]>> realigned_;
 };
 
 // All tensors of a model directory (one model.safetensors, or shards listed by
@@ -73,7 +76,8 @@ class TensorStore {
   void add(std::unique_ptr<SafetensorsFile> f);
 };
 
-// Writer: tensors are written in the order given, data offsets packed, header padded to 8 bytes.
+// Writer: tensors are laid out by element size (largest first, then in the order given) so that,
+// with the header padded to 8 bytes, every tensor is aligned to its element size without holes.
 struct TensorToWrite {
   std::string name;
   DType dtype;
