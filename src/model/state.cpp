@@ -41,6 +41,17 @@ void AttnRowStore::truncate(int64_t rows) {
   if (rows < rows_) resize(rows);
 }
 
+void AttnRowStore::set_raw(int64_t row, const uint8_t* bytes, int64_t n) {
+  if (n > 0) std::memcpy(data_.data() + static_cast<size_t>(row) * row_bytes_, bytes, static_cast<size_t>(n) * row_bytes_);
+}
+
+void AttnRowStore::append_raw(const uint8_t* bytes, int64_t n) {
+  if (n <= 0) return;
+  data_.resize(static_cast<size_t>(rows_ + n) * row_bytes_);
+  set_raw(rows_, bytes, n);
+  rows_ += n;
+}
+
 void AttnRowStore::load(int64_t row, float* out) const {
   const uint8_t* p = data_.data() + static_cast<size_t>(row) * row_bytes_;
   const uint8_t* sc = p + nope_;
@@ -69,6 +80,13 @@ void IndexKeyStore::append(const uint8_t* packed, const uint8_t* scales) {
   std::memcpy(p, packed, static_cast<size_t>(dim_ / 2));
   std::memcpy(p + dim_ / 2, scales, static_cast<size_t>(dim_ / 32));
   ++rows_;
+}
+
+void IndexKeyStore::append_raw(const uint8_t* bytes, int64_t n) {
+  if (n <= 0) return;
+  data_.resize(static_cast<size_t>(rows_ + n) * row_bytes_);
+  std::memcpy(data_.data() + static_cast<size_t>(rows_) * row_bytes_, bytes, static_cast<size_t>(n) * row_bytes_);
+  rows_ += n;
 }
 
 void IndexKeyStore::truncate(int64_t rows) {

@@ -23,6 +23,10 @@ class AttnRowStore {
   void load(int64_t row, float* out) const;  // nope + rope floats
   void truncate(int64_t rows);
   size_t bytes() const { return data_.capacity(); }
+  // Raw row bytes (row_bytes() each), for state snapshots (model/checkpoint.h).
+  const uint8_t* row_data(int64_t row) const { return data_.data() + static_cast<size_t>(row) * row_bytes_; }
+  void set_raw(int64_t row, const uint8_t* bytes, int64_t n);  // overwrites rows [row, row+n) < rows()
+  void append_raw(const uint8_t* bytes, int64_t n);
 
  private:
   int nope_ = 0, rope_ = 0;
@@ -40,6 +44,9 @@ class IndexKeyStore {
   void load(int64_t row, float* out) const;
   void truncate(int64_t rows);
   size_t bytes() const { return data_.capacity(); }
+  size_t row_bytes() const { return row_bytes_; }
+  const uint8_t* row_data(int64_t row) const { return data_.data() + static_cast<size_t>(row) * row_bytes_; }
+  void append_raw(const uint8_t* bytes, int64_t n);
 
  private:
   int dim_ = 0;
