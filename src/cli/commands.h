@@ -15,7 +15,10 @@ void register_check_golden_parse(CLI::App& check_golden);
 void register_inspect(CLI::App& app);
 void register_synth(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_chat(CLI::App& app);  // `dsv4 chat` (src/cli/chat.cpp)
+void register_bench(CLI::App& app);
 void register_make_tokenizer(CLI::App& app);  // `dsv4 make-tokenizer` (src/cli/make_tokenizer.cpp)
+void register_serve(CLI::App& app);           // `dsv4 serve` (src/cli/serve.cpp)
 
 // Exit code the subcommand callbacks leave for main(): CLI11 callbacks return void.
 int& exit_code();

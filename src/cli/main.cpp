@@ -21,7 +21,10 @@ int main(int argc, char** argv) {
   dsv4::cli::register_inspect(app);
   dsv4::cli::register_synth(app);
   dsv4::cli::register_generate(app);
+  dsv4::cli::register_chat(app);
+  dsv4::cli::register_bench(app);
   dsv4::cli::register_make_tokenizer(app);
+  dsv4::cli::register_serve(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,122 @@
+// `dsv4 bench`: walks a fixed token sequence to context frontiers and reports, at each, the
+// prefill speed of the newly added interval, the decode speed there, the state size and the
+// achieved weight-read bandwidth of decode; with --roofline every number also as a ratio of this
+// machine's measured read bandwidth / peak multiply-add throughput. Prints a table, writes CSV.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "kernels/cpu_features.h"
+#include "kernels/roofline.h"
+#include "model/demo.h"
+#include "model/model.h"
+
+namespace dsv4::cli {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto* cmd = app.add_subcommand("bench", "Measure prefill/decode speed at context frontiers");
+  static std::string model_dir, csv_path, frontiers_arg = "512,2048,8192";
+  static int decode_tokens = 8, threads = 0, chunk = 512;
+  static bool roofline = false;
+  cmd->add_option("--model", model_dir, "Model directory (default: the built-in demo model)");
+  cmd->add_option("--frontiers", frontiers_arg, "Comma-separated context lengths")->capture_default_str();
+  cmd->add_option("--decode", decode_tokens, "Greedy decode steps timed at each frontier")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--chunk", chunk, "Prefill chunk size")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("-t,--threads", threads, "Worker threads (0 = all cores)");
+  cmd->add_option("--csv", csv_path, "Also write the table as CSV to this file");
+  cmd->add_flag("--roofline", roofline, "Measure read bandwidth and peak FMA throughput in the same run");
+  cmd->callback([] {
+    std::vector<int64_t> frontiers;
+    {
+      std::stringstream ss(frontiers_arg);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        try {
+          frontiers.push_back(std::stoll(item));
+        } catch (const std::exception&) {
+          throw Error("--frontiers: '" + item + "' is not a number");
+        }
+        if (frontiers.back() <= 0 || (frontiers.size() > 1 && frontiers.back() <= frontiers[frontiers.size() - 2]))
+          throw Error("--frontiers must be increasing positive numbers");
+      }
+    }
+    const std::string dir = model_dir.empty() ? ensure_demo_model() : model_dir;
+    Model m(dir, threads);
+    const ModelConfig& c = m.config();
+    if (frontiers.back() + decode_tokens * static_cast<int64_t>(frontiers.size()) > c.max_position_embeddings)
+      throw Error("--frontiers exceed the model's max_position_embeddings");
+    std::printf("model %s (%s), %d threads, ISA %s\n", dir.c_str(), c.family_name().c_str(), m.pool().size(),
+                isa_name(active_isa()));
+    Roofline roof;
+    if (roofline) {
+      roof = measure_roofline(m.pool());
+      std::printf("roofline: read %.1f GB/s, peak FMA %.1f GFLOP/s (%s, all threads)\n", roof.read_gbs, roof.fma_gflops, roof.isa);
+    }
+    const double bytes_per_token = static_cast<double>(m.bytes_per_token());
+    std::printf("decode reads %.3f GB of weights per token\n\n", bytes_per_token / 1e9);
+    std::printf("%9s %12s %12s %12s %12s %10s%s\n", "context", "prefill t/s", "decode t/s", "decode GB/s", "state MiB",
+                "interval", roofline ? "  decode/read-bw" : "");
+    std::ofstream csv;
+    if (!csv_path.empty()) {
+      csv.open(csv_path);
+      if (!csv) throw Error(csv_path + ": cannot create");
+      csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
+             "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,decode_bw_ratio\n";
+    }
+    // A fixed pseudo-random token walk (same for every run and machine).
+    uint64_t x = 0x243f6a8885a308d3ull;
+    auto next_token = [&] {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      return static_cast<int32_t>(x % static_cast<uint64_t>(c.vocab_size));
+    };
+    SequenceState st = m.new_state();
+    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+    std::vector<int32_t> buf;
+    for (int64_t f : frontiers) {
+      const int64_t n_prefill = f - st.pos;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int64_t done = 0; done < n_prefill;) {
+        const int n = static_cast<int>(std::min<int64_t>(chunk, n_prefill - done));
+        buf.resize(static_cast<size_t>(n));
+        for (int32_t& t : buf) t = next_token();
+        m.forward(st, buf.data(), n, done + n == n_prefill ? logits.data() : nullptr);
+        done += n;
+      }
+      const double prefill_s = seconds_since(t0);
+      const auto t1 = std::chrono::steady_clock::now();
+      for (int i = 0; i < decode_tokens; ++i) {
+        int32_t best = 0;  // greedy
+        for (int v = 1; v < c.vocab_size; ++v)
+          if (logits[static_cast<size_t>(v)] > logits[static_cast<size_t>(best)]) best = v;
+        m.forward(st, &best, 1, logits.data());
+      }
+      const double decode_s = seconds_since(t1);
+      const double prefill_tps = n_prefill > 0 ? static_cast<double>(n_prefill) / prefill_s : 0;
+      const double decode_tps = decode_tokens / decode_s;
+      const double decode_gbs = bytes_per_token * decode_tps / 1e9;
+      const double state_mib = static_cast<double>(st.bytes()) / (1 << 20);
+      std::printf("%9lld %12.1f %12.2f %12.2f %12.2f %10lld", static_cast<long long>(f), prefill_tps, decode_tps,
+                  decode_gbs, state_mib, static_cast<long long>(n_prefill));
+      if (roofline) std::printf("  %14.1f%%", 100.0 * decode_gbs / roof.read_gbs);
+      std::printf("\n");
+      std::fflush(stdout);
+      if (csv)
+        csv << f << ',' << n_prefill << ',' << prefill_s << ',' << prefill_tps << ',' << decode_tokens << ',' << decode_s
+            << ',' << decode_tps << ',' << decode_gbs << ',' << st.bytes() << ',' << roof.read_gbs << ','
+            << roof.fma_gflops << ',' << (roofline ? decode_gbs / roof.read_gbs : 0) << '\n';
+    }
+  });
+}
+
+}  // namespace dsv4::cli

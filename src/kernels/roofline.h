@@ -1,0 +1,27 @@
+// Machine limits measured in the same run as a benchmark, so results can be reported as ratios:
+// read bandwidth (STREAM-like sum over a buffer far larger than the caches, all threads) and
+// peak fp32 multiply-add throughput of the active ISA (independent FMA chains, all threads).
+#pragma once
+#include <cstddef>
+
+#include "core/thread_pool.h"
+
+namespace dsv4 {
+
+struct Roofline {
+  double read_gbs = 0;       // GB/s (1e9 bytes)
+  double fma_gflops = 0;     // GFLOP/s, counting a multiply-add as 2 flops
+  const char* isa = "";
+};
+
+// bytes: size of the buffer read (default 1 GiB); seconds: minimum time per measurement.
+Roofline measure_roofline(ThreadPool& pool, size_t bytes = size_t(1) << 30, double seconds = 0.5);
+
+namespace roofline_detail {
+// Per-ISA FMA loops: `iters` iterations of independent FMA chains; returns flops performed.
+double fma_loop_scalar(long iters, float* sink);
+double fma_loop_avx2(long iters, float* sink);
+double fma_loop_avx512(long iters, float* sink);
+}  // namespace roofline_detail
+
+}  // namespace dsv4
