@@ -153,32 +153,28 @@ void rows_scalar(const Problem& p, int n0, int n1) {
 
 }  // namespace gemm_detail
 
-void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
-  gd::Problem p = base_problem(gd::Kind::Fp8, M, W.k);
+// FP8 and FP4 GEMMs share everything but the weight decoding: quantise the activations, then run.
+static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
+                           float* y, ThreadPool& pool) {
+  gd::Problem p = base_problem(kind, M, k);
   std::vector<float> q, sa;
   quantize_padded(x, p, q, sa, pool);
   p.a = q.data();
   p.a_stride = p.kp;
   p.sa = sa.data();
-  p.w = W.w;
-  p.ws = W.scale;
+  p.w = w;
+  p.ws = ws;
   p.y = y;
-  p.y_stride = W.n;
-  run(p, 0, W.n, pool);
+  p.y_stride = n;
+  run(p, 0, n, pool);
+}
+
+void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
+  quantized_gemm(gd::Kind::Fp8, x, M, W.w, W.scale, W.n, W.k, y, pool);
 }
 
 void gemm_fp4(const float* x, int M, const Fp4Weight& W, float* y, ThreadPool& pool) {
-  gd::Problem p = base_problem(gd::Kind::Fp4, M, W.k);
-  std::vector<float> q, sa;
-  quantize_padded(x, p, q, sa, pool);
-  p.a = q.data();
-  p.a_stride = p.kp;
-  p.sa = sa.data();
-  p.w = W.w;
-  p.ws = W.scale;
-  p.y = y;
-  p.y_stride = W.n;
-  run(p, 0, W.n, pool);
+  quantized_gemm(gd::Kind::Fp4, x, M, W.w, W.scale, W.n, W.k, y, pool);
 }
 
 void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight& W, int row_begin,

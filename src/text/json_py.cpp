@@ -358,16 +358,11 @@ std::string float_repr(double v) {
   return out;
 }
 
-namespace {
-
-void dump_string(std::string& out, const std::string& s) {
-  std::size_t bad = find_invalid_utf8(s);
-  if (bad != std::string::npos)
-    throw dsv4::Error("string is not valid UTF-8 or has a lone surrogate (byte offset " + std::to_string(bad) + ")");
-  static const char* kHex = "0123456789abcdef";
-  out += '"';
+void append_escaped_string(std::string& out, std::string_view s, bool quoted) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  if (quoted) out += '"';
   for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
+    const auto c = static_cast<unsigned char>(ch);
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -386,7 +381,16 @@ void dump_string(std::string& out, const std::string& s) {
         }
     }
   }
-  out += '"';
+  if (quoted) out += '"';
+}
+
+namespace {
+
+void dump_string(std::string& out, const std::string& s) {
+  std::size_t bad = find_invalid_utf8(s);
+  if (bad != std::string::npos)
+    throw dsv4::Error("string is not valid UTF-8 or has a lone surrogate (byte offset " + std::to_string(bad) + ")");
+  append_escaped_string(out, s, true);
 }
 
 void dump_rec(std::string& out, const Json& v) {

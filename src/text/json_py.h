@@ -46,6 +46,9 @@ Json parse(std::string_view text, const ParseLimits& limits = {});
 
 // json.dumps(value, ensure_ascii=False). Throws dsv4::Error on invalid UTF-8 in a string.
 std::string dumps(const Json& value);
+// json.dumps(ensure_ascii=False) escaping of one string (no UTF-8 validation: callers that take
+// untrusted bytes validate first); with `quoted` the surrounding quotes are added too.
+void append_escaped_string(std::string& out, std::string_view s, bool quoted = true);
 void dump_to(std::string& out, const Json& value);
 
 // repr(float): shortest round-trip digits, exponent form when exp < -4 or >= 16.

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "text/json_py.h"
 
 namespace dsv4::text {
 
@@ -924,29 +925,7 @@ const char* to_string(FinishReason r) {
 }
 
 void append_json_string(std::string& out, std::string_view s, bool quoted) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  if (quoted) out += '"';
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (u < 0x20) {
-          out += "\\u00";
-          out += kHex[u >> 4];
-          out += kHex[u & 0xF];
-        } else {
-          out += c;
-        }
-    }
-  }
-  if (quoted) out += '"';
+  json_py::append_escaped_string(out, s, quoted);
 }
 
 void MessageAssembler::apply(const OutputEvent& e) {
