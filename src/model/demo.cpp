@@ -1,5 +1,7 @@
 #include "model/demo.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -39,7 +41,9 @@ std::string ensure_demo_model() {
   ss << in.rdbuf();
   std::fprintf(stderr, "dsv4: creating the built-in demo model in %s (tiny random weights, real tokenizer)\n",
                dir.string().c_str());
-  const fs::path tmp = dir.string() + ".tmp";
+  // A private temporary directory, renamed into place at the end: concurrent first uses (two
+  // servers, a test run) cannot see or corrupt a half-written model.
+  const fs::path tmp = dir.string() + ".tmp." + std::to_string(::getpid());
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   {
@@ -50,9 +54,17 @@ std::string ensure_demo_model() {
     if (!t || !tc) throw Error(tmp.string() + ": cannot write the tokenizer files");
   }
   synthesize_model(synth_config("tiny", 0, 0), 1234, tmp.string());
-  fs::remove_all(dir);
   fs::create_directories(dir.parent_path());
-  fs::rename(tmp, dir);
+  std::error_code ec;
+  fs::rename(tmp, dir, ec);
+  if (ec) {  // another process finished first (or a partial directory is in the way)
+    if (!fs::exists(dir / "model.safetensors")) {
+      fs::remove_all(dir);
+      fs::rename(tmp, dir);
+    } else {
+      fs::remove_all(tmp);
+    }
+  }
   return dir.string();
 }
 
