@@ -118,13 +118,13 @@ send "/think"
 wait_for '\(thinking mode on\)' 1 10 "/think"
 
 send "/effort low"  # the demo model uses the preview effort profile: no low tier
-wait_for '^error: .*low' 1 10 "an error for /effort low"
+wait_for '^(> )?error: .*low' 1 10 "an error for /effort low"  # typed-ahead input may put the prompt first
 send "/effort max"
 wait_for '\(reasoning effort max from the next conversation' 1 10 "/effort max"
 send "/frobnicate"
 wait_for 'unknown command: /frobnicate' 1 10 "the unknown-command message"
 send "/help"
-wait_for '^/reset ' 1 10 "/help"
+wait_for '^(> )?/reset ' 1 10 "/help"
 
 send "/reset"
 wait_for '\(new conversation\)' 1 10 "/reset"
