@@ -2,9 +2,12 @@
 // larger than the caches (several copies are cycled when one is small), so M = 1 measures the
 // weight stream: the "bytes_per_second" counter counts weight (+ scale) bytes read. M = 512
 // reports FLOP/s (2*M*N*K). Args: {M, isa (0 scalar, 1 avx2, 2 avx512)}.
+// Environment: DSV4_BENCH_THREADS=N (default: all cores); DSV4_BENCH_HOT=1 keeps one copy of the
+// weights so M = 1 runs from cache: the kernel's compute ceiling, to compare with the DRAM run.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <vector>
@@ -19,7 +22,10 @@ namespace {
 constexpr size_t kMinBytes = size_t{256} << 20;  // > L3, so every call streams from DRAM
 
 ThreadPool& pool() {
-  static ThreadPool p(0);
+  static ThreadPool p([] {
+    const char* t = std::getenv("DSV4_BENCH_THREADS");
+    return t ? std::atoi(t) : 0;
+  }());
   return p;
 }
 
@@ -40,7 +46,7 @@ std::vector<float> rand_x(size_t n) {
   return x;
 }
 
-enum class WKind { Fp8, Fp4 };
+enum class WKind { Fp8, Fp4, Bf16 };
 
 void run_bench(benchmark::State& st, WKind kind, int N, int K) {
   const int M = static_cast<int>(st.range(0));
@@ -50,11 +56,16 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
     return;
   }
   const Isa saved = force_isa(want);
-  const size_t wbytes = kind == WKind::Fp8 ? size_t(N) * K : size_t(N) * K / 2;
-  const size_t sbytes = kind == WKind::Fp8 ? size_t((N + 127) / 128) * ((K + 127) / 128) : size_t(N) * K / 32;
+  const size_t wbytes = kind == WKind::Fp8 ? size_t(N) * K : kind == WKind::Fp4 ? size_t(N) * K / 2 : size_t(N) * K * 2;
+  const size_t sbytes = kind == WKind::Fp8   ? size_t((N + 127) / 128) * ((K + 127) / 128)
+                        : kind == WKind::Fp4 ? size_t(N) * K / 32
+                                             : 0;
   // M = 1 cycles through copies so the weights come from memory; M = 512 is compute bound.
-  const int copies = M == 1 ? static_cast<int>((kMinBytes + wbytes - 1) / wbytes) : 1;
-  const auto w = rand_bytes(wbytes * copies, 1, kind == WKind::Fp8);
+  const bool hot = std::getenv("DSV4_BENCH_HOT") != nullptr;
+  const int copies = M == 1 && !hot ? static_cast<int>((kMinBytes + wbytes - 1) / wbytes) : 1;
+  auto w = rand_bytes(wbytes * copies, 1, kind == WKind::Fp8);
+  if (kind == WKind::Bf16)  // finite bf16 values: clear the top exponent bit of every high byte
+    for (size_t i = 1; i < w.size(); i += 2) w[i] &= 0xBF;
   std::vector<uint8_t> s(sbytes * copies, 120);
   const auto x = rand_x(size_t(M) * K);
   std::vector<float> y(size_t(M) * N);
@@ -63,9 +74,12 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
     if (kind == WKind::Fp8) {
       const Fp8Weight W{w.data() + wbytes * c, s.data() + sbytes * c, N, K};
       gemm_fp8(x.data(), M, W, y.data(), pool());
-    } else {
+    } else if (kind == WKind::Fp4) {
       const Fp4Weight W{w.data() + wbytes * c, s.data() + sbytes * c, N, K};
       gemm_fp4(x.data(), M, W, y.data(), pool());
+    } else {
+      const Bf16Weight W{reinterpret_cast<const uint16_t*>(w.data() + wbytes * c), N, K};
+      gemm_bf16_f32(x.data(), M, W, y.data(), pool());
     }
     benchmark::DoNotOptimize(y.data());
     c = (c + 1) % copies;
@@ -94,12 +108,15 @@ void BM_wo_b_fp8_8192x4096(benchmark::State& st) { run_bench(st, WKind::Fp8, 409
 void BM_shared_w1_fp8_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp8, 2048, 4096); }
 void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4, 2048, 4096); }
 void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
+// A 16384-row slice of the output head (129280 x 4096 bf16, 1 GB: the largest single read per token).
+void BM_head_bf16_4096x16384(benchmark::State& st) { run_bench(st, WKind::Bf16, 16384, 4096); }
 BENCHMARK(BM_wq_a_fp8_4096x1024)->Apply(ArgsWithScalar512);
 BENCHMARK(BM_wq_b_fp8_1024x32768)->Apply(Args);
 BENCHMARK(BM_wo_b_fp8_8192x4096)->Apply(Args);
 BENCHMARK(BM_shared_w1_fp8_4096x2048)->Apply(Args);
 BENCHMARK(BM_expert_w1_fp4_4096x2048)->Apply(Args);
 BENCHMARK(BM_expert_w2_fp4_2048x4096)->Apply(Args);
+BENCHMARK(BM_head_bf16_4096x16384)->Apply(Args);
 
 }  // namespace
 }  // namespace dsv4

@@ -335,5 +335,45 @@ TEST(Dot, AllPathsBitIdentical) {
   }
 }
 
+// The prescaled FP8 form (activations * 2^60, weights * 2^-120, scale * 2^60) must give exactly
+// the canonical result of the plain form: run the scalar reference both ways.
+TEST(Gemm, Fp8PrescaledIsBitIdenticalToPlainOrder) {
+  std::mt19937 rng(11);
+  std::vector<float> e8m0(256);
+  for (int e = 0; e < 256; ++e) e8m0[e] = e8m0_to_f32(static_cast<uint8_t>(e));
+  for (Shape s : kFp8Shapes) {
+    auto d = make_fp8(rng, s.N, s.K);
+    const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
+    const int nb = (s.K + 127) / 128;
+    std::vector<float> q(static_cast<size_t>(s.M) * s.K), sa(static_cast<size_t>(s.M) * nb);
+    quantize_rows_fp8(x.data(), s.M, s.K, q.data(), sa.data());
+    std::vector<float> q_scaled(q);
+    for (auto& v : q_scaled) v *= gemm_detail::kFp8PrescaleA;
+    auto run = [&](bool prescaled) {
+      gemm_detail::Problem p;
+      p.kind = gemm_detail::Kind::Fp8;
+      p.a = prescaled ? q_scaled.data() : q.data();
+      p.a_stride = s.K;
+      p.M = s.M;
+      p.sa = sa.data();
+      p.w = d.w.data();
+      p.ws = d.s.data();
+      p.K = s.K;
+      p.kp = (s.K + 31) / 32 * 32;
+      p.nb = nb;
+      p.e4m3 = kE4M3Values;
+      p.e2m1 = kE2M1Values;
+      p.e8m0 = e8m0.data();
+      p.fp8_prescaled = prescaled;
+      std::vector<float> y(static_cast<size_t>(s.M) * s.N);
+      p.y = y.data();
+      p.y_stride = s.N;
+      gemm_detail::rows_scalar(p, 0, s.N);
+      return y;
+    };
+    expect_bits_equal(run(false), run(true), name("fp8 prescaled vs plain", s));
+  }
+}
+
 }  // namespace
 }  // namespace dsv4

@@ -37,7 +37,7 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
   p.kind = kind;
   p.M = M;
   p.K = K;
-  p.kp = (K + 31) / 32 * 32;
+  p.kp = kind == gd::Kind::Fp4 ? (K + 127) / 128 * 128 : (K + 31) / 32 * 32;
   p.nb = (K + 127) / 128;
   p.e4m3 = kE4M3Values;
   p.e2m1 = kE2M1Values;
@@ -95,14 +95,22 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
 // Rows are independent, so this is split over the pool too (it is a visible cost at M = 512).
 void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, std::vector<float>& sa,
                      ThreadPool& pool) {
+  const float qscale = p.fp8_prescaled ? gd::kFp8PrescaleA : 1.0f;
   q.assign(static_cast<size_t>(p.M) * p.kp, 0.0f);
   sa.resize(static_cast<size_t>(p.M) * p.nb);
   pool.parallel_for(p.M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, len = std::min(128, p.K - k0);
-        sa[static_cast<size_t>(m) * p.nb + b] = act_quant_block(
-            x + static_cast<size_t>(m) * p.K + k0, len, q.data() + static_cast<size_t>(m) * p.kp + k0);
+        float* qb = q.data() + static_cast<size_t>(m) * p.kp + k0;
+        sa[static_cast<size_t>(m) * p.nb + b] = act_quant_block(x + static_cast<size_t>(m) * p.K + k0, len, qb);
+        if (qscale != 1.0f)
+          for (int i = 0; i < len; ++i) qb[i] *= qscale;
+        if (p.kind == gd::Kind::Fp4) {
+          float blk[128] = {};
+          for (int r = 0; r < len; ++r) blk[gd::fp4_permuted_pos(r)] = qb[r];
+          std::copy(blk, blk + 128, qb);
+        }
       }
   }, 8);
 }
@@ -120,29 +128,35 @@ void rows_scalar(const Problem& p, int n0, int n1) {
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, k1 = std::min(p.K, k0 + 128);
         float lane[16] = {};
-        for (int k = k0; k < k1; ++k) {
-          float w;
-          switch (p.kind) {
-            case Kind::Fp8:
-            case Kind::Fp8AsBf16: w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]]; break;
-            case Kind::Fp4: {
-              const uint8_t byte = p.w[static_cast<size_t>(n) * (p.K / 2) + k / 2];
-              w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15] *
-                  p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + k / 32]];
-              break;
-            }
-            default: {
+        if (p.kind == Kind::Fp4) {
+          // Lane d: elements 8d .. 8d+7 unscaled, then the scale of their 32-group.
+          for (int k = k0; k < k1; ++k) {
+            const uint8_t byte = p.w[static_cast<size_t>(n) * (p.K / 2) + k / 2];
+            const float w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15];
+            const int r = k - k0;
+            lane[r / 8] = std::fma(a[k0 + fp4_permuted_pos(r)], w, lane[r / 8]);
+          }
+          for (int d = 0; d < 16 && k0 + 8 * d < k1; ++d)
+            lane[d] *= p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]];
+        } else {
+          for (int k = k0; k < k1; ++k) {
+            float w;
+            if (p.kind == Kind::Bf16) {
               const uint16_t* wb = reinterpret_cast<const uint16_t*>(p.w);
               w = f32_from_bits(static_cast<uint32_t>(wb[static_cast<size_t>(n) * p.K + k]) << 16);
+            } else {
+              w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]];
+              if (p.fp8_prescaled) w *= kFp8PrescaleW;
             }
+            lane[(k - k0) & 15] = std::fma(a[k], w, lane[(k - k0) & 15]);
           }
-          lane[(k - k0) & 15] = std::fma(a[k], w, lane[(k - k0) & 15]);
         }
         for (int h = 8; h >= 1; h /= 2)
           for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
         const float sa = p.sa ? p.sa[static_cast<size_t>(m) * p.nb + b] : 1.0f;
         const float sw = (p.kind == Kind::Fp8 || p.kind == Kind::Fp8AsBf16)
-                             ? p.e8m0[p.ws[static_cast<size_t>(n / 128) * p.nb + b]]
+                             ? p.e8m0[p.ws[static_cast<size_t>(n / 128) * p.nb + b]] *
+                                   (p.fp8_prescaled ? kFp8PrescaleA : 1.0f)
                              : 1.0f;
         acc = std::fma(lane[0], sa * sw, acc);
       }
@@ -157,6 +171,7 @@ void rows_scalar(const Problem& p, int n0, int n1) {
 static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
                            float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(kind, M, k);
+  p.fp8_prescaled = kind == gd::Kind::Fp8;
   std::vector<float> q, sa;
   quantize_padded(x, p, q, sa, pool);
   p.a = q.data();

@@ -9,6 +9,10 @@
 //   * The lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2, l += l+1.
 //   * The block partial enters the output accumulator (starting at +0) in increasing b:
 //     acc = fma(part_b, scale(m, n, b), acc).
+// FP4 differs in the lanes only: element k0 + r of a block goes to lane r / 8 (8 consecutive
+// elements share one ue8m0 scale), the lane sums the unscaled e2m1 products and is multiplied by
+// that scale before the tree (exactly what summing pre-scaled weights gives, the scale being a
+// power of two); the activations reach the back ends permuted per block (fp4_permute_block).
 // Every product a_k * w_k of these GEMMs is exact in fp32 (e4m3 x e4m3, e4m3 x e2m1, bf16 x bf16,
 // bf16 x e4m3), so the fma only fixes the few cases that underflow; the order is what matters.
 // Work is split over output rows n only, so the thread count never changes a result.
@@ -59,7 +63,7 @@ struct Problem {
   const float* sa = nullptr;        // [M, nb] activation scales, or nullptr (= 1)
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
   const uint8_t* ws = nullptr;      // ue8m0 scales (Fp8*: [ceil(N/128), nb]; Fp4: [N, K/32])
-  int K = 0, kp = 0, nb = 0;        // kp = K rounded up to 32; nb = ceil(K/128)
+  int K = 0, kp = 0, nb = 0;        // kp = K rounded up to 32 (Fp4: to 128); nb = ceil(K/128)
   float* y = nullptr;
   int y_stride = 0, row0 = 0;  // y[m * y_stride + n - row0]
   bool round_bf16 = true;
@@ -67,14 +71,24 @@ struct Problem {
   const float* e4m3 = nullptr;  // [256]
   const float* e2m1 = nullptr;  // [16]
   const float* e8m0 = nullptr;  // [256]
+  // Fp8 only: a holds q * 2^60, weights decode to w * 2^-120 (one integer step, no multiply) and
+  // sw below carries 2^60. Every product and partial sum is then the canonical one times 2^-60,
+  // all in fp32's normal range (|q|, |w| in {0} u [2^-9, 448]), so the result is bit-identical.
+  bool fp8_prescaled = false;
 };
+constexpr float kFp8PrescaleA = 0x1p60f, kFp8PrescaleW = 0x1p-120f;
 
 constexpr int kPanelRows = 16;  // rows n per work item
 constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 path)
 // Floats of scratch one work item needs.
 inline int64_t scratch_floats(int M, int nb) {
-  return int64_t{kPanelRows} * kChunkK + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + 64;
+  return int64_t{kPanelRows} * kChunkK + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows +
+         int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
 }
+
+// FP4 activation layout of one 128-block: position 16 t + d holds element 8 d + t, so that lane
+// vector t of the back ends meets the weights of lane d's t-th element.
+inline int fp4_permuted_pos(int r) { return (r % 8) * 16 + r / 8; }
 
 // Compute output rows [n0, n1) (n1 - n0 <= kPanelRows) of `p` for all M rows.
 void rows_scalar(const Problem& p, int n0, int n1);

@@ -43,14 +43,18 @@ inline Parts reduce(const Vec* v) {
 }
 
 // e4m3 by bit construction (see gemm_avx512.cpp).
-inline __m256 e4m3_8(const uint8_t* p) {
+inline __m256 e4m3_8_raw(const uint8_t* p) {  // e4m3 value * 2^-120
   const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m256i bits = _mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(static_cast<int>(0x87F00000u)));
-  return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
+  return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(static_cast<int>(0x87F00000u))));
+}
+inline void dec_fp8_raw(const uint8_t* p, Vec& w0, Vec& w1) {
+  w0 = {e4m3_8_raw(p), e4m3_8_raw(p + 8)};
+  w1 = {e4m3_8_raw(p + 16), e4m3_8_raw(p + 24)};
 }
 inline void dec_fp8(const uint8_t* p, Vec& w0, Vec& w1) {
-  w0 = {e4m3_8(p), e4m3_8(p + 8)};
-  w1 = {e4m3_8(p + 16), e4m3_8(p + 24)};
+  const __m256 up = _mm256_set1_ps(0x1p120f);
+  w0 = {_mm256_mul_ps(e4m3_8_raw(p), up), _mm256_mul_ps(e4m3_8_raw(p + 8), up)};
+  w1 = {_mm256_mul_ps(e4m3_8_raw(p + 16), up), _mm256_mul_ps(e4m3_8_raw(p + 24), up)};
 }
 inline __m256 bf16_8(const uint16_t* p) {
   return _mm256_castsi256_ps(
@@ -60,22 +64,50 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
   w0 = {bf16_8(p), bf16_8(p + 8)};
   w1 = {bf16_8(p + 16), bf16_8(p + 24)};
 }
-// Magnitudes e2m1[0..7] * sw (exact); vpermps reads the low 3 index bits, bit 3 is the sign.
-using Fp4Tab = __m256;
-inline Fp4Tab fp4_tab(const float* e2m1, float sw) { return _mm256_mul_ps(_mm256_loadu_ps(e2m1), _mm256_set1_ps(sw)); }
-inline __m256 e2m1_8(__m128i nib_bytes, const Fp4Tab& tab) {
-  const __m256i idx = _mm256_cvtepu8_epi32(nib_bytes);
+inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+
+// FP4 block as in gemm_avx512.cpp, the 16 dwords split over two ymm (lanes 0-7, 8-15).
+struct Fp4Blk {
+  __m256i lo, hi;
+  Vec scale;
+};
+inline __m256 e8m0_8(__m128i bytes8) {  // e8m0_to_f32 of 8 bytes
+  const __m256i e = _mm256_cvtepu8_epi32(bytes8);
+  __m256i bits = _mm256_slli_epi32(e, 23);
+  bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x00400000), _mm256_cmpeq_epi32(e, _mm256_setzero_si256()));
+  bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7FC00000), _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
+  return _mm256_castsi256_ps(bits);
+}
+// len < 128 only for the last block of a row: never read past the row.
+template <bool kFull>
+inline void fp4_blk_load(const uint8_t* codes, const uint8_t* scales, int len, Fp4Blk& b) {
+  uint32_t s4 = 0;
+  if constexpr (kFull) {
+    b.lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+    b.hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32));
+    std::memcpy(&s4, scales, 4);
+  } else {
+    alignas(32) uint8_t buf[64] = {};
+    std::memcpy(buf, codes, static_cast<size_t>(len / 2));
+    b.lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
+    b.hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf + 32));
+    std::memcpy(&s4, scales, static_cast<size_t>(len / 32));
+  }
+  const __m128i s = _mm_cvtsi32_si128(static_cast<int>(s4));
+  b.scale = {e8m0_8(_mm_shuffle_epi8(s, _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0))),
+             e8m0_8(_mm_shuffle_epi8(s, _mm_setr_epi8(2, 2, 2, 2, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0)))};
+}
+// Magnitudes from the low 3 index bits (vpermps), bit 3 is the sign.
+inline __m256 e2m1_8(__m256i idx) {
+  const __m256 mag = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
   const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(idx, 28), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  return _mm256_xor_ps(_mm256_permutevar8x32_ps(tab, idx), _mm256_castsi256_ps(sign));
+  return _mm256_xor_ps(_mm256_permutevar8x32_ps(mag, idx), _mm256_castsi256_ps(sign));
 }
-// Nibbles in k order as in gemm_avx512.cpp (low 4 bits of byte j = nibble j).
-inline void dec_fp4(const uint8_t* p, const Fp4Tab& tab, Vec& w0, Vec& w1) {
-  const __m256i wd = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256i nib = _mm256_or_si256(wd, _mm256_slli_epi16(wd, 4));
-  const __m128i lo = _mm256_castsi256_si128(nib), hi = _mm256_extracti128_si256(nib, 1);
-  w0 = {e2m1_8(lo, tab), e2m1_8(_mm_srli_si128(lo, 8), tab)};
-  w1 = {e2m1_8(hi, tab), e2m1_8(_mm_srli_si128(hi, 8), tab)};
+inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
+  const __m128i sh = _mm_cvtsi32_si128(4 * t);
+  return {e2m1_8(_mm256_srl_epi32(b.lo, sh)), e2m1_8(_mm256_srl_epi32(b.hi, sh))};
 }
+inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 
 #include "kernels/gemm_simd.inc"
 

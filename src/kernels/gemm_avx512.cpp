@@ -51,14 +51,18 @@ inline Parts reduce(const Vec* v) {
 // e4m3 by bit construction: the sign-extended code shifted left by 20 puts sign at bit 31 and
 // exponent/mantissa at bits 26..20, i.e. an fp32 equal to the e4m3 value * 2^-120 (the
 // subnormal codes land on fp32 subnormals, which is still exact); * 2^120 is exact.
-inline Vec e4m3_16(__m128i codes) {
-  const __m512i bits = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi8_epi32(codes), 20),
-                                        _mm512_set1_epi32(static_cast<int>(0x87F00000u)));
-  return _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f));
+inline Vec e4m3_16_raw(__m128i codes) {  // e4m3 value * 2^-120
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi8_epi32(codes), 20),
+                                              _mm512_set1_epi32(static_cast<int>(0x87F00000u))));
+}
+inline void dec_fp8_raw(const uint8_t* p, Vec& w0, Vec& w1) {
+  w0 = e4m3_16_raw(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  w1 = e4m3_16_raw(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
 }
 inline void dec_fp8(const uint8_t* p, Vec& w0, Vec& w1) {
-  w0 = e4m3_16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  w1 = e4m3_16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+  dec_fp8_raw(p, w0, w1);
+  w0 = _mm512_mul_ps(w0, _mm512_set1_ps(0x1p120f));
+  w1 = _mm512_mul_ps(w1, _mm512_set1_ps(0x1p120f));
 }
 inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
   w0 = _mm512_castsi512_ps(_mm512_slli_epi32(
@@ -66,19 +70,38 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
   w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
       _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16))), 16));
 }
-// e2m1 values * sw (exact: sw is a power of two); vpermps reads only the low 4 index bits.
-using Fp4Tab = __m512;
-inline Fp4Tab fp4_tab(const float* e2m1, float sw) {
-  return _mm512_mul_ps(_mm512_loadu_ps(e2m1), _mm512_set1_ps(sw));
+inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+
+// FP4 block (gemm.h): the 64 code bytes as 16 dwords; dword d holds elements 8d .. 8d+7 as
+// nibbles, so lane vector t is nibble t of every dword (vpermps reads the low 4 index bits).
+struct Fp4Blk {
+  __m512i dw;
+  Vec scale;
+};
+// len < 128 only for the last block of a row: never read past the row.
+template <bool kFull>
+inline void fp4_blk_load(const uint8_t* codes, const uint8_t* scales, int len, Fp4Blk& b) {
+  uint32_t s4 = 0;
+  if constexpr (kFull) {
+    b.dw = _mm512_loadu_si512(codes);
+    std::memcpy(&s4, scales, 4);
+  } else {
+    b.dw = _mm512_maskz_loadu_epi8((uint64_t{1} << (len / 2)) - 1, codes);
+    std::memcpy(&s4, scales, static_cast<size_t>(len / 32));
+  }
+  const __m128i spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i e = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(s4)), spread));
+  __m512i bits = _mm512_slli_epi32(e, 23);  // 2^(e-127) for e in 1..254; e8m0_to_f32 for 0 and 255:
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), _mm512_set1_epi32(0x00400000));
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)), _mm512_set1_epi32(0x7FC00000));
+  b.scale = _mm512_castsi512_ps(bits);
 }
-// 16 bytes -> 32 nibbles in k order: widen bytes to words and OR in the word shifted by 4, so
-// byte 2i has the low nibble of byte i in its low 4 bits and byte 2i+1 the high nibble.
-inline void dec_fp4(const uint8_t* p, const Fp4Tab& tab, Vec& w0, Vec& w1) {
-  const __m256i wd = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256i nib = _mm256_or_si256(wd, _mm256_slli_epi16(wd, 4));
-  w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(nib)), tab);
-  w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(nib, 1)), tab);
+inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
+  const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                    -3.0f, -4.0f, -6.0f);
+  return _mm512_permutexvar_ps(t == 0 ? b.dw : _mm512_srli_epi32(b.dw, static_cast<unsigned>(4 * t)), tab);
 }
+inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 
 #include "kernels/gemm_simd.inc"
 

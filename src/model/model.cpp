@@ -439,24 +439,9 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
   const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
   std::vector<float> u(N * G * R);
-  const Fp8Weight& woa = aw.wo_a;
-  pool_->parallel_for(static_cast<int64_t>(G) * R, [&](int64_t r0, int64_t r1) {
-    const int nb = woa.scale_cols();
-    for (int64_t row = r0; row < r1; ++row) {
-      const int g = static_cast<int>(row / R);
-      const uint8_t* wrow = woa.w + row * gin;
-      const uint8_t* srow = woa.scale + (row / 128) * nb;
-      for (int t = 0; t < n; ++t) {
-        const float* og = o.data() + static_cast<size_t>(t) * H * Dh + static_cast<size_t>(g) * gin;
-        float acc = 0.0f;
-        for (int b = 0; b < nb; ++b) {
-          const float s = e8m0_to_f32(srow[b]);
-          for (int k = b * 128; k < std::min(gin, b * 128 + 128); ++k) acc += og[k] * (e4m3_to_f32(wrow[k]) * s);
-        }
-        u[static_cast<size_t>(t) * G * R + static_cast<size_t>(row)] = bf16_round(acc);
-      }
-    }
-  }, 8);
+  for (int g = 0; g < G; ++g)
+    gemm_fp8_as_bf16_rows(o.data() + static_cast<size_t>(g) * gin, n, H * Dh, aw.wo_a, g * R, (g + 1) * R,
+                          u.data() + static_cast<size_t>(g) * R, G * R, *pool_);
   gemm_fp8(u.data(), n, aw.wo_b, out, *pool_);
 }
 
