@@ -505,3 +505,52 @@ TEST(Engine, EncodePromptReusesSampledTokens) {
   const std::string other = p_text + "4x";
   EXPECT_EQ(e->encode_prompt(other), concat(prompt, tok.encode("4x")));
 }
+
+// tool_choice enforcement: forced tokens come first (from the start, or once `force_after` is
+// generated), then the script / sampler resumes; a stop token before the trigger becomes the trigger.
+TEST(Engine, ForcedTokensAfterTrigger) {
+  auto e = make_engine();
+  const text::Tokenizer& tok = *shared().tok;
+  const int32_t eos = *tok.token_id("<｜end▁of▁sentence｜>");
+  const int32_t think_end = *tok.token_id("</think>");
+  const std::vector<int32_t> forced = tok.encode("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n");
+
+  // From the start: the forced tokens, then the script.
+  GenerationRequest r = greedy(prompt_ids(10, 60), 100);
+  r.forced_tokens = forced;
+  r.scripted_tokens = concat(tok.encode("tail"), {eos});
+  Outcome o = run(*e, r);
+  EXPECT_EQ(o.ids, concat(forced, r.scripted_tokens));
+  EXPECT_EQ(o.res.cause, FinishCause::kStopToken);
+
+  // After "</think>": reasoning, the trigger, the forced part, then the rest of the script.
+  GenerationRequest r2 = greedy(prompt_ids(10, 61), 100);
+  r2.forced_tokens = forced;
+  r2.force_after = think_end;
+  const std::vector<int32_t> reasoning = tok.encode("hmm");
+  r2.scripted_tokens = concat(concat(reasoning, {think_end}), concat(tok.encode("x"), {eos}));
+  o = run(*e, r2);
+  EXPECT_EQ(o.ids, concat(concat(concat(reasoning, {think_end}), forced), concat(tok.encode("x"), {eos})));
+
+  // EOS inside reasoning is replaced by the trigger, so the forced part still comes.
+  GenerationRequest r3 = greedy(prompt_ids(10, 62), 100);
+  r3.forced_tokens = forced;
+  r3.force_after = think_end;
+  r3.scripted_tokens = concat(reasoning, {eos});
+  o = run(*e, r3);
+  EXPECT_EQ(o.ids, concat(concat(reasoning, {think_end}), forced));
+  EXPECT_EQ(o.res.cause, FinishCause::kMaxTokens);  // the script ran out after the forced part
+
+  // Sampled (no script): the forced part is emitted first and counts against max_tokens.
+  GenerationRequest r4 = greedy(prompt_ids(10, 63), 3);
+  r4.forced_tokens = forced;
+  o = run(*e, r4);
+  ASSERT_EQ(o.ids.size(), 3u);
+  EXPECT_EQ(o.ids, std::vector<int32_t>(forced.begin(), forced.begin() + 3));
+  EXPECT_EQ(o.res.cause, FinishCause::kMaxTokens);
+
+  // Ids are validated like the prompt's.
+  GenerationRequest bad = greedy(prompt_ids(10, 64), 3);
+  bad.forced_tokens = {-1};
+  EXPECT_THROW(e->submit(bad, {}, {}), Error);
+}

@@ -202,7 +202,9 @@ CanonicalRequest parse_anthropic_messages(const Json& body, const ServerOptions&
       auto name = get_string(*tc, "name");
       if (!name || !r.tool_schemas.count(*name)) throw bad_request("tool_choice.name: must name one of the tools", "tool_choice");
       r.forced_tool = *name;
-    } else if (type != "auto" && type != "any") {
+    } else if (type == "any") {
+      r.tool_required = true;
+    } else if (type != "auto") {
       throw bad_request("tool_choice.type: expected auto, any, tool or none", "tool_choice");
     }
   }

@@ -307,6 +307,41 @@ GenerationRequest make_generation_request(const CanonicalRequest& req, const Pre
   return g;
 }
 
+ForcedOutput forced_tool_call(const CanonicalRequest& req, const PreparedPrompt& prompt, const text::Tokenizer& tok,
+                              int32_t eos_id) {
+  ForcedOutput f;
+  if (!req.tools_allowed || req.tools.empty() || (req.forced_tool.empty() && !req.tool_required)) return f;
+  std::string name = req.forced_tool;
+  if (name.empty() && req.tools.size() == 1) name = req.tools.front().function.value("name", std::string());
+  auto add = [&](std::string_view text, bool special) {
+    std::vector<int32_t> ids = tok.encode(text, special);
+    f.tokens.insert(f.tokens.end(), ids.begin(), ids.end());
+  };
+  // The block opener exactly as the encoder renders it (prompt-format §7.2), "\n\n" included.
+  add("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"", true);
+  if (!name.empty()) {
+    add(name, false);  // client text: never read as special tokens
+    add("\">\n", true);
+    // No parameters: `{}` is the only valid call, so the invoke and the block are closed too.
+    auto it = req.tool_schemas.find(name);
+    const Json* props = nullptr;
+    if (it != req.tool_schemas.end() && it->second.is_object()) {
+      auto p = it->second.find("properties");
+      if (p != it->second.end()) props = &*p;
+    }
+    if (!props || (props->is_object() && props->empty())) {
+      add("\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>", true);
+      if (eos_id >= 0) f.tokens.push_back(eos_id);
+    }
+  }
+  if (prompt.opens_thinking) {
+    auto id = tok.token_id(text::tokens::kThinkEnd);
+    if (!id) return {};
+    f.after = *id;
+  }
+  return f;
+}
+
 std::vector<int32_t> script_tokens(const std::string& header_value, const text::Tokenizer& tok) {
   std::string text = header_value;
   if (!text.empty() && text.front() == '"') {
@@ -334,6 +369,19 @@ Json openai_usage(const Usage& u, bool thinking) {
   j["prompt_cache_hit_tokens"] = u.cached_tokens;
   j["prompt_cache_miss_tokens"] = u.prompt_tokens - u.cached_tokens;
   return j;
+}
+
+Json openai_object(const std::string& id, const char* object, int64_t created, const std::string& model,
+                   const std::string& fingerprint, Json choice, Json usage) {
+  Json r = Json::object();
+  r["id"] = id;
+  r["object"] = object;
+  r["created"] = created;
+  r["model"] = model;
+  r["system_fingerprint"] = fingerprint;
+  r["choices"] = Json::array({std::move(choice)});
+  r["usage"] = std::move(usage);
+  return r;
 }
 
 std::string anthropic_stop_reason(const std::string& finish, bool stop_sequence) {
@@ -375,10 +423,8 @@ text::OutputEvent content_event(std::string text) {
 CompletionPipeline::CompletionPipeline(PipelineOptions options)
     : opt_(std::move(options)),
       parser_(parser_options(opt_)),
-      in_reasoning_(opt_.start == text::OutputStart::kReasoning) {
-  // Empty stop strings would match everywhere; the hosted API discards them.
-  opt_.stop.erase(std::remove(opt_.stop.begin(), opt_.stop.end(), std::string()), opt_.stop.end());
-}
+      in_reasoning_(opt_.start == text::OutputStart::kReasoning),
+      stops_(opt_.stop) {}
 
 void CompletionPipeline::feed_token(const TokenEvent& token, const text::Tokenizer* tok,
                                     std::vector<text::OutputEvent>& out) {
@@ -436,7 +482,7 @@ void CompletionPipeline::finish(std::vector<text::OutputEvent>& out) {
 std::vector<Json> CompletionPipeline::take_logprobs() { return std::exchange(logprobs_, {}); }
 
 std::string CompletionPipeline::finish_reason() const {
-  if (stop_matched_) return "stop";
+  if (stops_.matched()) return "stop";
   switch (parser_finish_) {
     case text::FinishReason::kToolCalls: return saw_tool_call_ ? "tool_calls" : "stop";
     case text::FinishReason::kLength: return "length";
@@ -445,43 +491,54 @@ std::string CompletionPipeline::finish_reason() const {
 }
 
 void CompletionPipeline::content(std::string_view text, std::vector<text::OutputEvent>& out) {
-  if (stop_matched_) return;
-  if (opt_.stop.empty()) {
-    if (!text.empty()) out.push_back(content_event(std::string(text)));
-    return;
-  }
+  std::string released = stops_.feed(text);
+  if (!released.empty()) out.push_back(content_event(std::move(released)));
+}
+
+void CompletionPipeline::flush_content(std::vector<text::OutputEvent>& out) {
+  std::string rest = stops_.flush();
+  if (!rest.empty()) out.push_back(content_event(std::move(rest)));
+}
+
+StopMatcher::StopMatcher(std::vector<std::string> stop) : stop_(std::move(stop)) {
+  // Empty stop strings would match everywhere; the hosted API discards them.
+  stop_.erase(std::remove(stop_.begin(), stop_.end(), std::string()), stop_.end());
+}
+
+std::string StopMatcher::feed(std::string_view text) {
+  if (matched_) return {};
+  if (stop_.empty()) return std::string(text);
   held_ += text;
   // Earliest match of any stop string wins.
   std::size_t best = std::string::npos;
   const std::string* which = nullptr;
-  for (const auto& s : opt_.stop) {
+  for (const auto& s : stop_) {
     std::size_t p = held_.find(s);
     if (p != std::string::npos && p < best) best = p, which = &s;
   }
   if (which) {
-    if (best > 0) out.push_back(content_event(held_.substr(0, best)));
+    std::string out = held_.substr(0, best);
     held_.clear();
-    stop_matched_ = true;
-    matched_stop_ = *which;
-    return;
+    matched_ = *which;
+    return out;
   }
   // Hold back the longest tail that could still grow into a stop string.
   std::size_t keep = 0;
-  for (const auto& s : opt_.stop)
+  for (const auto& s : stop_)
     for (std::size_t k = std::min(s.size() - 1, held_.size()); k > keep; --k)
       if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
         keep = k;
         break;
       }
-  if (held_.size() > keep) {
-    out.push_back(content_event(held_.substr(0, held_.size() - keep)));
-    held_.erase(0, held_.size() - keep);
-  }
+  std::string out = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  return out;
 }
 
-void CompletionPipeline::flush_content(std::vector<text::OutputEvent>& out) {
-  if (!held_.empty() && !stop_matched_) out.push_back(content_event(held_));
+std::string StopMatcher::flush() {
+  std::string out = matched_ ? std::string() : std::move(held_);
   held_.clear();
+  return out;
 }
 
 void CompletionPipeline::process(std::vector<text::OutputEvent>& raw, std::vector<text::OutputEvent>& out) {
@@ -495,7 +552,7 @@ void CompletionPipeline::process(std::vector<text::OutputEvent>& raw, std::vecto
         content(e.text, out);
         break;
       case T::kToolCallBegin:
-        if (!opt_.tools_allowed || stop_matched_) break;
+        if (!opt_.tools_allowed || stops_.matched()) break;
         flush_content(out);
         call_name_ = e.tool_name;
         call_args_.clear();
@@ -503,11 +560,11 @@ void CompletionPipeline::process(std::vector<text::OutputEvent>& raw, std::vecto
         out.push_back(std::move(e));
         break;
       case T::kToolCallArguments:
-        if (!opt_.tools_allowed || stop_matched_) break;
+        if (!opt_.tools_allowed || stops_.matched()) break;
         call_args_ += e.text;
         break;
       case T::kToolCallEnd: {
-        if (!opt_.tools_allowed || stop_matched_) break;
+        if (!opt_.tools_allowed || stops_.matched()) break;
         std::string args = call_args_;
         if (e.tool_complete) {
           auto it = opt_.tool_schemas.find(call_name_);

@@ -98,7 +98,8 @@ struct CanonicalRequest {
   std::vector<text::Tool> tools;             // rendered (empty for tool_choice none)
   std::map<std::string, Json> tool_schemas;  // name -> parameters, for argument coercion
   bool tools_allowed = true;                 // tool_choice none: DSML in the output is dropped
-  std::string forced_tool;                   // named tool_choice
+  std::string forced_tool;                   // named tool_choice (OpenAI function / Anthropic tool)
+  bool tool_required = false;                // tool_choice required (Anthropic any)
   Json response_format;                      // null or {"type": "json_object"}
   bool thinking = true;
   text::ReasoningEffort effort = text::ReasoningEffort::kDefault;
@@ -132,6 +133,37 @@ PreparedPrompt prepare_prompt(const CanonicalRequest& req, const ServerOptions& 
 GenerationRequest make_generation_request(const CanonicalRequest& req, const PreparedPrompt& prompt,
                                           const ServerOptions& opt, int64_t max_context, int32_t eos_id);
 
+// tool_choice enforcement (api.md §3, prompt-format §6.3): the output is forced to open the DSML
+// tool-call block, after "</think>" when the prompt opens thinking, else from the first token. With
+// a named tool (or `required` with exactly one tool) the invoke with that name is forced too, and
+// for a tool without parameters the whole call (then EOS), since `{}` is its only valid call.
+// Returns no tokens when nothing is forced (auto / none / no tools).
+struct ForcedOutput {
+  std::vector<int32_t> tokens;
+  int32_t after = -1;  // GenerationRequest::force_after
+};
+ForcedOutput forced_tool_call(const CanonicalRequest& req, const PreparedPrompt& prompt, const text::Tokenizer& tok,
+                              int32_t eos_id);
+
+// Stop strings over a stream of text: text that could be the start of a stop string is held back
+// until resolved; the earliest match of any stop string wins and is not released. Empty stop
+// strings are discarded (hosted behaviour).
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stop);
+  // Appends `text`; returns what can be released now (nothing once a stop string matched).
+  std::string feed(std::string_view text);
+  // The held-back tail at the end of generation ("" after a match).
+  std::string flush();
+  bool matched() const { return matched_.has_value(); }
+  const std::optional<std::string>& which() const { return matched_; }
+
+ private:
+  std::vector<std::string> stop_;
+  std::string held_;
+  std::optional<std::string> matched_;
+};
+
 // Test-only scripted output (x-dsv4-test-script): a JSON string literal (so newlines can be written
 // as \n) or plain text; tokenized with special tokens recognised.
 std::vector<int32_t> script_tokens(const std::string& header_value, const text::Tokenizer& tok);
@@ -143,6 +175,10 @@ struct Usage {
   int reasoning_tokens = 0;
 };
 Json openai_usage(const Usage& u, bool thinking);
+// The object every OpenAI-surface response and chunk shares: {id, object, created, model,
+// system_fingerprint, choices: [choice], usage} (usage null on chunks before the last).
+Json openai_object(const std::string& id, const char* object, int64_t created, const std::string& model,
+                   const std::string& fingerprint, Json choice, Json usage);
 
 struct PipelineOptions {
   text::OutputStart start = text::OutputStart::kReasoning;
@@ -170,11 +206,11 @@ class CompletionPipeline {
   void finish(std::vector<text::OutputEvent>& out);
 
   // Generation can stop: EOS / tool-call block seen, or a stop string matched.
-  bool should_stop() const { return parser_.ended() || stop_matched_; }
+  bool should_stop() const { return parser_.ended() || stops_.matched(); }
   int reasoning_tokens() const { return reasoning_tokens_; }
   // "stop" | "length" | "tool_calls" (valid after finish()).
   std::string finish_reason() const;
-  const std::optional<std::string>& matched_stop() const { return matched_stop_; }
+  const std::optional<std::string>& matched_stop() const { return stops_.which(); }
   // Logprob entries ({token, logprob, bytes, top_logprobs}) of content tokens not yet handed out.
   std::vector<Json> take_logprobs();
 
@@ -188,9 +224,7 @@ class CompletionPipeline {
   std::vector<text::OutputEvent> raw_;
   bool in_reasoning_;
   int reasoning_tokens_ = 0;
-  std::string held_;  // content that could be the start of a stop string
-  bool stop_matched_ = false;
-  std::optional<std::string> matched_stop_;
+  StopMatcher stops_;  // on content only
   text::FinishReason parser_finish_ = text::FinishReason::kNone;
   bool finished_ = false;
   bool saw_tool_call_ = false;

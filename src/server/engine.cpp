@@ -262,6 +262,8 @@ bool Engine::submit(GenerationRequest request, TokenCallback on_token, DoneCallb
   };
   check_ids(request.prompt, "prompt");
   check_ids(request.scripted_tokens, "scripted");
+  check_ids(request.forced_tokens, "forced");
+  if (request.force_after >= m.vocab) throw Error("force_after token id is outside the vocabulary");
   if (n >= m.max_ctx)
     throw Error("the prompt has " + std::to_string(n) + " tokens; the context limit is " + std::to_string(m.max_ctx) +
                 " tokens, which leaves no room for a completion");
@@ -534,6 +536,11 @@ void Engine::Impl::run(Job& job) {
       std::unordered_set<int32_t> stops(req.stop_ids.begin(), req.stop_ids.end());
       stops.insert(eos.begin(), eos.end());
       const bool scripted = !req.scripted_tokens.empty();
+      std::size_t script_pos = 0;
+      // Forced tokens not yet emitted; armed from the start or once `force_after` is generated.
+      std::deque<int32_t> forced;
+      bool force_armed = req.forced_tokens.empty() || req.force_after < 0;
+      if (!req.forced_tokens.empty() && req.force_after < 0) forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
       int completion = 0;
       for (;;) {
         sweep_cancelled_queue();
@@ -541,7 +548,20 @@ void Engine::Impl::run(Job& job) {
           res.cause = FinishCause::kCancelled;
           break;
         }
-        const int32_t id = scripted ? req.scripted_tokens[static_cast<size_t>(completion)] : sampler.sample(logits.data());
+        int32_t id;
+        if (!forced.empty()) {
+          id = forced.front();
+          forced.pop_front();
+        } else if (scripted) {
+          id = req.scripted_tokens[script_pos++];
+        } else {
+          id = sampler.sample(logits.data());
+        }
+        if (!force_armed && (id == req.force_after || stops.count(id))) {
+          id = req.force_after;  // a stop before the trigger becomes the trigger
+          force_armed = true;
+          forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
+        }
         sampler.count(id);
         ++completion;
         TokenEvent ev;
@@ -554,7 +574,7 @@ void Engine::Impl::run(Job& job) {
           cause = FinishCause::kMaxTokens;
         } else if (L + completion >= max_ctx) {
           cause = FinishCause::kContextFull;
-        } else if (scripted && completion >= static_cast<int>(req.scripted_tokens.size())) {
+        } else if (scripted && forced.empty() && script_pos >= req.scripted_tokens.size()) {
           cause = FinishCause::kMaxTokens;  // the script ran out: like a length limit
         }
         const bool last = cause != FinishCause::kError;

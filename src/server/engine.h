@@ -35,6 +35,13 @@ struct GenerationRequest {
   // forward pass still runs), so thinking / tool-call streaming can be tested deterministically.
   // Generation ends at a stop token, or with kMaxTokens when the script runs out.
   std::vector<int32_t> scripted_tokens;
+  // Forced output (tool_choice required / named): these tokens are emitted in order, instead of the
+  // sampler or the script, as soon as `force_after` has been generated (-1: from the first
+  // completion token). A stop token generated before `force_after` is replaced by `force_after`, so
+  // the model cannot end without the forced part (e.g. EOS inside reasoning becomes "</think>").
+  // Forced tokens count as completion tokens and go through the usual stop / max_tokens checks.
+  std::vector<int32_t> forced_tokens;
+  int32_t force_after = -1;
   // Set by the caller to stop generation (client disconnect, server shutdown); checked every token.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
 };

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "server/anthropic_api.h"
+#include "server/completions_api.h"
 #include "server/openai_api.h"
 #include "text/json_py.h"
 
@@ -98,6 +99,8 @@ struct HttpServer::Impl {
 
   void send_error(const httplib::Request& req, httplib::Response& res, const ApiError& e) {
     res.status = e.status;
+    // Overloaded / shutting down: clients (the OpenAI and Anthropic SDKs) honour Retry-After.
+    if (e.status == 503 || e.status == 429) res.set_header("Retry-After", "1");
     const Json body = is_anthropic_path(req.path) ? anthropic_error_body(e) : openai_error_body(e);
     res.set_content(dump(body), "application/json");
   }
@@ -141,17 +144,32 @@ struct HttpServer::Impl {
     int64_t prompt_tokens = 0;
   };
 
+  void check_not_shutting_down() const {
+    if (shutting_down) throw ApiError(503, "server is shutting down", "server_error", "", "server_shutting_down");
+  }
+
   // Render, tokenize, submit. Throws ApiError (400 overflow / bad input, 503 queue full or shutdown).
   Started start(const CanonicalRequest& creq, const httplib::Request& req) {
-    if (shutting_down) throw ApiError(503, "server is shutting down", "server_error", "", "server_shutting_down");
+    check_not_shutting_down();
     Started s;
     s.prompt = prepare_prompt(creq, api, engine.tokenizer(),
                               [this](const std::string& text) { return engine.encode_prompt(text); });
     GenerationRequest g = make_generation_request(creq, s.prompt, api, engine.max_context(),
                                                   engine.config().eos_token_id);
+    // tool_choice required / named: the tool-call opening is forced during decoding.
+    ForcedOutput forced = forced_tool_call(creq, s.prompt, engine.tokenizer(), engine.config().eos_token_id);
+    g.forced_tokens = std::move(forced.tokens);
+    g.force_after = forced.after;
+    s.prompt_tokens = static_cast<int64_t>(g.prompt.size());
+    s.job = submit(std::move(g), req);
+    return s;
+  }
+
+  // Submits a prepared request (the test script header applied). Throws ApiError (400 for requests
+  // the engine refuses, 503 queue full).
+  std::shared_ptr<Job> submit(GenerationRequest g, const httplib::Request& req) {
     if (api.test_script_tokens && req.has_header("x-dsv4-test-script"))
       g.scripted_tokens = script_tokens(req.get_header_value("x-dsv4-test-script"), engine.tokenizer());
-    s.prompt_tokens = static_cast<int64_t>(g.prompt.size());
     auto job = std::make_shared<Job>();
     job->cancel = g.cancel;
     {
@@ -201,8 +219,7 @@ struct HttpServer::Impl {
                      "server_overloaded");
     }
     if (shutting_down) job->cancel->store(true);  // raced with shutdown(): end it right away
-    s.job = std::move(job);
-    return s;
+    return job;
   }
 
   void forget(const std::shared_ptr<Job>& job) {
@@ -210,20 +227,24 @@ struct HttpServer::Impl {
     jobs.erase(job);
   }
 
+  // Waits up to wait_s for tokens, progress or the end; takes what arrived. Returns true once the
+  // generation is over (`result` filled).
+  static bool take(Job& job, double wait_s, std::deque<TokenEvent>& tokens, bool& progressed,
+                   GenerationResult& result) {
+    std::unique_lock<std::mutex> lock(job.m);
+    job.cv.wait_for(lock, std::chrono::duration<double>(wait_s),
+                    [&] { return !job.tokens.empty() || job.done || job.progressed; });
+    tokens.swap(job.tokens);
+    progressed = std::exchange(job.progressed, false);
+    if (job.done) result = job.result;
+    return job.done;
+  }
+
   // One step of draining a job into the pipeline. Returns true once the generation is over.
   static bool drain(Job& job, CompletionPipeline& pipe, const text::Tokenizer& tok, double wait_s,
                     std::vector<text::OutputEvent>& out, bool& progressed, GenerationResult& result) {
     std::deque<TokenEvent> tokens;
-    bool done = false;
-    {
-      std::unique_lock<std::mutex> lock(job.m);
-      job.cv.wait_for(lock, std::chrono::duration<double>(wait_s),
-                      [&] { return !job.tokens.empty() || job.done || job.progressed; });
-      tokens.swap(job.tokens);
-      progressed = std::exchange(job.progressed, false);
-      done = job.done;
-      if (done) result = job.result;
-    }
+    const bool done = take(job, wait_s, tokens, progressed, result);
     for (const auto& t : tokens) {
       pipe.feed_token(t, &tok, out);
       // EOS / end of the tool-call block / a stop string: nothing more will be shown.
@@ -400,6 +421,148 @@ struct HttpServer::Impl {
         });
   }
 
+  // FIM / text completion (/completions): no thinking, no tools; EOS and stop strings end it.
+  void complete(const httplib::Request& req, httplib::Response& res, const FimRequest& freq) {
+    check_not_shutting_down();
+    const int32_t eos = engine.config().eos_token_id;
+    GenerationRequest g = make_fim_generation_request(freq, render_fim_prompt(freq, engine.tokenizer()), api,
+                                                      engine.max_context(), eos);
+    const int64_t prompt_tokens = static_cast<int64_t>(g.prompt.size());
+    std::vector<int32_t> stop_ids = g.stop_ids;
+    auto job = submit(std::move(g), req);
+    auto pipe = std::make_shared<TextPipeline>(freq.stop, stop_ids,
+                                               freq.logprobs >= 0 ? &engine.tokenizer() : nullptr);
+    const std::string id = "cmpl-" + random_hex(32);
+    const int64_t now = static_cast<int64_t>(std::time(nullptr));
+    auto usage = [prompt_tokens](const GenerationResult& r) {
+      Usage u;
+      u.prompt_tokens = r.stats.prompt_tokens > 0 ? r.stats.prompt_tokens : static_cast<int>(prompt_tokens);
+      u.cached_tokens = std::min(r.stats.cached_tokens, u.prompt_tokens);
+      u.completion_tokens = r.stats.completion_tokens;
+      return u;
+    };
+    // Feeds what arrived; returns the released text and whether generation is over.
+    auto step = [job, pipe](double wait_s, std::string& text, bool& progressed, GenerationResult& result) {
+      std::deque<TokenEvent> tokens;
+      const bool done = take(*job, wait_s, tokens, progressed, result);
+      for (const auto& t : tokens) {
+        text += pipe->feed_token(t);
+        if (pipe->should_stop()) job->cancel->store(true);  // EOS / stop string: nothing more is shown
+      }
+      if (done) text += pipe->finish();
+      return done;
+    };
+    LogInfo log;
+    log.method = req.method;
+    log.path = req.path;
+    tl_deferred_log = true;
+
+    if (!freq.stream) {
+      std::string text = freq.echo ? freq.prompt : std::string();
+      GenerationResult result;
+      bool progressed = false;
+      while (!step(1.0, text, progressed, result)) {
+      }
+      if (result.cause == FinishCause::kError) {
+        tl_deferred_log = false;
+        throw ApiError(500, "generation failed: " + result.error, "internal_error");
+      }
+      Outcome o;
+      o.finish_reason = pipe->finish_reason();
+      o.usage = usage(result);
+      res.set_content(dump(fim_response(id, freq.model.id, now, api.system_fingerprint, text, o, pipe->take_logprobs())),
+                      "application/json");
+      log.usage = o.usage;
+      log.ttft = result.stats.time_to_first_token;
+      log.decode_seconds = result.stats.decode_seconds;
+      log.note = "finish=" + o.finish_reason;
+      log_line(log);
+      return;
+    }
+
+    struct Stream {
+      Stream(std::shared_ptr<Job> j, FimStream w) : job(std::move(j)), writer(std::move(w)) {}
+      std::shared_ptr<Job> job;
+      FimStream writer;
+      bool begun = false, ended = false, logged = false;
+      Clock::time_point last_write = Clock::now();
+      LogInfo log;
+      std::shared_ptr<void> active;
+    };
+    auto st = std::make_shared<Stream>(job, FimStream(id, freq.model.id, now, api.system_fingerprint));
+    st->log = log;
+    {
+      std::lock_guard<std::mutex> lock(jobs_mutex);
+      ++active_streams;
+    }
+    st->active = std::shared_ptr<void>(nullptr, [this](void*) {
+      {
+        std::lock_guard<std::mutex> lock(jobs_mutex);
+        --active_streams;
+      }
+      jobs_cv.notify_all();
+    });
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    const double keepalive = http.keepalive_seconds;
+    const std::string echo = freq.echo ? freq.prompt : std::string();
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [st, keepalive, step, usage, pipe, echo](size_t, httplib::DataSink& sink) -> bool {
+          auto write = [&](const std::string& bytes) {
+            if (bytes.empty()) return true;  // an empty write would end httplib's chunk loop
+            st->last_write = Clock::now();
+            return sink.write(bytes.data(), bytes.size());
+          };
+          std::string out;
+          if (!st->begun) {
+            st->begun = true;
+            out = st->writer.text(echo);
+          }
+          std::string text;
+          bool progressed = false;
+          GenerationResult result;
+          const bool done = step(0.5, text, progressed, result);
+          out += st->writer.text(text, pipe->take_logprobs());
+          if (out.empty() && progressed && seconds_since(st->last_write) >= keepalive) out = st->writer.keepalive();
+          if (done) {
+            if (result.cause == FinishCause::kError) {
+              out += st->writer.error(ApiError(500, "generation failed: " + result.error, "internal_error"));
+              st->log.status = 500;
+            } else {
+              Outcome o;
+              o.finish_reason = pipe->finish_reason();
+              o.usage = usage(result);
+              out += st->writer.end(o);
+              st->log.usage = o.usage;
+              st->log.note = "finish=" + o.finish_reason;
+            }
+            st->log.ttft = result.stats.time_to_first_token;
+            st->log.decode_seconds = result.stats.decode_seconds;
+          }
+          if (!write(out)) {
+            st->job->cancel->store(true);
+            return false;
+          }
+          if (done) {
+            st->ended = true;
+            sink.done();
+            if (!std::exchange(st->logged, true)) log_line(st->log);
+          }
+          return true;
+        },
+        [st](bool success) {
+          if (!success || !st->ended) {
+            st->job->cancel->store(true);
+            if (!std::exchange(st->logged, true)) {
+              st->log.status = 499;
+              st->log.note = "client disconnected";
+              log_line(st->log);
+            }
+          }
+        });
+  }
+
   // ------------------------------------------------------------ routes
 
   void routes() {
@@ -485,13 +648,14 @@ struct HttpServer::Impl {
     svr.Post("/v1/messages/count_tokens", count);
     svr.Post("/anthropic/v1/messages/count_tokens", count);
 
-    auto fim = guarded([](const httplib::Request&, httplib::Response&) {
-      throw ApiError(404, "FIM completion (/completions) is not implemented yet by dsv4 serve",
-                     "invalid_request_error", "", "not_implemented");
+    auto fim = guarded([this](const httplib::Request& req, httplib::Response& res) {
+      check_auth(req);
+      complete(req, res, parse_fim_request(parse_body(req), api));
     });
     svr.Post("/v1/completions", fim);
     svr.Post("/completions", fim);
     svr.Post("/beta/completions", fim);
+    svr.Post("/beta/v1/completions", fim);
 
     // Unrouted paths, oversized bodies and malformed requests get the surface's error object.
     svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {

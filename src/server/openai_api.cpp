@@ -148,6 +148,7 @@ CanonicalRequest parse_openai_chat(const Json& body, const ServerOptions& opt) {
       else if (s != "auto" && s != "required")
         throw invalid_param("tool_choice: expected none, auto, required or a named function", "tool_choice");
       if (s == "required" && r.tools.empty()) throw bad_request("tool_choice 'required' needs tools", "tool_choice");
+      r.tool_required = s == "required";
     } else if (tc->is_object()) {
       const Json* fn = get(*tc, "function");
       auto name = fn && fn->is_object() ? get_string(*fn, "name") : std::nullopt;
@@ -181,15 +182,8 @@ Json openai_chat_response(const std::string& id, const std::string& model, int64
   choice["message"] = message;
   choice["logprobs"] = logprobs ? Json{{"content", *logprobs}} : Json(nullptr);
   choice["finish_reason"] = outcome.finish_reason;
-  Json r = Json::object();
-  r["id"] = id;
-  r["object"] = "chat.completion";
-  r["created"] = created;
-  r["model"] = model;
-  r["system_fingerprint"] = fingerprint;
-  r["choices"] = Json::array({choice});
-  r["usage"] = openai_usage(outcome.usage, thinking);
-  return r;
+  return openai_object(id, "chat.completion", created, model, fingerprint, std::move(choice),
+                       openai_usage(outcome.usage, thinking));
 }
 
 Json openai_model_entry(const std::string& id, int64_t created, int64_t context_length, int max_output) {
@@ -220,14 +214,8 @@ std::string OpenAIStream::chunk(Json delta, const Json& finish_reason, Json usag
   choice["delta"] = std::move(delta);
   choice["logprobs"] = std::move(logprobs);
   choice["finish_reason"] = finish_reason;
-  Json c = Json::object();
-  c["id"] = id_;
-  c["object"] = "chat.completion.chunk";
-  c["created"] = created_;
-  c["model"] = model_;
-  c["system_fingerprint"] = fingerprint_;
-  c["choices"] = Json::array({choice});
-  c["usage"] = std::move(usage);
+  const Json c = openai_object(id_, "chat.completion.chunk", created_, model_, fingerprint_, std::move(choice),
+                               std::move(usage));
   return "data: " + c.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n\n";
 }
 

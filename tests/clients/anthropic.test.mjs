@@ -124,3 +124,19 @@ test('errors: image block 400, bad key 401 (x-api-key and Bearer), unknown non-c
   assert.equal(q.status, 400);
   assert.equal((await q.json()).type, 'error');
 });
+
+test('tool_choice any / tool are enforced by decoding (demo model, sampled)', async () => {
+  const ping = { name: 'ping', description: 'No arguments', input_schema: { type: 'object', properties: {} } };
+  for (const tool_choice of [{ type: 'any' }, { type: 'tool', name: 'ping' }]) {
+    const r = await client.messages.create({
+      model: 'claude-haiku-4-5', max_tokens: 64, thinking: { type: 'disabled' }, tools: [ping], tool_choice,
+      messages: [{ role: 'user', content: 'ping' }],
+    });
+    assert.equal(r.stop_reason, 'tool_use', JSON.stringify(tool_choice));
+    const uses = r.content.filter((b) => b.type === 'tool_use');
+    assert.equal(uses.length, 1);
+    assert.equal(uses[0].name, 'ping');
+    assert.deepEqual(uses[0].input, {});
+    assert.match(uses[0].id, /^toolu_/);
+  }
+});

@@ -239,3 +239,54 @@ test('aborting a stream cancels generation promptly', async () => {
   assert.equal(h.busy, false, 'engine still busy 10 s after the client aborted');
   assert.match(srv.log(), /499 .*client disconnected/);
 });
+
+// tool_choice enforcement: the DSML opening (and the named invoke) is forced during decoding.
+const PING = [{ type: 'function', function: { name: 'ping', description: 'No arguments', parameters: { type: 'object', properties: {} } } }];
+
+test('tool_choice required on the demo model (sampled) yields a tool call', async () => {
+  // One parameterless tool: `{}` is its only valid call, so the whole call is forced.
+  const r = await client.chat.completions.create({
+    model: 'deepseek-chat', messages: [{ role: 'user', content: 'ping it' }], tools: PING, tool_choice: 'required', max_tokens: 64,
+  });
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  const tc = r.choices[0].message.tool_calls;
+  assert.equal(tc.length, 1);
+  assert.equal(tc[0].function.name, 'ping');
+  assert.equal(tc[0].function.arguments, '{}');
+  assert.match(tc[0].id, /^call_00_/);
+  assert.equal(r.choices[0].message.content, '');
+});
+
+test('named tool_choice with thinking: forced after </think>, the model writes the arguments (streamed)', async () => {
+  // Scripted: reasoning, then (after the forced opening) only the parameters and the closers.
+  const args = `<${'｜DSML｜'}parameter name="city" string="true">Paris</${'｜DSML｜'}parameter>\n</${'｜DSML｜'}invoke>\n</${'｜DSML｜'}tool_calls>` + EOS;
+  const stream = await client.chat.completions.create(
+    { model: 'deepseek-reasoner', messages: [{ role: 'user', content: 'weather?' }], tools: [...TOOLS, ...PING],
+      tool_choice: { type: 'function', function: { name: 'get_weather' } }, stream: true },
+    { headers: { 'x-dsv4-test-script': script('I must call it.</think>' + args) } });
+  let reasoning = '', content = '', name = '', argText = '', finish = null;
+  for await (const c of stream) {
+    const d = c.choices[0]?.delta ?? {};
+    reasoning += d.reasoning_content ?? '';
+    content += d.content ?? '';
+    for (const t of d.tool_calls ?? []) {
+      name += t.function?.name ?? '';
+      argText += t.function?.arguments ?? '';
+    }
+    if (c.choices[0]?.finish_reason) finish = c.choices[0].finish_reason;
+  }
+  assert.equal(reasoning, 'I must call it.');
+  assert.equal(content, '');
+  assert.equal(name, 'get_weather');
+  assert.deepEqual(JSON.parse(argText), { city: 'Paris' });
+  assert.equal(finish, 'tool_calls');
+});
+
+test('tool_choice required: EOS inside reasoning still leads to the forced call', async () => {
+  const r = await client.chat.completions.create(
+    { model: 'deepseek-reasoner', messages: [{ role: 'user', content: 'x' }], tools: PING, tool_choice: 'required' },
+    { headers: { 'x-dsv4-test-script': script('Done thinking' + EOS) } });
+  assert.equal(r.choices[0].message.reasoning_content, 'Done thinking');
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  assert.equal(r.choices[0].message.tool_calls[0].function.name, 'ping');
+});

@@ -57,3 +57,57 @@ test('context overflow is a clear 400 (context_length_exceeded)', async () => {
     await srv.stop();
   }
 });
+
+test('queue full (--max-queue 1): 503 with Retry-After, OpenAI and Anthropic error shapes', async () => {
+  const srv = await startServer(['--max-queue', '1']);
+  const controller = new AbortController();
+  const auth = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` };
+  try {
+    // A: a long scripted stream keeps the engine busy (~30 s unless cancelled).
+    const a = await fetch(srv.base + '/v1/chat/completions', {
+      method: 'POST', signal: controller.signal,
+      headers: { ...auth, 'x-dsv4-test-script': script(' w'.repeat(1500)) },
+      body: JSON.stringify({ model: 'deepseek-chat', stream: true, max_tokens: 1500, messages: [{ role: 'user', content: 'go' }] }),
+    });
+    assert.equal(a.status, 200);
+    const reader = a.body.getReader();
+    let text = '';
+    while (!text.includes('" w"')) {  // a content delta: A is running, not queued
+      const { value, done } = await reader.read();
+      assert.ok(!done, 'stream A ended early');
+      text += Buffer.from(value).toString();
+    }
+    // B waits in the queue (its one place).
+    const b = fetch(srv.base + '/v1/completions', {
+      method: 'POST', headers: auth, body: JSON.stringify({ model: 'deepseek-v4-flash', prompt: 'x', max_tokens: 2 }),
+    });
+    for (let i = 0; i < 100 && (await (await fetch(srv.base + '/health')).json()).queued < 1; ++i)
+      await new Promise((r) => setTimeout(r, 50));
+    // C: refused at once.
+    const c = await fetch(srv.base + '/v1/chat/completions', {
+      method: 'POST', headers: auth, body: JSON.stringify({ model: 'deepseek-chat', messages: [{ role: 'user', content: 'x' }] }),
+    });
+    assert.equal(c.status, 503);
+    assert.ok(Number(c.headers.get('retry-after')) >= 1);
+    const cj = await c.json();
+    assert.equal(cj.error.code, 'server_overloaded');
+    assert.equal(cj.error.type, 'server_error');
+    const m = await fetch(srv.base + '/v1/messages', {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
+      body: JSON.stringify({ model: 'claude-sonnet-4-5', max_tokens: 4, messages: [{ role: 'user', content: 'x' }] }),
+    });
+    assert.equal(m.status, 503);
+    assert.ok(m.headers.get('retry-after'));
+    assert.deepEqual((await m.json()).error.type, 'overloaded_error');
+    // The SDK surfaces it as an APIError with status 503 (no retries configured).
+    await assert.rejects(srv.openai().completions.create({ model: 'deepseek-v4-flash', prompt: 'x', max_tokens: 2 }),
+      (e) => e.status === 503);
+    controller.abort();
+    const rb = await b;
+    assert.equal(rb.status, 200);
+    assert.equal((await rb.json()).object, 'text_completion');
+  } finally {
+    controller.abort();
+    await srv.stop();
+  }
+});
