@@ -1,6 +1,8 @@
 // Exact primitives of spec model.md §4: bit-exact against brute-force definitions.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include <cmath>
 #include <random>
 
@@ -19,6 +21,32 @@ float brute_round(float x, const float* grid, int n_codes, float maxv) {
   }
   return std::signbit(x) ? -grid[best] : grid[best];
 }
+// The bit-arithmetic rounding of the activation quantiser equals the reference rule for
+// |x| <= 448: a sweep over the bit patterns, and every float within 16 ulps of each e4m3 value
+// and of each midpoint between neighbours (where the ties and carries are), both signs.
+TEST(Numerics, RoundToE4m3ClampedMatchesReference) {
+  std::vector<float> probes;
+  const uint32_t top = f32_bits(448.0f);
+  for (uint32_t a = 0; a <= top; a += 4099) probes.push_back(f32_from_bits(a));
+  std::vector<float> grid;
+  for (int c = 0; c < 127; ++c) grid.push_back(kE4M3Values[c]);  // 0 .. 448, ascending
+  for (size_t i = 0; i + 1 < grid.size(); ++i) {
+    for (float centre : {grid[i], 0.5f * (grid[i] + grid[i + 1])}) {
+      const uint32_t cb = f32_bits(centre);
+      for (int d = -16; d <= 16; ++d) {
+        const int64_t b = static_cast<int64_t>(cb) + d;
+        if (b >= 0 && b <= top) probes.push_back(f32_from_bits(static_cast<uint32_t>(b)));
+      }
+    }
+  }
+  size_t bad = 0;
+  for (float p : probes)
+    for (float x : {p, -p})
+      if (f32_bits(round_to_e4m3_clamped(x)) != f32_bits(round_to_e4m3(x)) && bad++ < 5)
+        ADD_FAILURE() << "x=" << x << " bits=" << std::hex << f32_bits(x);
+  EXPECT_EQ(bad, 0u) << "of " << 2 * probes.size();
+}
+
 }  // namespace
 
 TEST(Numerics, Bf16RoundsToNearestEven) {

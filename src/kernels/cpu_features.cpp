@@ -1,5 +1,7 @@
 #include "kernels/cpu_features.h"
 
+#include "kernels/gemm.h"
+
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -41,7 +43,8 @@ Isa detect() {
   __cpuid_count(7, 1, a1, b1, c1, d1);
   const bool bf16 = a1 & (1u << 5);
   const bool zmm_state = (xcr0 & 0xe0) == 0xe0;  // opmask, ZMM0-15 high halves, ZMM16-31
-  if (f && dq && bw && vl && vnni && bf16 && zmm_state) return Isa::Avx512;
+  // The FP4 GEMM order relies on VDPBF16PS rounding like two FMAs (gemm.h): probed, not assumed.
+  if (f && dq && bw && vl && vnni && bf16 && zmm_state && gemm_detail::avx512_dpbf16_is_two_fmas()) return Isa::Avx512;
   return Isa::Avx2;
 #else
   return Isa::Scalar;

@@ -10,7 +10,8 @@ enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 const char* isa_name(Isa isa);
 
 // Best path this CPU supports: Avx512 needs F/BW/VL/DQ/BF16/VNNI (+ AVX2/FMA/F16C/BMI2, since
-// the avx512 files are compiled with all of those flags); Avx2 needs AVX2/FMA/F16C/BMI2.
+// the avx512 files are compiled with all of those flags) and a VDPBF16PS that rounds like two
+// FMAs (probed once, see gemm.h); Avx2 needs AVX2/FMA/F16C/BMI2.
 Isa detected_isa();
 bool isa_supported(Isa isa);
 

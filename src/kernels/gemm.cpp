@@ -71,14 +71,17 @@ PaddedRows pad_rows(const float* x, int M, int K, int x_stride, int kp) {
 // Runs rows [row_begin, row_end) in panels of kPanelRows, split over the pool.
 void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
   if (p.M <= 0 || row_end <= row_begin) return;
-  std::vector<float> zero(static_cast<size_t>(p.kp) + 32, 0.0f);
+  // Buffers live per thread and only grow: a decode step makes hundreds of small GEMM calls.
+  thread_local std::vector<float> zero;
+  if (zero.size() < static_cast<size_t>(p.kp) + 32) zero.assign(static_cast<size_t>(p.kp) + 32, 0.0f);
   p.zero_row = zero.data();
   p.row0 = row_begin;
   const Isa isa = active_isa();
   const int64_t panels = (row_end - row_begin + gd::kPanelRows - 1) / gd::kPanelRows;
   pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
-    std::vector<float> scratch;
-    if (isa != Isa::Scalar) scratch.resize(static_cast<size_t>(gd::scratch_floats(p.M, p.nb)));
+    thread_local std::vector<float> scratch;  // fully written before read by the back ends
+    const size_t need = isa != Isa::Scalar ? static_cast<size_t>(gd::scratch_floats(p.M, p.nb)) : 0;
+    if (scratch.size() < need) scratch.resize(need);
     for (int64_t pi = p0; pi < p1; ++pi) {
       const int n0 = row_begin + static_cast<int>(pi) * gd::kPanelRows;
       const int n1 = std::min(row_end, n0 + gd::kPanelRows);
@@ -129,13 +132,15 @@ void rows_scalar(const Problem& p, int n0, int n1) {
         const int k0 = b * 128, k1 = std::min(p.K, k0 + 128);
         float lane[16] = {};
         if (p.kind == Kind::Fp4) {
-          // Lane d: elements 8d .. 8d+7 unscaled, then the scale of their 32-group.
-          for (int k = k0; k < k1; ++k) {
-            const uint8_t byte = p.w[static_cast<size_t>(n) * (p.K / 2) + k / 2];
-            const float w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15];
-            const int r = k - k0;
-            lane[r / 8] = std::fma(a[k0 + fp4_permuted_pos(r)], w, lane[r / 8]);
-          }
+          // Lane d: elements 8d + kFp4Order[t] unscaled, then the scale of their 32-group.
+          for (int t = 0; t < 8; ++t)
+            for (int d = 0; d < 16; ++d) {
+              const int k = k0 + 8 * d + kFp4Order[t];
+              if (k >= k1) continue;
+              const uint8_t byte = p.w[static_cast<size_t>(n) * (p.K / 2) + k / 2];
+              const float w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15];
+              lane[d] = std::fma(a[k0 + 16 * t + d], w, lane[d]);
+            }
           for (int d = 0; d < 16 && k0 + 8 * d < k1; ++d)
             lane[d] *= p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]];
         } else {

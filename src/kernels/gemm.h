@@ -9,10 +9,12 @@
 //   * The lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2, l += l+1.
 //   * The block partial enters the output accumulator (starting at +0) in increasing b:
 //     acc = fma(part_b, scale(m, n, b), acc).
-// FP4 differs in the lanes only: element k0 + r of a block goes to lane r / 8 (8 consecutive
-// elements share one ue8m0 scale), the lane sums the unscaled e2m1 products and is multiplied by
-// that scale before the tree (exactly what summing pre-scaled weights gives, the scale being a
-// power of two); the activations reach the back ends permuted per block (fp4_permute_block).
+// FP4 differs in the lanes: lane d of a 128-block takes elements 8d .. 8d+7 (one ue8m0 scale
+// group) in the order 8d + kFp4Order[t], t = 0..7, with unscaled e2m1 weights, and is multiplied
+// by the group scale before the tree (what pre-scaled weights give exactly: a power of two).
+// The order is the one VDPBF16PS produces when element pairs (8d+u, 8d+4+u) share a dword: it
+// adds the odd product, then the even one, each rounded (probed at start-up, cpu_features.h).
+// The activations reach the back ends permuted per block (fp4_permuted_pos).
 // Every product a_k * w_k of these GEMMs is exact in fp32 (e4m3 x e4m3, e4m3 x e2m1, bf16 x bf16,
 // bf16 x e4m3), so the fma only fixes the few cases that underflow; the order is what matters.
 // Work is split over output rows n only, so the thread count never changes a result.
@@ -82,18 +84,26 @@ constexpr int kPanelRows = 16;  // rows n per work item
 constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 path)
 // Floats of scratch one work item needs.
 inline int64_t scratch_floats(int M, int nb) {
-  return int64_t{kPanelRows} * kChunkK + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows +
-         int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
+  // wbuf doubles as the FP4 small-M stash: kPanelRows rows x nb blocks x 16 lanes.
+  const int64_t wbuf = int64_t{kPanelRows} * (kChunkK > nb * 16 ? kChunkK : nb * 16);
+  return wbuf + int64_t{nb} * 64 /* FP4 bf16 pairs */ + int64_t{nb} * 4 /* FP4 row scales */ + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
 }
 
-// FP4 activation layout of one 128-block: position 16 t + d holds element 8 d + t, so that lane
-// vector t of the back ends meets the weights of lane d's t-th element.
-inline int fp4_permuted_pos(int r) { return (r % 8) * 16 + r / 8; }
+// FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds
+// element 8 d + kFp4Order[t], so that lane vector t meets the t-th element of every lane.
+constexpr int kFp4Order[8] = {4, 0, 5, 1, 6, 2, 7, 3};
+inline int fp4_permuted_pos(int r) {
+  const int e = r % 8, t = e < 4 ? 2 * e + 1 : 2 * (e - 4);  // kFp4Order[t] == e
+  return t * 16 + r / 8;
+}
 
 // Compute output rows [n0, n1) (n1 - n0 <= kPanelRows) of `p` for all M rows.
 void rows_scalar(const Problem& p, int n0, int n1);
 void rows_avx2(const Problem& p, int n0, int n1, float* scratch);
 void rows_avx512(const Problem& p, int n0, int n1, float* scratch);
+// Start-up probe of the AVX-512 path (run only on CPUs with AVX512_BF16): does VDPBF16PS round
+// like two FMAs, odd element first? If not, the AVX-512 path is not used.
+bool avx512_dpbf16_is_two_fmas();
 
 }  // namespace gemm_detail
 

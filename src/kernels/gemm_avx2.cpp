@@ -78,24 +78,37 @@ inline __m256 e8m0_8(__m128i bytes8) {  // e8m0_to_f32 of 8 bytes
   bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7FC00000), _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
   return _mm256_castsi256_ps(bits);
 }
+// e8m0_to_f32 of 16 scale bytes as a Vec (n < 16: the rest read as 0 and are never used).
+inline Vec fp4_scales16(const uint8_t* scales, int n) {
+  alignas(16) uint8_t buf[16] = {};
+  std::memcpy(buf, scales, static_cast<size_t>(n < 16 ? n : 16));
+  const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+  return {e8m0_8(b), e8m0_8(_mm_srli_si128(b, 8))};
+}
+// Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
+inline Vec fp4_spread(Vec s16, int j) {
+  const __m256 src = j < 2 ? s16.lo : s16.hi;
+  const int g = 4 * (j % 2);
+  return {_mm256_permutevar8x32_ps(src, _mm256_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1)),
+          _mm256_permutevar8x32_ps(src, _mm256_setr_epi32(g + 2, g + 2, g + 2, g + 2, g + 3, g + 3, g + 3, g + 3))};
+}
 // len < 128 only for the last block of a row: never read past the row.
 template <bool kFull>
-inline void fp4_blk_load(const uint8_t* codes, const uint8_t* scales, int len, Fp4Blk& b) {
-  uint32_t s4 = 0;
+inline void fp4_blk_load_codes(const uint8_t* codes, int len, Fp4Blk& b) {
   if constexpr (kFull) {
     b.lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
     b.hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32));
-    std::memcpy(&s4, scales, 4);
   } else {
     alignas(32) uint8_t buf[64] = {};
     std::memcpy(buf, codes, static_cast<size_t>(len / 2));
     b.lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
     b.hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf + 32));
-    std::memcpy(&s4, scales, static_cast<size_t>(len / 32));
   }
-  const __m128i s = _mm_cvtsi32_si128(static_cast<int>(s4));
-  b.scale = {e8m0_8(_mm_shuffle_epi8(s, _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0))),
-             e8m0_8(_mm_shuffle_epi8(s, _mm_setr_epi8(2, 2, 2, 2, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0)))};
+}
+template <bool kFull>
+inline void fp4_blk_load(const uint8_t* codes, const uint8_t* scales, int len, Fp4Blk& b) {
+  fp4_blk_load_codes<kFull>(codes, len, b);
+  b.scale = fp4_spread(fp4_scales16(scales, len / 32), 0);
 }
 // Magnitudes from the low 3 index bits (vpermps), bit 3 is the sign.
 inline __m256 e2m1_8(__m256i idx) {
@@ -104,10 +117,16 @@ inline __m256 e2m1_8(__m256i idx) {
   return _mm256_xor_ps(_mm256_permutevar8x32_ps(mag, idx), _mm256_castsi256_ps(sign));
 }
 inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
-  const __m128i sh = _mm_cvtsi32_si128(4 * t);
+  const __m128i sh = _mm_cvtsi32_si128(4 * kFp4Order[t]);
   return {e2m1_8(_mm256_srl_epi32(b.lo, sh)), e2m1_8(_mm256_srl_epi32(b.hi, sh))};
 }
 inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
+constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the same order
+inline void fp4_pairs_from_permuted(const float*, uint32_t*) {}
+inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
+template <bool kFull>
+inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*, Vec lane_scale) { return lane_scale; }
+inline void fp4_row_4blocks_pairs(const uint8_t*, const uint32_t*, const float*, float*) {}
 
 #include "kernels/gemm_simd.inc"
 

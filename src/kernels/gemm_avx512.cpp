@@ -78,35 +78,142 @@ struct Fp4Blk {
   __m512i dw;
   Vec scale;
 };
-// len < 128 only for the last block of a row: never read past the row.
-template <bool kFull>
-inline void fp4_blk_load(const uint8_t* codes, const uint8_t* scales, int len, Fp4Blk& b) {
-  uint32_t s4 = 0;
-  if constexpr (kFull) {
-    b.dw = _mm512_loadu_si512(codes);
-    std::memcpy(&s4, scales, 4);
+// e8m0_to_f32 of 16 scale bytes (n < 16: the rest read as 0 and are never used).
+inline Vec fp4_scales16(const uint8_t* scales, int n) {
+  __m128i b;
+  if (n >= 16) {
+    b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
   } else {
-    b.dw = _mm512_maskz_loadu_epi8((uint64_t{1} << (len / 2)) - 1, codes);
-    std::memcpy(&s4, scales, static_cast<size_t>(len / 32));
+    alignas(16) uint8_t buf[16] = {};
+    std::memcpy(buf, scales, static_cast<size_t>(n));
+    b = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
   }
-  const __m128i spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  const __m512i e = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(s4)), spread));
+  const __m512i e = _mm512_cvtepu8_epi32(b);
   __m512i bits = _mm512_slli_epi32(e, 23);  // 2^(e-127) for e in 1..254; e8m0_to_f32 for 0 and 255:
   bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), _mm512_set1_epi32(0x00400000));
   bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)), _mm512_set1_epi32(0x7FC00000));
-  b.scale = _mm512_castsi512_ps(bits);
+  return _mm512_castsi512_ps(bits);
+}
+inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {  // n a multiple of 16
+  for (int i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, fp4_scales16(scales + i, 16));
+}
+// Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
+inline Vec fp4_spread(Vec s16, int j) {
+  const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * j),
+                                       _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+  return _mm512_permutexvar_ps(idx, s16);
+}
+// len < 128 only for the last block of a row: never read past the row.
+template <bool kFull>
+inline void fp4_blk_load_codes(const uint8_t* codes, int len, Fp4Blk& b) {
+  if constexpr (kFull)
+    b.dw = _mm512_loadu_si512(codes);
+  else
+    b.dw = _mm512_maskz_loadu_epi8((uint64_t{1} << (len / 2)) - 1, codes);
+}
+template <bool kFull>
+inline void fp4_blk_load(const uint8_t* codes, const uint8_t* scales, int len, Fp4Blk& b) {
+  fp4_blk_load_codes<kFull>(codes, len, b);
+  b.scale = fp4_spread(fp4_scales16(scales, len / 32), 0);
 }
 inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
   const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
                                     -3.0f, -4.0f, -6.0f);
-  return _mm512_permutexvar_ps(t == 0 ? b.dw : _mm512_srli_epi32(b.dw, static_cast<unsigned>(4 * t)), tab);
+  return _mm512_permutexvar_ps(_mm512_srli_epi32(b.dw, static_cast<unsigned>(4 * kFp4Order[t])), tab);
 }
 inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
+
+// Small-M FP4 through VDPBF16PS (gemm.h order): the activation block as bf16 pairs, dword d of
+// vector u = (element 8d+u, element 8d+4+u); word w of the codes holds elements 4w .. 4w+3, so
+// vpermw on (codes >> 4u) yields element 4w+u in word w, i.e. exactly that pairing.
+constexpr bool kFp4Bf16Pairs = true;
+inline void fp4_pairs_from_permuted(const float* a, uint32_t* pairs) {  // one block
+  for (int u = 0; u < 4; ++u) {
+    const __m512i even = _mm512_castps_si512(_mm512_loadu_ps(a + 16 * (2 * u + 1)));  // 8d + u
+    const __m512i odd = _mm512_castps_si512(_mm512_loadu_ps(a + 16 * (2 * u)));       // 8d + 4 + u
+    // bf16-exact values: the high halves are the bf16 bits.
+    const __m512i v = _mm512_ternarylogic_epi32(_mm512_srli_epi32(even, 16), odd, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), 0xD8);  // mask ? odd : even
+    _mm512_storeu_si512(pairs + 16 * u, v);
+  }
+}
+inline __m512i fp4_bf16_table() {
+  return _mm512_setr_epi32(0x3F000000, 0x3FC03F80, 0x40404000, 0x40C04080, static_cast<int>(0xBF008000u),
+                           static_cast<int>(0xBFC0BF80u), static_cast<int>(0xC040C000u), static_cast<int>(0xC0C0C080u),
+                           0x3F000000, 0x3FC03F80, 0x40404000, 0x40C04080, static_cast<int>(0xBF008000u),
+                           static_cast<int>(0xBFC0BF80u), static_cast<int>(0xC040C000u), static_cast<int>(0xC0C0C080u));
+}
+template <bool kFull>
+inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pairs, Vec lane_scale) {
+  const __m512i tab = fp4_bf16_table();
+  Fp4Blk blk;
+  fp4_blk_load_codes<kFull>(codes, len, blk);
+  __m512 x = _mm512_setzero_ps();
+  for (int u = 0; u < 4; ++u) {
+    const __m512i w = _mm512_permutexvar_epi16(u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab);
+    x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_loadu_si512(pairs + 16 * u), (__m512bh)w);
+  }
+  return _mm512_mul_ps(x, lane_scale);
+}
+// Four consecutive full blocks of one row (blocks 4j .. 4j+3 of a 16-group run of scales s16),
+// interleaved so that four independent dot-product chains are in flight; lane vectors to out[4].
+constexpr int kFp4PrefetchBytes = 2048;
+inline void fp4_row_4blocks_pairs(const uint8_t* codes, const uint32_t* pairs, const float* scales16, float* out) {
+  const Vec s16 = _mm512_loadu_ps(scales16);
+  const __m512i tab = fp4_bf16_table();
+  __m512i c[4];
+  __m512 x[4];
+  for (int j = 0; j < 4; ++j) {
+    // Rows follow each other in memory: ask for the stream well ahead (the hardware prefetcher
+    // alone leaves these loads waiting; it costs nothing past the end of the matrix).
+    _mm_prefetch(reinterpret_cast<const char*>(codes + kFp4PrefetchBytes + 64 * j), _MM_HINT_T0);
+    c[j] = _mm512_loadu_si512(codes + 64 * j);
+    x[j] = _mm512_setzero_ps();
+  }
+  for (int u = 0; u < 4; ++u)
+    for (int j = 0; j < 4; ++j) {
+      const __m512i w = _mm512_permutexvar_epi16(u == 0 ? c[j] : _mm512_srli_epi16(c[j], static_cast<unsigned>(4 * u)), tab);
+      x[j] = _mm512_dpbf16_ps(x[j], (__m512bh)_mm512_loadu_si512(pairs + 64 * j + 16 * u), (__m512bh)w);
+    }
+  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(x[j], fp4_spread(s16, j)));
+}
+
+// VDPBF16PS must add the odd product, then the even one, each rounded like an FMA (the order
+// gemm.h defines); checked on awkward values once, before the AVX-512 path is chosen.
+bool probe_dpbf16_is_two_fmas() {
+  alignas(64) uint16_t a[32], b[32];
+  alignas(64) float acc[16], out[16];
+  uint32_t x = 12345;
+  auto next = [&] { return x = x * 1664525u + 1013904223u; };
+  for (int round = 0; round < 64; ++round) {
+    for (int i = 0; i < 32; ++i) {
+      a[i] = static_cast<uint16_t>((0x3F80 + (next() >> 25) + (((next() >> 28) & 7) << 7)) ^ ((next() & 1) << 15));
+      b[i] = static_cast<uint16_t>((0x3F80 + (next() >> 25) + (((next() >> 28) & 7) << 7)) ^ ((next() & 1) << 15));
+    }
+    for (int j = 0; j < 16; ++j) {
+      const uint32_t bits = 0x3F800000u + (next() >> 9) + (((next() >> 29) & 7) << 23);
+      std::memcpy(&acc[j], &bits, 4);
+    }
+    _mm512_storeu_ps(out, _mm512_dpbf16_ps(_mm512_loadu_ps(acc), (__m512bh)_mm512_loadu_si512(a),
+                                           (__m512bh)_mm512_loadu_si512(b)));
+    for (int j = 0; j < 16; ++j) {
+      auto f = [](uint16_t h) {
+        const uint32_t u = static_cast<uint32_t>(h) << 16;
+        float v;
+        std::memcpy(&v, &u, 4);
+        return v;
+      };
+      const float want = __builtin_fmaf(f(a[2 * j]), f(b[2 * j]), __builtin_fmaf(f(a[2 * j + 1]), f(b[2 * j + 1]), acc[j]));
+      if (std::memcmp(&want, &out[j], 4) != 0) return false;
+    }
+  }
+  return true;
+}
 
 #include "kernels/gemm_simd.inc"
 
 }  // namespace
 
 void rows_avx512(const Problem& p, int n0, int n1, float* scratch) { rows_simd(p, n0, n1, scratch); }
+bool avx512_dpbf16_is_two_fmas() { return probe_dpbf16_is_two_fmas(); }
 
 }  // namespace dsv4::gemm_detail

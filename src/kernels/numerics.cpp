@@ -94,11 +94,32 @@ uint8_t encode_e2m1(float v) {
   return sign | c;
 }
 
+float round_to_e4m3_clamped(float x) {
+  // Both candidates, then a select: no branch, so the quantiser loop vectorises.
+  const uint32_t u = f32_bits(x), sign = u & 0x80000000u, a = u ^ sign;
+  // >= 2^-6, normal in e4m3: keep 3 mantissa bits, half to even, at most 448.
+  uint32_t normal = (a + 0x7FFFFu + ((a >> 20) & 1u)) & 0xFFF00000u;
+  normal = normal < 0x43E00000u ? normal : 0x43E00000u;
+  // Below: the subnormal grid 2^-9; adding 1.5 * 2^14 rounds to it (half to even).
+  const uint32_t sub = f32_bits((f32_from_bits(a) + 0x1.8p14f) - 0x1.8p14f);
+  return f32_from_bits((a >= 0x3C800000u ? normal : sub) | sign);
+}
+
 float act_quant_block(const float* x, int n, float* q_out) {
-  float amax = kActQuantAmaxFloor;
-  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float s = pow2ceil(amax * (1.0f / kFp8Max));
-  for (int i = 0; i < n; ++i) q_out[i] = round_to_e4m3(std::clamp(x[i] / s, -kFp8Max, kFp8Max));
+  // amax through the bit patterns: for non-negative floats integer order is float order, and
+  // the integer max vectorises without fast-math.
+  uint32_t amax_bits = f32_bits(kActQuantAmaxFloor);
+  for (int i = 0; i < n; ++i) {
+    const uint32_t b = f32_bits(x[i]) & 0x7FFFFFFFu;
+    amax_bits = b > amax_bits ? b : amax_bits;
+  }
+  const float s = pow2ceil(f32_from_bits(amax_bits) * (1.0f / kFp8Max));
+  if (s <= 0x1p126f) {  // 1/s is a normal power of two: x * (1/s) == x / s exactly
+    const float inv = 1.0f / s;
+    for (int i = 0; i < n; ++i) q_out[i] = round_to_e4m3_clamped(std::clamp(x[i] * inv, -kFp8Max, kFp8Max));
+  } else {
+    for (int i = 0; i < n; ++i) q_out[i] = round_to_e4m3_clamped(std::clamp(x[i] / s, -kFp8Max, kFp8Max));
+  }
   return s;
 }
 

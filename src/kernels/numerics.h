@@ -40,6 +40,8 @@ extern const float* const kE4M3Values;  // 256 entries
 inline float e4m3_to_f32(uint8_t code) { return kE4M3Values[code]; }
 // Round |x| <= 448 to the nearest e4m3 value, ties to even (saturating at 448).
 float round_to_e4m3(float x);
+// The same for |x| <= 448 and not NaN, by bit arithmetic (the activation quantiser's hot loop).
+float round_to_e4m3_clamped(float x);
 // Encode a value that is exactly representable in e4m3 (e.g. the output of round_to_e4m3).
 uint8_t encode_e4m3(float exact_value);
 
