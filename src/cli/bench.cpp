@@ -53,6 +53,7 @@ void register_bench(CLI::App& app) {
     }
     const std::string dir = model_dir.empty() ? ensure_demo_model() : model_dir;
     Model m(dir, threads);
+    m.prefault_weights(true);  // steady state: no first-touch faults inside the timings
     const ModelConfig& c = m.config();
     if (frontiers.back() + decode_tokens * static_cast<int64_t>(frontiers.size()) > c.max_position_embeddings)
       throw Error("--frontiers exceed the model's max_position_embeddings");

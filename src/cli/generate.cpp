@@ -41,6 +41,7 @@ void register_generate(CLI::App& app) {
     if (!std::filesystem::exists(tok_path)) throw Error(dir + ": no tokenizer.json in the model directory");
     auto tok = text::Tokenizer::from_file(tok_path);
     Model model(dir, threads);
+    model.prefault_weights(true);
     const ModelConfig& c = model.config();
     if (tok->vocab_size() > c.vocab_size)
       throw Error("tokenizer has " + std::to_string(tok->vocab_size()) + " tokens but the model only " + std::to_string(c.vocab_size));

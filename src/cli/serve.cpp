@@ -66,6 +66,7 @@ void register_serve(CLI::App& app) {
     if (!std::filesystem::exists(tok_path)) throw Error(dir + ": no tokenizer.json in the model directory");
     std::shared_ptr<const text::Tokenizer> tok = text::Tokenizer::from_file(tok_path);
     auto model = std::make_shared<Model>(dir, o.threads);
+    model->prefault_weights(true);
     if (tok->vocab_size() > model->config().vocab_size)
       throw Error("tokenizer has " + std::to_string(tok->vocab_size()) + " tokens but the model only " +
                   std::to_string(model->config().vocab_size));

@@ -45,6 +45,8 @@ class SafetensorsFile {
   const std::vector<TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   size_t file_size() const { return size_; }
+  // Populates the page tables of [0, size) in chunks; done(bytes_done) after each chunk.
+  void prefault(size_t chunk, const std::function<void(size_t)>& done) const;
 
  private:
   std::string path_;
@@ -63,6 +65,10 @@ class TensorStore {
  public:
   static TensorStore open_dir(const std::string& dir);
   static TensorStore open_file(const std::string& path);
+  // Maps every page of the files into this process now (reading them from disk if they are not
+  // cached), so that later first touches do not fault one by one during decode.
+  // progress(bytes_done, bytes_total) is called every 256 MiB.
+  void prefault(const std::function<void(size_t, size_t)>& progress = {}) const;
 
   const TensorView* find(const std::string& name) const;
   // Throws dsv4::Error naming the tensor when it is missing.

@@ -1,7 +1,12 @@
 #include "model/model.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -158,6 +163,24 @@ Model::Model(const std::string& dir, int threads) {
 }
 
 Model::~Model() = default;
+
+bool Model::prefault_weights(bool verbose) {
+  const size_t bytes = store_.total_bytes();
+  // Worth it whenever the weights fit in RAM with room to spare: decode then never stalls on a
+  // page fault the first time an expert is used. Larger checkpoints stay purely on demand.
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  bool want = pages > 0 && page > 0 && static_cast<double>(bytes) < 0.8 * static_cast<double>(pages) * page;
+  if (const char* e = std::getenv("DSV4_PREFAULT"); e && *e) want = std::string(e) != "0";
+  if (!want) return false;
+  const auto t0 = std::chrono::steady_clock::now();
+  store_.prefault([&](size_t done, size_t total) {
+    if (verbose) std::fprintf(stderr, "\rmapping weights: %5.1f of %.1f GB", done / 1e9, total / 1e9);
+  });
+  if (verbose)
+    std::fprintf(stderr, " (%.1f s)\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return true;
+}
 
 const RopeTable& Model::rope_for(int layer_id) const {
   return cfg_.ratio(layer_id) == 0 ? rope_swa_ : rope_compressed_;

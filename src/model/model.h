@@ -38,6 +38,9 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
   const TensorStore& store() const { return store_; }
+  // Maps all weight pages now when they fit in memory (see model.cpp), printing progress to
+  // stderr when `verbose`; returns whether it did. Env DSV4_PREFAULT=0/1 overrides the choice.
+  bool prefault_weights(bool verbose);
   ThreadPool& pool() { return *pool_; }
 
   SequenceState new_state() const;      // main stack state
