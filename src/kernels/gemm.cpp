@@ -182,6 +182,19 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
   p.a = q.data();
   p.a_stride = p.kp;
   p.sa = sa.data();
+  std::vector<uint32_t> pairs;
+  if (kind == gd::Kind::Fp4) {  // q is permuted per block: vector t holds element 8d + kFp4Order[t]
+    pairs.resize(static_cast<size_t>(M) * p.nb * 64);
+    for (int m = 0; m < M; ++m)
+      for (int b = 0; b < p.nb; ++b) {
+        const float* qb = q.data() + static_cast<size_t>(m) * p.kp + b * 128;
+        uint32_t* out = pairs.data() + (static_cast<size_t>(m) * p.nb + b) * 64;
+        for (int u = 0; u < 4; ++u)
+          for (int d = 0; d < 16; ++d)  // e4m3 values are exact in bf16: take the high halves
+            out[16 * u + d] = (f32_bits(qb[16 * (2 * u + 1) + d]) >> 16) | (f32_bits(qb[16 * (2 * u) + d]) & 0xFFFF0000u);
+      }
+    p.a_pairs = pairs.data();
+  }
   p.w = w;
   p.ws = ws;
   p.y = y;

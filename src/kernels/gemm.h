@@ -63,6 +63,9 @@ struct Problem {
   int a_stride = 0, M = 0;
   const float* zero_row = nullptr;  // kp zeros, stands in for missing rows of a tile
   const float* sa = nullptr;        // [M, nb] activation scales, or nullptr (= 1)
+  // Fp4: the activations as bf16 pairs, [M][nb][4][16]: dword d of vector u of a block holds
+  // (element 8d+u, element 8d+4+u), the operand layout of the VDPBF16PS paths.
+  const uint32_t* a_pairs = nullptr;
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
   const uint8_t* ws = nullptr;      // ue8m0 scales (Fp8*: [ceil(N/128), nb]; Fp4: [N, K/32])
   int K = 0, kp = 0, nb = 0;        // kp = K rounded up to 32 (Fp4: to 128); nb = ceil(K/128)

@@ -125,6 +125,9 @@ constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the 
 inline void fp4_pairs_from_permuted(const float*, uint32_t*) {}
 inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
 template <bool kFull>
+inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
+inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
+template <bool kFull>
 inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*, Vec lane_scale) { return lane_scale; }
 inline void fp4_row_4blocks_pairs(const uint8_t*, const uint32_t*, const float*, float*) {}
 

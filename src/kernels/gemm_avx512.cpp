@@ -177,6 +177,20 @@ inline void fp4_row_4blocks_pairs(const uint8_t* codes, const uint32_t* pairs, c
   for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(x[j], fp4_spread(s16, j)));
 }
 
+// The weight pairs of one block (len < 128: zero past the row), in the layout of the pairs above.
+template <bool kFull>
+inline void fp4_blk_pairs(const uint8_t* codes, int len, uint32_t* out) {
+  const __m512i tab = fp4_bf16_table();
+  Fp4Blk blk;
+  fp4_blk_load_codes<kFull>(codes, len, blk);
+  for (int u = 0; u < 4; ++u)
+    _mm512_storeu_si512(out + 16 * u, _mm512_permutexvar_epi16(
+                                          u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab));
+}
+inline Vec dp_pairs(Vec acc, const uint32_t* a, const uint32_t* w) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a), (__m512bh)_mm512_loadu_si512(w));
+}
+
 // VDPBF16PS must add the odd product, then the even one, each rounded like an FMA (the order
 // gemm.h defines); checked on awkward values once, before the AVX-512 path is chosen.
 bool probe_dpbf16_is_two_fmas() {
