@@ -89,7 +89,7 @@ constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 pa
 inline int64_t scratch_floats(int M, int nb) {
   // wbuf doubles as the FP4 small-M stash: kPanelRows rows x nb blocks x 16 lanes.
   const int64_t wbuf = int64_t{kPanelRows} * (kChunkK > nb * 16 ? kChunkK : nb * 16);
-  return wbuf + int64_t{nb} * 64 /* FP4 bf16 pairs */ + int64_t{nb} * 4 /* FP4 row scales */ + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
+  return wbuf + int64_t{nb} * 4 /* FP4 row scales */ + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
 }
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds

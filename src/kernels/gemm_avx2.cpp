@@ -122,7 +122,6 @@ inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
 }
 inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the same order
-inline void fp4_pairs_from_permuted(const float*, uint32_t*) {}
 inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
 template <bool kFull>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}

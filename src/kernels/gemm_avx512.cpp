@@ -127,15 +127,6 @@ inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 // vector u = (element 8d+u, element 8d+4+u); word w of the codes holds elements 4w .. 4w+3, so
 // vpermw on (codes >> 4u) yields element 4w+u in word w, i.e. exactly that pairing.
 constexpr bool kFp4Bf16Pairs = true;
-inline void fp4_pairs_from_permuted(const float* a, uint32_t* pairs) {  // one block
-  for (int u = 0; u < 4; ++u) {
-    const __m512i even = _mm512_castps_si512(_mm512_loadu_ps(a + 16 * (2 * u + 1)));  // 8d + u
-    const __m512i odd = _mm512_castps_si512(_mm512_loadu_ps(a + 16 * (2 * u)));       // 8d + 4 + u
-    // bf16-exact values: the high halves are the bf16 bits.
-    const __m512i v = _mm512_ternarylogic_epi32(_mm512_srli_epi32(even, 16), odd, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), 0xD8);  // mask ? odd : even
-    _mm512_storeu_si512(pairs + 16 * u, v);
-  }
-}
 inline __m512i fp4_bf16_table() {
   return _mm512_setr_epi32(0x3F000000, 0x3FC03F80, 0x40404000, 0x40C04080, static_cast<int>(0xBF008000u),
                            static_cast<int>(0xBFC0BF80u), static_cast<int>(0xC040C000u), static_cast<int>(0xC0C0C080u),
