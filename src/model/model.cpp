@@ -296,14 +296,19 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   const size_t N = static_cast<size_t>(n);
 
   // Projections (§6.1).
-  std::vector<float> qr(N * c.q_lora_rank);
-  gemm_fp8(x, n, aw.wq_a, qr.data(), *pool_);
+  auto grown = [](std::vector<float>& v, size_t size) -> float* {
+    if (v.size() < size) v.resize(size);
+    return v.data();
+  };
+  float* const qr = grown(scratch_.qr, N * c.q_lora_rank);
+  gemm_fp8(x, n, aw.wq_a, qr, *pool_);
   for (int t = 0; t < n; ++t) {
-    float* row = qr.data() + static_cast<size_t>(t) * c.q_lora_rank;
+    float* row = qr + static_cast<size_t>(t) * c.q_lora_rank;
     rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
   }
-  std::vector<float> q(N * H * Dh), kv(N * Dh);
-  gemm_fp8(qr.data(), n, aw.wq_b, q.data(), *pool_);
+  float* const q = grown(scratch_.q, N * H * Dh);
+  std::vector<float> kv(N * Dh);
+  gemm_fp8(qr, n, aw.wq_b, q, *pool_);
   gemm_fp8(x, n, aw.wkv, kv.data(), *pool_);
   std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
   for (int t = 0; t < n; ++t) rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
@@ -313,7 +318,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
       const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
       const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
       for (int h = 0; h < H; ++h) {
-        float* qh = q.data() + (static_cast<size_t>(t) * H + h) * Dh;
+        float* qh = q + (static_cast<size_t>(t) * H + h) * Dh;
         q_head_norm_bf16(qh, Dh, eps);
         apply_rope(qh + Dn, cs, sn, Dr / 2, false);
       }
@@ -335,7 +340,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     compress(aw.idx_compressor, ls.index_compressor, x, n, start, true, ls);
     const int IH = c.index_n_heads, ID = c.index_head_dim;
     std::vector<float> qi(N * IH * ID), wts(N * IH);
-    gemm_fp8(qr.data(), n, aw.idx_wq_b, qi.data(), *pool_);
+    gemm_fp8(qr, n, aw.idx_wq_b, qi.data(), *pool_);
     gemm_bf16_f32(x, n, aw.idx_weights_proj, wts.data(), *pool_);
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ID)) / std::sqrt(static_cast<double>(IH)));
     for (size_t i = 0; i < wts.size(); ++i) wts[i] = bf16_round(bf16_round(wts[i]) * wscale);
@@ -395,7 +400,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const int wlen = start == 0 ? std::min(n, W) : W;  // window part of the index list
-  std::vector<float> o(N * H * Dh);
+  float* const o = grown(scratch_.o, N * H * Dh);
   std::vector<const float*> rows;
   std::vector<float> sel_rows;
   for (int t = 0; t < n; ++t) {
@@ -420,7 +425,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
       std::vector<float> acc(static_cast<size_t>(Dh)), z(64);
       for (int64_t h = h0; h < h1; ++h) {
-        const float* qh = q.data() + (static_cast<size_t>(t) * H + h) * Dh;
+        const float* qh = q + (static_cast<size_t>(t) * H + h) * Dh;
         std::fill(acc.begin(), acc.end(), 0.0f);
         float m = kNegInf, den = 0.0f;
         for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
@@ -446,7 +451,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
           m = m_new;
         }
         den += std::exp(aw.sink[h] - m);
-        float* oh = o.data() + (static_cast<size_t>(t) * H + h) * Dh;
+        float* oh = o + (static_cast<size_t>(t) * H + h) * Dh;
         for (int k = 0; k < Dh; ++k) oh[k] = bf16_round(acc[static_cast<size_t>(k)] / den);
         apply_rope(oh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
       }
@@ -461,11 +466,11 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
 
   // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
   const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
-  std::vector<float> u(N * G * R);
+  float* const u = grown(scratch_.u, N * G * R);
   for (int g = 0; g < G; ++g)
-    gemm_fp8_as_bf16_rows(o.data() + static_cast<size_t>(g) * gin, n, H * Dh, aw.wo_a, g * R, (g + 1) * R,
-                          u.data() + static_cast<size_t>(g) * R, G * R, *pool_);
-  gemm_fp8(u.data(), n, aw.wo_b, out, *pool_);
+    gemm_fp8_as_bf16_rows(o + static_cast<size_t>(g) * gin, n, H * Dh, aw.wo_a, g * R, (g + 1) * R,
+                          u + static_cast<size_t>(g) * R, G * R, *pool_);
+  gemm_fp8(u, n, aw.wo_b, out, *pool_);
 }
 
 void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_t* tokens, int n, float* out,

@@ -85,6 +85,12 @@ class Model {
   ModelWeights w_;
   std::unique_ptr<ThreadPool> pool_;
   RopeTable rope_swa_, rope_compressed_;
+  // Attention's large per-chunk buffers (queries and outputs are [n, heads, 512]: 64 MiB each
+  // for a 512-token chunk of V4-Flash), kept between calls so that a chunk does not pay for
+  // fresh zeroed pages; every element is written before it is read. Calls are not concurrent.
+  struct AttentionScratch {
+    std::vector<float> qr, q, o, u;
+  } scratch_;
 };
 
 }  // namespace dsv4
