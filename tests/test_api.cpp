@@ -573,3 +573,168 @@ TEST(ApiAnthropicResponse, StopReasonsAndBlocks) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- JSON mode validator
+
+namespace {
+bool json_prefix_ok(std::string_view s) {
+  dsv4::server::JsonPrefixValidator v;
+  return v.feed(s);
+}
+bool json_complete(std::string_view s) {
+  dsv4::server::JsonPrefixValidator v;
+  return v.feed(s) && v.complete();
+}
+}  // namespace
+
+TEST(ApiJsonValidator, EveryPrefixOfValidObjects) {
+  const std::vector<std::string> docs = {
+      "{}",
+      " \n\t\r{ }",
+      R"({"a": 1})",
+      R"({"a":[1,-0.5e+10,0,-0,1E-3,2.25,true,false,null,{"b":"x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00"}],"c":{}})",
+      "{\"\xC3\xA9\xF0\x9F\x98\x80\": \"\xE6\x97\xA5\xE6\x9C\xAC\", \"k\": [[], [[]], {\"z\": -12.5e3}]}",
+      R"({"n": 12})",
+      R"({"t": true , "f" : false	,"z":null})",
+  };
+  for (const auto& d : docs) {
+    dsv4::server::JsonPrefixValidator v;
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      ASSERT_TRUE(v.feed(static_cast<unsigned char>(d[i]))) << d << " at " << i;
+      EXPECT_EQ(v.complete(), i + 1 == d.size()) << d << " at " << i;
+    }
+    // Cross-check with the JSON parser: a complete document parses as an object.
+    EXPECT_TRUE(Json::parse(d).is_object()) << d;
+  }
+}
+
+TEST(ApiJsonValidator, RejectsInvalid) {
+  const std::vector<std::string> bad = {
+      "[1]", "\"a\"", "1", "true", "x",                 // the top level must be an object
+      "{\"a\" 1}", "{a:1}", "{'a':1}", "{,}", "{\"a\":1,}", "{\"a\":[1,]}", "{\"a\":[,1]}",
+      "{\"a\":01}", "{\"a\":1.}", "{\"a\":.5}", "{\"a\":-}", "{\"a\":1e}", "{\"a\":1e+}", "{\"a\":+1}",
+      "{\"a\":trux", "{\"a\":nul}", "{\"a\":True}",
+      "{\"a\":\"\\x\"}", "{\"a\":\"\\u12G4\"}", "{\"a\":\"\\udc00\"}", "{\"a\":\"\\ud800x\"}",
+      "{\"a\":\"\\ud800\\u0041\"}", "{\"a\":\"\x01\"}", "{\"a\":\"\n\"}",
+      "{\"a\":\"\xC0\x80\"}", "{\"a\":\"\xED\xA0\x80\"}", "{\"a\":\"\xF4\x90\x80\x80\"}", "{\"a\":\"\x80\"}",
+      "{\"a\":\"\xE6\x97x\"}", "{\"\xFF\":1}", "{\"a\":1}}", "{} ", "{}x", "{\"a\":1]", "{\"a\":[1}",
+  };
+  for (const auto& b : bad) EXPECT_FALSE(json_prefix_ok(b)) << b;
+}
+
+TEST(ApiJsonValidator, PrefixesAndCompletion) {
+  EXPECT_TRUE(json_prefix_ok(""));
+  EXPECT_TRUE(json_prefix_ok("   "));
+  EXPECT_TRUE(json_prefix_ok("{\"a\": -"));
+  EXPECT_TRUE(json_prefix_ok("{\"a\": \"\\u00"));
+  EXPECT_TRUE(json_prefix_ok("{\"a\": \"\\ud83d\\"));
+  EXPECT_TRUE(json_prefix_ok("{\"a\": \"\xF0\x9F"));  // inside a 4-byte character
+  EXPECT_TRUE(json_prefix_ok("{\"a\": [{\"b\": [tr"));
+  EXPECT_FALSE(json_complete("{\"a\": [1]"));
+  EXPECT_FALSE(json_complete("{\"a\": 12"));  // a number is only complete once something follows
+  EXPECT_TRUE(json_complete("{\"a\": 12}"));
+  dsv4::server::JsonPrefixValidator v;
+  ASSERT_TRUE(v.feed("{\"a\": [{\"b"));
+  EXPECT_EQ(v.depth(), 3);
+  EXPECT_TRUE(v.in_key());
+  dsv4::server::JsonPrefixValidator any(false);  // not object-only: any value at the top level
+  EXPECT_TRUE(any.feed("[1, \"x\"]"));
+  EXPECT_TRUE(any.complete());
+}
+
+// ---------------------------------------------------------------- streamed tool arguments
+
+namespace {
+// Feeds `raw` in pieces of `step` bytes; returns the fragments (finish's rest last).
+std::vector<std::string> stream_args(const std::string& raw, const Json* schema, std::size_t step, bool complete = true) {
+  dsv4::server::ToolArgumentStreamer s(schema);
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < raw.size(); i += step) {
+    std::string f = s.feed(std::string_view(raw).substr(i, step));
+    if (!f.empty()) out.push_back(f);
+  }
+  std::string rest = s.finish(complete);
+  if (!rest.empty()) out.push_back(rest);
+  return out;
+}
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += x;
+  return s;
+}
+}  // namespace
+
+TEST(ApiToolArgsStream, ConcatenationEqualsRepairedArgumentsAtEverySplit) {
+  const Json schema = body(R"({"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"},
+      "o": {"type": "object", "properties": {"k": {"type": "number"}}}, "l": {"type": "array", "items": {"type": "integer"}},
+      "b": {"type": "boolean"}, "t": {"type": "string"}}})");
+  const std::vector<std::string> cases = {
+      R"({"location": "Beijing", "unit": "celsius"})",
+      R"({"n": "42", "s": "hello \"world\"\n\\ done", "l": ["1", 2], "b": "true"})",
+      R"({"o": {"k": "4"}, "t": 7, "n": 3})",
+      R"({"s": "a\/b\u00e9\ud83d\ude00 \u001f", "x": [1,2,{"y":1.0}], "z": -0.5e3})",
+      "{\"s\": \"\xE6\x97\xA5\xE6\x9C\xAC \xF0\x9F\x98\x80\", \"n\": 5}",
+      R"({"arguments": {"n": "1"}})",   // wrapper: held, then unwrapped
+      R"({"input": "{\"n\": 2}"})",
+      R"({"q": "x", "arguments": 1})",  // not a wrapper (not the only key)
+      R"({})",
+      R"({"a": oops, "b": 1})",         // invalid: the rest goes out raw
+  };
+  for (const auto& raw : cases)
+    for (const Json* sc : {&schema, static_cast<const Json*>(nullptr)})
+      for (std::size_t step : {1u, 2u, 3u, 7u, 1000u}) {
+        const std::string want = coerce_tool_arguments(raw, sc);
+        EXPECT_EQ(join(stream_args(raw, sc, step)), want) << raw << " step " << step << (sc ? " schema" : "");
+      }
+}
+
+TEST(ApiToolArgsStream, StringValuesStreamAsGenerated) {
+  const Json schema = body(R"({"type": "object", "properties": {"n": {"type": "integer"}, "q": {"type": "string"}}})");
+  dsv4::server::ToolArgumentStreamer s(&schema);
+  EXPECT_EQ(s.feed("{\"q\": \"hel"), "{\"q\": \"hel");
+  EXPECT_EQ(s.feed("lo wor"), "lo wor");
+  EXPECT_EQ(s.feed("ld\\"), "ld");      // the escape is held until known
+  EXPECT_EQ(s.feed("n!"), "\\n!");
+  EXPECT_EQ(s.feed("\", \"n\": \"1"), "\", \"n\": ");  // a string the schema makes an integer: held
+  EXPECT_EQ(s.feed("2\"}"), "12}");
+  EXPECT_EQ(s.finish(true), "");
+  EXPECT_EQ(s.sent(), "{\"q\": \"hello world\\n!\", \"n\": 12}");
+  // A non-canonical escape stops the streaming of that value; it goes out canonical when complete.
+  dsv4::server::ToolArgumentStreamer e(nullptr);
+  EXPECT_EQ(e.feed("{\"q\": \"a\\u0041"), "{\"q\": \"a");
+  EXPECT_EQ(e.feed("b\"}"), "Ab\"}");
+  // Raw (string="false") values go out re-serialised once complete.
+  dsv4::server::ToolArgumentStreamer r(nullptr);
+  EXPECT_EQ(r.feed("{\"x\": [1,2"), "{\"x\": ");
+  EXPECT_EQ(r.feed("]}"), "[1, 2]}");
+  // Cut off (max_tokens): the raw rest is sent; clients get a truncated prefix either way.
+  EXPECT_EQ(join(stream_args("{\"q\": \"abc", nullptr, 1, false)), "{\"q\": \"abc");
+}
+
+TEST(ApiPipeline, ToolArgumentsStreamBeforeTheCallCloses) {
+  PipelineOptions o = pipe_opts(false);
+  o.tool_schemas["f"] = body(R"({"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}})");
+  CompletionPipeline p(o);
+  const std::string text = tool_call_text("f", param("city", "Paris is nice", true) + param("days", "3", true));
+  std::vector<OutputEvent> out;
+  std::vector<std::string> fragments;
+  bool args_before_end = false;
+  bool ended = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    out.clear();
+    p.feed_text(text.substr(i, 1), out);
+    for (auto& e : out) {
+      if (e.type == EventType::kToolCallArguments) {
+        fragments.push_back(e.text);
+        if (!ended) args_before_end = true;
+      }
+      if (e.type == EventType::kToolCallEnd) ended = true;
+    }
+  }
+  out.clear();
+  p.finish(out);
+  EXPECT_TRUE(args_before_end);
+  EXPECT_GT(fragments.size(), 5u);  // streamed, not one fragment
+  EXPECT_EQ(join(fragments), R"({"city": "Paris is nice", "days": 3})");
+  EXPECT_EQ(p.finish_reason(), "tool_calls");
+}

@@ -1,6 +1,7 @@
 // Generation engine: queueing, cancellation, sampling, detokenization, limits, and prefix reuse
 // (a cache hit must give exactly the cold output), plus state checkpoints on the model directly.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "model/model.h"
 #include "model/synth.h"
 #include "server/engine.h"
+#include "server/json_constraint.h"
 #include "text/tokenizer.h"
 #include "text/utf8.h"
 
@@ -553,4 +555,76 @@ TEST(Engine, ForcedTokensAfterTrigger) {
   GenerationRequest bad = greedy(prompt_ids(10, 64), 3);
   bad.forced_tokens = {-1};
   EXPECT_THROW(e->submit(bad, {}, {}), Error);
+}
+
+// JSON mode on the random-weight model: whatever the weights, the constrained sampler only ever
+// produces a prefix of one JSON object, closes it, and ends with EOS right after.
+TEST(Engine, JsonObjectModeAlwaysParses) {
+  auto e = make_engine();
+  const int32_t eos = shared().model->config().eos_token_id;
+  int closed = 0;
+  for (uint64_t seed : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u}) {
+    for (float temp : {0.0f, 1.0f}) {
+      if (temp == 0.0f && seed > 2) continue;
+      GenerationRequest r = greedy(prompt_ids(12, static_cast<int>(seed)), 200);
+      r.sampling.temperature = temp;
+      r.sampling.seed = seed;
+      r.json_object = true;
+      r.stop_ids = {eos};
+      Outcome o = run(*e, r);
+      ASSERT_FALSE(o.ids.empty());
+      // Rebuild the exact bytes (the detokenized text replaces partial characters at the very end).
+      std::string bytes;
+      for (int32_t id : o.ids)
+        if (id != eos) bytes += shared().tok->token_bytes(id);
+      JsonPrefixValidator v;
+      EXPECT_TRUE(v.feed(bytes)) << "seed " << seed << ": " << bytes;
+      if (o.res.cause == FinishCause::kStopToken) {
+        ++closed;
+        EXPECT_EQ(o.ids.back(), eos);
+        EXPECT_TRUE(v.complete()) << bytes;
+        EXPECT_NO_THROW({
+          auto j = nlohmann::json::parse(o.text.substr(0, o.text.size() - o.events.back().text.size()));
+          EXPECT_TRUE(j.is_object());
+        }) << o.text;
+      } else {
+        EXPECT_EQ(o.res.cause, FinishCause::kMaxTokens);
+        EXPECT_FALSE(v.complete());
+      }
+      std::fprintf(stderr, "seed %d temp %.0f: %zu tokens, %s\n", static_cast<int>(seed), temp, o.ids.size(),
+                   o.res.cause == FinishCause::kStopToken ? "closed" : "length");
+    }
+  }
+  EXPECT_GT(closed, 0);
+}
+
+// JSON mode after the reasoning: free until "</think>", constrained after it; an EOS sampled
+// inside the reasoning becomes "</think>".
+TEST(Engine, JsonObjectModeAfterThinkEnd) {
+  auto e = make_engine();
+  const int32_t eos = shared().model->config().eos_token_id;
+  const int32_t think_end = *shared().tok->token_id("</think>");
+  GenerationRequest r = greedy(prompt_ids(12, 9), 300);
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 11;
+  r.json_object = true;
+  r.json_after = think_end;
+  r.stop_ids = {eos};
+  // The reasoning is free; whatever follows "</think>" is a JSON prefix, and EOS can only end the
+  // output after the object closed.
+  Outcome o = run(*e, r);
+  auto it = std::find(o.ids.begin(), o.ids.end(), think_end);
+  if (it != o.ids.end()) {
+    std::string bytes;
+    for (auto j = it + 1; j != o.ids.end(); ++j)
+      if (*j != eos) bytes += shared().tok->token_bytes(*j);
+    JsonPrefixValidator v;
+    EXPECT_TRUE(v.feed(bytes)) << bytes;
+    if (o.res.cause == FinishCause::kStopToken) {
+      EXPECT_TRUE(v.complete());
+    }
+  } else {
+    EXPECT_EQ(o.res.cause, FinishCause::kMaxTokens);  // never ended the reasoning: no EOS either
+  }
+  EXPECT_EQ(std::count(o.ids.begin(), o.ids.end(), eos), o.res.cause == FinishCause::kStopToken ? 1 : 0);
 }

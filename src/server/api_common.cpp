@@ -215,6 +215,171 @@ std::string coerce_tool_arguments(const std::string& arguments, const Json* sche
   }
 }
 
+// ---------------------------------------------------------------- streamed tool arguments
+
+ToolArgumentStreamer::ToolArgumentStreamer(const Json* schema) : schema_(schema) {
+  if (schema_ && schema_->is_object()) {
+    auto it = schema_->find("properties");
+    if (it != schema_->end() && it->is_object()) wrapper_props_ = &*it;
+  }
+  const std::string type = schema_type(schema_);
+  if (!type.empty() && type != "object") {
+    hold_ = true;  // coerce_value would treat the whole object: nothing is final before the end
+  } else if (wrapper_props_) {
+    props_ = wrapper_props_;
+  }
+}
+
+std::string ToolArgumentStreamer::emit(std::string s) {
+  sent_ += s;
+  return s;
+}
+
+namespace {
+bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// An escape sequence exactly as json.dumps(ensure_ascii=False) would write the character.
+bool canonical_escape(std::string_view esc) {
+  std::string ch;
+  if (esc.size() == 2) {
+    switch (esc[1]) {
+      case '"': ch = "\""; break;
+      case '\\': ch = "\\"; break;
+      case '/': ch = "/"; break;
+      case 'b': ch = "\b"; break;
+      case 'f': ch = "\f"; break;
+      case 'n': ch = "\n"; break;
+      case 'r': ch = "\r"; break;
+      case 't': ch = "\t"; break;
+      default: return false;
+    }
+  } else if (esc.size() == 6 && esc.substr(0, 4) == "\\u00") {
+    const unsigned v = static_cast<unsigned>(std::stoul(std::string(esc.substr(4)), nullptr, 16));
+    if (v >= 0x80) return false;
+    ch = std::string(1, static_cast<char>(v));
+  } else {
+    return false;
+  }
+  std::string again;
+  json_py::append_escaped_string(again, ch, false);
+  return again == esc;
+}
+}  // namespace
+
+std::string ToolArgumentStreamer::feed(std::string_view raw) {
+  using M = JsonPrefixValidator::Mode;
+  raw_ += raw;
+  std::string out;
+  for (; !hold_ && scanned_ < raw_.size(); ++scanned_) {
+    const std::size_t i = scanned_;
+    const char c = raw_[i];
+    const M before = v_.mode();
+    const int depth = v_.depth();
+    if (!v_.feed(static_cast<unsigned char>(c))) {
+      hold_ = true;
+      break;
+    }
+    if (depth == 1 && (before == M::kObjFirst || before == M::kObjKey) && c == '"') key_start_ = i;
+    if (depth == 1 && before == M::kString && v_.mode() == M::kColon) {
+      try {
+        key_ = json_py::parse(raw_.substr(key_start_, i + 1 - key_start_)).get<std::string>();
+      } catch (const std::exception&) {
+        hold_ = true;
+        break;
+      }
+    }
+    if (depth == 1 && before == M::kValue && !json_ws(c)) {
+      // A top-level value starts: what precedes it ({"key": or , "key": ) is final.
+      if (first_key_ && (key_ == "arguments" || key_ == "input") && !(wrapper_props_ && wrapper_props_->contains(key_))) {
+        hold_ = true;  // maybe a wrapper that coerce_tool_arguments removes
+        break;
+      }
+      first_key_ = false;
+      out += emit(raw_.substr(done_, i - done_));
+      done_ = i;
+      in_value_ = true;
+      value_start_ = i;
+      value_sent_.clear();
+      value_schema_ = nullptr;
+      if (props_) {
+        auto p = props_->find(key_);
+        if (p != props_->end()) value_schema_ = &*p;
+      }
+      const std::string type = schema_type(value_schema_);
+      value_number_ = c == '-' || (c >= '0' && c <= '9');
+      value_stream_ = c == '"' && (type.empty() || type == "string");
+      esc_start_ = std::string::npos;
+      continue;
+    }
+    if (!in_value_) {
+      if (v_.complete()) {  // the closing brace
+        out += emit(raw_.substr(done_, i + 1 - done_));
+        done_ = i + 1;
+      }
+      continue;
+    }
+    const M now = v_.mode();
+    if (v_.depth() <= 1 && (now == M::kObjNext || now == M::kObjKey || now == M::kDone)) {
+      // The value is complete: send it as coerce_tool_arguments will write it.
+      const std::size_t end = value_number_ ? i : i + 1;
+      std::string canonical;
+      try {
+        canonical = json_py::dumps(coerce_value(json_py::parse(raw_.substr(value_start_, end - value_start_)), value_schema_));
+      } catch (const std::exception&) {
+        hold_ = true;
+        break;
+      }
+      if (canonical.compare(0, value_sent_.size(), value_sent_) != 0) {
+        hold_ = true;
+        break;
+      }
+      out += emit(canonical.substr(value_sent_.size()));
+      done_ = end;
+      in_value_ = false;
+      if (v_.complete()) {  // a number ended by the closing brace
+        out += emit(raw_.substr(done_, i + 1 - done_));
+        done_ = i + 1;
+      }
+      continue;
+    }
+    if (value_stream_ && v_.depth() == 1) {
+      // Inside a streamed string: send up to here unless an escape is open or was not canonical.
+      if (c == '\\' && esc_start_ == std::string::npos) {
+        esc_start_ = i;
+      } else if (esc_start_ != std::string::npos) {
+        const std::size_t len = i + 1 - esc_start_;
+        const bool unicode = raw_[esc_start_ + 1] == 'u';
+        if (len == 2 && !unicode) {
+          if (!canonical_escape(std::string_view(raw_).substr(esc_start_, 2))) value_stream_ = false;
+          esc_start_ = std::string::npos;
+        } else if (unicode && len == 6) {
+          if (!canonical_escape(std::string_view(raw_).substr(esc_start_, 6))) value_stream_ = false;
+          esc_start_ = std::string::npos;
+        }
+      }
+      if (value_stream_ && esc_start_ == std::string::npos) {
+        std::string piece = raw_.substr(done_, i + 1 - done_);
+        value_sent_ += piece;
+        out += emit(std::move(piece));
+        done_ = i + 1;
+      }
+    }
+  }
+  return out;
+}
+
+std::string ToolArgumentStreamer::finish(bool complete) {
+  const std::string final_args = complete ? coerce_tool_arguments(raw_, schema_) : raw_;
+  std::string rest;
+  if (final_args.compare(0, sent_.size(), sent_) == 0) {
+    rest = final_args.substr(sent_.size());
+  } else {
+    rest = raw_.substr(std::min(done_, raw_.size()));  // cannot take back what was sent
+  }
+  sent_ += rest;
+  return rest;
+}
+
 // ---------------------------------------------------------------- prompt
 
 std::optional<text::ReasoningEffort> map_effort(std::string_view name, text::EffortProfile profile,
@@ -305,6 +470,21 @@ GenerationRequest make_generation_request(const CanonicalRequest& req, const Pre
   g.top_logprobs = req.top_logprobs;
   if (eos_id >= 0) g.stop_ids.push_back(eos_id);
   return g;
+}
+
+bool json_mode(const CanonicalRequest& req, const PreparedPrompt& prompt, const text::Tokenizer& tok,
+               GenerationRequest& g) {
+  if (!req.response_format.is_object() || req.response_format.value("type", std::string()) != "json_object")
+    return false;
+  g.json_object = true;
+  g.json_after = -1;
+  if (prompt.opens_thinking) {
+    auto id = tok.token_id(text::tokens::kThinkEnd);
+    if (!id) return g.json_object = false;
+    g.json_after = *id;
+  }
+  g.json_allow_tool_calls = req.tools_allowed && !req.tools.empty();
+  return true;
 }
 
 ForcedOutput forced_tool_call(const CanonicalRequest& req, const PreparedPrompt& prompt, const text::Tokenizer& tok,
@@ -551,29 +731,31 @@ void CompletionPipeline::process(std::vector<text::OutputEvent>& raw, std::vecto
       case T::kContentDelta:
         content(e.text, out);
         break;
-      case T::kToolCallBegin:
+      case T::kToolCallBegin: {
         if (!opt_.tools_allowed || stops_.matched()) break;
         flush_content(out);
-        call_name_ = e.tool_name;
-        call_args_.clear();
+        auto it = opt_.tool_schemas.find(e.tool_name);  // (map nodes are stable: the pointer stays valid)
+        call_args_.emplace(it == opt_.tool_schemas.end() ? nullptr : &it->second);
         saw_tool_call_ = true;
         out.push_back(std::move(e));
         break;
-      case T::kToolCallArguments:
-        if (!opt_.tools_allowed || stops_.matched()) break;
-        call_args_ += e.text;
-        break;
-      case T::kToolCallEnd: {
-        if (!opt_.tools_allowed || stops_.matched()) break;
-        std::string args = call_args_;
-        if (e.tool_complete) {
-          auto it = opt_.tool_schemas.find(call_name_);
-          args = coerce_tool_arguments(args, it == opt_.tool_schemas.end() ? nullptr : &it->second);
+      }
+      case T::kToolCallArguments: {
+        if (!opt_.tools_allowed || stops_.matched() || !call_args_) break;
+        std::string piece = call_args_->feed(e.text);
+        if (!piece.empty()) {
+          e.text = std::move(piece);
+          out.push_back(std::move(e));
         }
+        break;
+      }
+      case T::kToolCallEnd: {
+        if (!opt_.tools_allowed || stops_.matched() || !call_args_) break;
         text::OutputEvent a;
         a.type = T::kToolCallArguments;
         a.tool_index = e.tool_index;
-        a.text = std::move(args);
+        a.text = call_args_->finish(e.tool_complete);
+        call_args_.reset();
         if (!a.text.empty()) out.push_back(std::move(a));
         out.push_back(std::move(e));
         break;

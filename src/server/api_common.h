@@ -17,6 +17,7 @@
 
 #include "model/config.h"
 #include "server/engine.h"
+#include "server/json_constraint.h"
 #include "text/chat_format.h"
 #include "text/output_parser.h"
 #include "text/tokenizer.h"
@@ -90,6 +91,47 @@ std::string random_hex(std::size_t n);
 // values into strings where it asks for a string. Unparsable input is returned unchanged.
 std::string coerce_tool_arguments(const std::string& arguments, const Json* parameters_schema);
 
+// Streams one tool call's arguments (the parser's JSON text, arriving in fragments) so that the
+// fragments concatenate to exactly coerce_tool_arguments() of the whole text. Key/structure bytes
+// go out as soon as a value starts; a string value the schema keeps as a string streams as it is
+// generated (held at an escape until it is known to be canonical); any other value (a number,
+// object, array, literal, or a string the schema converts) goes out once complete, coerced and
+// re-serialised. A single leading "arguments" / "input" key that the schema does not declare (a
+// possible wrapper), a schema whose top-level type is not object, or text that is not a JSON prefix
+// hold the rest back until finish(), which sends what remains (of the repaired arguments when they
+// extend what was sent, else the raw remainder: invalid or cut-off arguments stay as written).
+class ToolArgumentStreamer {
+ public:
+  explicit ToolArgumentStreamer(const Json* parameters_schema = nullptr);
+  // A raw fragment; returns what can be sent now (possibly empty).
+  std::string feed(std::string_view raw);
+  // The call ended (`complete`: the invoke closed). Returns the rest to send.
+  std::string finish(bool complete);
+  const std::string& sent() const { return sent_; }
+
+ private:
+  std::string emit(std::string s);
+
+  const Json* schema_;
+  const Json* props_ = nullptr;          // properties used for per-value coercion
+  const Json* wrapper_props_ = nullptr;  // properties consulted for the wrapper unwrap
+  std::string raw_, sent_;
+  std::size_t done_ = 0;      // raw bytes accounted for by sent_
+  std::size_t scanned_ = 0;   // raw bytes fed to the validator
+  bool hold_ = false;
+  JsonPrefixValidator v_{true};
+  std::size_t key_start_ = 0;
+  std::string key_;
+  bool first_key_ = true;
+  bool in_value_ = false;
+  std::size_t value_start_ = 0;
+  const Json* value_schema_ = nullptr;
+  bool value_number_ = false;
+  bool value_stream_ = false;  // a string value streamed as generated
+  std::size_t esc_start_ = std::string::npos;  // an escape in progress in a streamed string
+  std::string value_sent_;
+};
+
 // The request both surfaces are mapped to.
 struct CanonicalRequest {
   ModelChoice model;
@@ -145,6 +187,13 @@ struct ForcedOutput {
 ForcedOutput forced_tool_call(const CanonicalRequest& req, const PreparedPrompt& prompt, const text::Tokenizer& tok,
                               int32_t eos_id);
 
+// response_format {"type": "json_object"}: sets GenerationRequest::json_object (the answer is
+// constrained to one JSON object during decoding), armed after "</think>" when the prompt opens
+// thinking, else from the first token; a tool-call block stays possible when tools are offered.
+// Returns whether JSON mode applies.
+bool json_mode(const CanonicalRequest& req, const PreparedPrompt& prompt, const text::Tokenizer& tok,
+               GenerationRequest& g);
+
 // Stop strings over a stream of text: text that could be the start of a stop string is held back
 // until resolved; the earliest match of any stop string wins and is not released. Empty stop
 // strings are discarded (hosted behaviour).
@@ -193,8 +242,9 @@ struct PipelineOptions {
 };
 
 // Per-request output processing on the HTTP side: tokens -> parser events with stop strings applied
-// to content only, tool arguments buffered per call and coerced by schema when the call closes (so
-// clients always get id + name first, then valid JSON arguments), reasoning tokens counted.
+// to content only, tool arguments streamed per call through ToolArgumentStreamer (so clients get id +
+// name first, then fragments that concatenate to the schema-repaired arguments), reasoning tokens
+// counted.
 class CompletionPipeline {
  public:
   explicit CompletionPipeline(PipelineOptions options);
@@ -228,9 +278,8 @@ class CompletionPipeline {
   text::FinishReason parser_finish_ = text::FinishReason::kNone;
   bool finished_ = false;
   bool saw_tool_call_ = false;
-  // Open tool call being buffered.
-  std::string call_name_;
-  std::string call_args_;
+  // Open tool call: its arguments stream through this.
+  std::optional<ToolArgumentStreamer> call_args_;
   std::vector<Json> logprobs_;
 };
 

@@ -10,12 +10,14 @@
 #include <limits>
 #include <mutex>
 #include <random>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "core/error.h"
 #include "model/checkpoint.h"
+#include "server/json_constraint.h"
 
 namespace dsv4::server {
 
@@ -79,14 +81,8 @@ class RequestSampler {
   }
 
   int32_t sample(const float* raw) {
-    const float* l = raw;
-    if ((p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) && !counts_.empty()) {
-      pen_.assign(raw, raw + vocab_);
-      for (const auto& [id, n] : counts_)  // OpenAI: presence once, frequency per occurrence
-        pen_[static_cast<size_t>(id)] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(n);
-      l = pen_.data();
-    }
-    if (!(p_.temperature > 0.0f) || p_.top_p <= 0.0f || p_.top_k == 1) return argmax(l);
+    const float* l = penalized(raw);
+    if (greedy()) return argmax(l);
     idx_.resize(static_cast<size_t>(vocab_));
     for (int32_t i = 0; i < vocab_; ++i) idx_[static_cast<size_t>(i)] = i;
     size_t n = idx_.size();
@@ -133,9 +129,101 @@ class RequestSampler {
     return idx_[n - 1];
   }
 
+  // Constrained sampling (JSON mode): the same distribution restricted to the tokens `ok` accepts.
+  // Candidates are walked in probability order, so `ok` runs on few tokens: greedy takes the first
+  // accepted one; sampling draws among the accepted tokens of the kept set (top-k / nucleus),
+  // looking at no more than kScan candidates once one is accepted, and when the kept set has none
+  // it scans further down the distribution and draws among the first accepted ones found there.
+  // Returns -1 when no token of the vocabulary is accepted.
+  template <class Accept>
+  int32_t sample_if(const float* raw, Accept&& ok) {
+    constexpr size_t kScan = 4096;
+    const float* l = penalized(raw);
+    const size_t V = static_cast<size_t>(vocab_);
+    idx_.resize(V);
+    for (int32_t i = 0; i < vocab_; ++i) idx_[static_cast<size_t>(i)] = i;
+    size_t sorted = 0;
+    auto sort_to = [&](size_t k) {
+      k = std::min(k, V);
+      if (k > sorted) {
+        std::partial_sort(idx_.begin() + static_cast<ptrdiff_t>(sorted), idx_.begin() + static_cast<ptrdiff_t>(k),
+                          idx_.end(), ByValueDesc{l});
+        sorted = k;
+      }
+    };
+    auto next_chunk = [](size_t at) { return at < 64 ? size_t{64} : at * 4; };
+    if (greedy()) {
+      for (size_t i = 0; i < V; ++i) {
+        if (i == sorted) sort_to(next_chunk(i));
+        if (ok(idx_[i])) return idx_[i];
+      }
+      return -1;
+    }
+    // Unnormalised probabilities over the whole vocabulary (the top-p target needs the total).
+    const double inv_t = 1.0 / static_cast<double>(p_.temperature);
+    const int32_t best = argmax(l);
+    prob_.resize(V);
+    double total = 0;
+    for (size_t i = 0; i < V; ++i)
+      total += (prob_[i] = static_cast<float>(std::exp((static_cast<double>(l[i]) - l[best]) * inv_t)));
+    if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < V) {
+      sort_to(static_cast<size_t>(p_.top_k));
+      total = 0;
+      for (size_t i = 0; i < sorted; ++i) total += prob_[static_cast<size_t>(idx_[i])];
+    }
+    const size_t kept_max = p_.top_k > 0 ? std::min(V, static_cast<size_t>(p_.top_k)) : V;
+    const double target = static_cast<double>(std::min(p_.top_p, 1.0f)) * total;
+    cand_.clear();
+    double acc = 0, cand_sum = 0;
+    size_t i = 0;
+    // The kept set: in order until the nucleus mass is reached (always at least one token).
+    for (; i < kept_max && (i == 0 || acc < target); ++i) {
+      if (i == sorted) sort_to(next_chunk(i));
+      const int32_t id = idx_[i];
+      const float p = prob_[static_cast<size_t>(id)];
+      acc += p;
+      if (ok(id)) {
+        cand_.push_back(id);
+        cand_sum += p;
+      }
+      if (!cand_.empty() && i + 1 >= kScan) {
+        ++i;
+        break;
+      }
+    }
+    // Fallback: nothing acceptable in the kept set, scan on and use the first chunk with any.
+    while (cand_.empty() && i < V) {
+      const size_t end = std::min(V, next_chunk(i));
+      sort_to(end);
+      for (; i < end; ++i)
+        if (ok(idx_[i])) {
+          cand_.push_back(idx_[i]);
+          cand_sum += prob_[static_cast<size_t>(idx_[i])];
+        }
+    }
+    if (cand_.empty()) return -1;
+    if (!(cand_sum > 0)) return cand_.front();
+    double u = uniform01(rng_) * cand_sum;
+    for (const int32_t id : cand_) {
+      u -= prob_[static_cast<size_t>(id)];
+      if (u < 0) return id;
+    }
+    return cand_.back();
+  }
+
   void count(int32_t id) { ++counts_[id]; }
 
  private:
+  bool greedy() const { return !(p_.temperature > 0.0f) || p_.top_p <= 0.0f || p_.top_k == 1; }
+
+  const float* penalized(const float* raw) {
+    if ((p_.presence_penalty == 0.0f && p_.frequency_penalty == 0.0f) || counts_.empty()) return raw;
+    pen_.assign(raw, raw + vocab_);
+    for (const auto& [id, n] : counts_)  // OpenAI: presence once, frequency per occurrence
+      pen_[static_cast<size_t>(id)] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(n);
+    return pen_.data();
+  }
+
   int32_t argmax(const float* l) const {
     int32_t best = 0;
     for (int32_t i = 1; i < vocab_; ++i)
@@ -148,7 +236,41 @@ class RequestSampler {
   std::mt19937_64 rng_;
   std::unordered_map<int32_t, int> counts_;
   std::vector<float> pen_, prob_;
-  std::vector<int32_t> idx_;
+  std::vector<int32_t> idx_, cand_;
+};
+
+// JSON-mode decoding state: the validator over the answer so far, plus the alternative of a
+// tool-call block opening (json_allow_tool_calls), matched byte by byte; once it is complete the
+// output is free.
+constexpr std::string_view kToolBlockOpen = "<｜DSML｜tool_calls>";
+
+struct JsonDecodeState {
+  JsonPrefixValidator v{true};
+  size_t tool_pos = 0;  // bytes of kToolBlockOpen matched (0: none)
+  bool free = false;
+
+  // Would `bytes` (the token's text; `added`: a special token) keep the output valid? Updates *this.
+  bool advance(std::string_view bytes, bool added, bool allow_tools) {
+    if (bytes.empty()) return false;
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(bytes[i]);
+      if (tool_pos > 0) {
+        if (c != static_cast<unsigned char>(kToolBlockOpen[tool_pos])) return false;
+        if (++tool_pos == kToolBlockOpen.size()) {
+          free = true;
+          return true;
+        }
+        continue;
+      }
+      if (added) return false;  // special tokens only as part of the tool-call opening
+      if (allow_tools && c == '<' && v.mode() == JsonPrefixValidator::Mode::kStart) {
+        tool_pos = 1;
+        continue;
+      }
+      if (!v.feed(c)) return false;
+    }
+    return true;
+  }
 };
 
 // log-softmax of the raw logits (temperature 1): the sampled token and the n best alternatives.
@@ -198,6 +320,10 @@ struct Engine::Impl {
   uint64_t tick = 0;
   std::vector<float> logits;
   std::vector<int32_t> scratch_idx;
+  // Each token's bytes and whether it is an added (special) token, built on first use (JSON mode).
+  std::vector<std::string> token_text;
+  std::vector<uint8_t> token_added;
+  void build_token_table();
 
   void loop();
   void run(Job& job);
@@ -264,6 +390,7 @@ bool Engine::submit(GenerationRequest request, TokenCallback on_token, DoneCallb
   check_ids(request.scripted_tokens, "scripted");
   check_ids(request.forced_tokens, "forced");
   if (request.force_after >= m.vocab) throw Error("force_after token id is outside the vocabulary");
+  if (request.json_object && request.json_after >= m.vocab) throw Error("json_after token id is outside the vocabulary");
   if (n >= m.max_ctx)
     throw Error("the prompt has " + std::to_string(n) + " tokens; the context limit is " + std::to_string(m.max_ctx) +
                 " tokens, which leaves no room for a completion");
@@ -541,6 +668,13 @@ void Engine::Impl::run(Job& job) {
       std::deque<int32_t> forced;
       bool force_armed = req.forced_tokens.empty() || req.force_after < 0;
       if (!req.forced_tokens.empty() && req.force_after < 0) forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
+      // JSON mode: armed from the start or once `json_after` is generated.
+      const bool json_mode = req.json_object && req.forced_tokens.empty();
+      bool json_armed = json_mode && req.json_after < 0;
+      JsonDecodeState json;
+      json.v.limit_whitespace(64, 8);
+      if (json_mode) build_token_table();
+      const int32_t eos_id = model->config().eos_token_id;
       int completion = 0;
       for (;;) {
         sweep_cancelled_queue();
@@ -552,10 +686,35 @@ void Engine::Impl::run(Job& job) {
         if (!forced.empty()) {
           id = forced.front();
           forced.pop_front();
+        } else if (json_armed && !json.free) {
+          // A scripted token (tests) is a proposal: taken when the constraint accepts it.
+          const int32_t proposal = scripted ? req.scripted_tokens[script_pos++] : -1;
+          JsonDecodeState next;
+          if (json.v.complete()) {
+            id = eos_id;  // the object is closed: nothing else may follow
+          } else if (proposal >= 0 && (next = json, next.advance(token_text[static_cast<size_t>(proposal)],
+                                                              token_added[static_cast<size_t>(proposal)] != 0,
+                                                              req.json_allow_tool_calls))) {
+            id = proposal;
+            json = next;
+          } else {
+            id = sampler.sample_if(logits.data(), [&](int32_t cand) {
+              next = json;
+              return next.advance(token_text[static_cast<size_t>(cand)], token_added[static_cast<size_t>(cand)] != 0,
+                                  req.json_allow_tool_calls);
+            });
+            if (id < 0) id = eos_id;  // no token continues the JSON (cannot happen with a real vocabulary)
+            else json.advance(token_text[static_cast<size_t>(id)], token_added[static_cast<size_t>(id)] != 0,
+                              req.json_allow_tool_calls);
+          }
         } else if (scripted) {
           id = req.scripted_tokens[script_pos++];
         } else {
           id = sampler.sample(logits.data());
+        }
+        if (json_mode && !json_armed && (id == req.json_after || stops.count(id))) {
+          id = req.json_after;  // a stop before the answer becomes the end of the reasoning
+          json_armed = true;
         }
         if (!force_armed && (id == req.force_after || stops.count(id))) {
           id = req.force_after;  // a stop before the trigger becomes the trigger
@@ -614,6 +773,20 @@ void Engine::Impl::run(Job& job) {
   enforce_budget(seq);
   publish();
   finish(job, res);
+}
+
+void Engine::Impl::build_token_table() {
+  if (!token_text.empty()) return;
+  token_text.resize(static_cast<size_t>(vocab));
+  token_added.assign(static_cast<size_t>(vocab), 0);
+  for (int32_t id = 0; id < vocab; ++id) {
+    try {
+      token_text[static_cast<size_t>(id)] = tok->token_bytes(id);
+      token_added[static_cast<size_t>(id)] = tok->is_added(id) ? 1 : 0;
+    } catch (const std::exception&) {  // an id without text is never a JSON candidate
+      token_text[static_cast<size_t>(id)].clear();
+    }
+  }
 }
 
 void Engine::Impl::publish() {

@@ -42,6 +42,18 @@ struct GenerationRequest {
   // Forced tokens count as completion tokens and go through the usual stop / max_tokens checks.
   std::vector<int32_t> forced_tokens;
   int32_t force_after = -1;
+  // JSON mode (response_format json_object): once `json_after` has been generated (-1: from the
+  // first completion token) the sampler only picks tokens whose bytes keep the rest of the output a
+  // prefix of one JSON object (whitespace before it allowed, no special tokens inside), and EOS is
+  // forced right after the object closes. Candidates are tried in the sampler's own order (after
+  // penalties / temperature / top-k / top-p), so most steps test a handful of tokens. A stop token
+  // generated before `json_after` is replaced by it (EOS inside the reasoning becomes "</think>").
+  // With json_allow_tool_calls the answer may instead open a tool-call block (whitespace, then
+  // "<｜DSML｜tool_calls>"), after which nothing is constrained. Ignored with forced tokens; scripted
+  // tokens (tests) are proposals, each taken when the constraint accepts it, else sampled instead.
+  bool json_object = false;
+  int32_t json_after = -1;
+  bool json_allow_tool_calls = false;
   // Set by the caller to stop generation (client disconnect, server shutdown); checked every token.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
 };

@@ -160,6 +160,8 @@ struct HttpServer::Impl {
     ForcedOutput forced = forced_tool_call(creq, s.prompt, engine.tokenizer(), engine.config().eos_token_id);
     g.forced_tokens = std::move(forced.tokens);
     g.force_after = forced.after;
+    // response_format json_object: the answer is constrained to one JSON object during decoding.
+    if (g.forced_tokens.empty()) json_mode(creq, s.prompt, engine.tokenizer(), g);
     s.prompt_tokens = static_cast<int64_t>(g.prompt.size());
     s.job = submit(std::move(g), req);
     return s;
