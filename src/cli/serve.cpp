@@ -20,7 +20,7 @@
 namespace dsv4::cli {
 
 void register_serve(CLI::App& app) {
-  auto* cmd = app.add_subcommand("serve", "Serve the OpenAI- and Anthropic-compatible HTTP API");
+  auto* cmd = app.add_subcommand("serve", "Serve the OpenAI-compatible (chat, FIM) and Anthropic-compatible HTTP API");
   struct Opts {
     std::string model_dir, host = "127.0.0.1", effort_profile = "preview";
     int port = 8000, threads = 0, http_threads = 64, queue = 64;
