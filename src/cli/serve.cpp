@@ -24,6 +24,7 @@ void register_serve(CLI::App& app) {
   struct Opts {
     std::string model_dir, host = "127.0.0.1", effort_profile = "preview";
     int port = 8000, threads = 0, http_threads = 64, queue = 64;
+    double sse_keepalive = 5.0;
     int64_t ctx = 0;
     std::vector<std::string> api_keys, served_names;
     bool accept_any = false, test_script = false, sampling_in_thinking = false, strict_reasoning = false,
@@ -39,6 +40,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--ctx", o.ctx, "Per-sequence context limit in tokens (0 = model maximum)")->check(CLI::NonNegativeNumber);
   cmd->add_option("-t,--threads", o.threads, "Model worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--http-threads", o.http_threads, "HTTP worker threads (concurrent connections)")->capture_default_str()->check(CLI::Range(4, 4096));
+  cmd->add_option("--sse-keepalive", o.sse_keepalive,
+                  "Seconds between SSE keep-alives while a long prompt is prefilled")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 3600.0));
   cmd->add_option("--max-queue", o.queue, "Queued requests beyond which new ones get 503")->capture_default_str()->check(CLI::Range(1, 100000));
   cmd->add_option("--effort-profile", o.effort_profile, "Reasoning-effort prompt table of the checkpoint: preview | 0731")
       ->capture_default_str()->check(CLI::IsMember({"preview", "0731"}));
@@ -92,6 +97,7 @@ void register_serve(CLI::App& app) {
     http.host = o.host;
     http.port = o.port;
     http.worker_threads = o.http_threads;
+    http.keepalive_seconds = o.sse_keepalive;
 
     server::HttpServer srv(engine, api, http);
     srv.bind();

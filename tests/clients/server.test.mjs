@@ -111,3 +111,34 @@ test('queue full (--max-queue 1): 503 with Retry-After, OpenAI and Anthropic err
     await srv.stop();
   }
 });
+
+test('SSE keep-alives flow while a long prompt is prefilled (before the first token)', async () => {
+  const srv = await startServer(['--sse-keepalive', '0.001']);
+  try {
+    const prompt = 'The quick brown fox jumps over the lazy dog. '.repeat(200);  // ~2K tokens: several prefill chunks
+    const post = (path, body, extra = {}) => fetch(srv.base + path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`,
+        'x-dsv4-test-script': script('ok<｜end▁of▁sentence｜>'), ...extra },
+      body: JSON.stringify(body),
+    });
+    // OpenAI: SSE comment lines between the opening chunk and the first content delta.
+    const o = await (await post('/v1/chat/completions', {
+      model: 'deepseek-chat', stream: true, max_tokens: 8, messages: [{ role: 'user', content: prompt }],
+    })).text();
+    const firstContent = o.indexOf('"content":"ok"');
+    assert.ok(firstContent > 0, o.slice(0, 500));
+    const before = o.slice(0, firstContent);
+    assert.ok((before.match(/^: keep-alive$/gm) || []).length >= 1, 'no keep-alive before the first token');
+    assert.ok(o.trimEnd().endsWith('data: [DONE]'));
+    // Anthropic: ping events before the first text delta.
+    const a = await (await post('/v1/messages', {
+      model: 'deepseek-chat', stream: true, max_tokens: 8, messages: [{ role: 'user', content: prompt }],
+    }, { 'anthropic-version': '2023-06-01' })).text();
+    const firstDelta = a.indexOf('event: content_block_delta');
+    assert.ok(firstDelta > 0, a.slice(0, 500));
+    assert.ok((a.slice(0, firstDelta).match(/^event: ping$/gm) || []).length >= 1, 'no ping before the first delta');
+  } finally {
+    await srv.stop();
+  }
+});
