@@ -34,32 +34,37 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds) {
   const Isa isa = active_isa();
   r.isa = isa_name(isa);
   // Read bandwidth: each thread sums its own contiguous slice (touched once first so page
-  // faults are not timed); repeat until `seconds` have passed, keep the best pass.
+  // faults are not timed); repeat until `seconds` have passed, keep the best pass. Three rounds,
+  // each with a fresh buffer: on virtual machines one allocation now and then reads an order of
+  // magnitude slower for its whole life, which would make every ratio against it meaningless.
   const size_t n = bytes / sizeof(float);
-  std::unique_ptr<float[]> buf(static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))));
   const int parts = pool.size();
-  pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const size_t b = n * static_cast<size_t>(p) / static_cast<size_t>(parts), e = n * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
-      for (size_t i = b; i < e; ++i) buf[i] = 1.0f;
-    }
-  });
   std::vector<float> ones(4096, 1.0f);
   std::atomic<double> total{0};
   double best = 0;
-  const double t_end = now() + seconds;
-  do {
-    const double t0 = now();
+  for (int round = 0; round < 3; ++round) {
+    std::unique_ptr<float[], decltype(&std::free)> buf(static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))),
+                                                      &std::free);
     pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const size_t b = n * static_cast<size_t>(p) / static_cast<size_t>(parts), e = n * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
-        float s = 0;
-        for (size_t i = b; i < e; i += 4096) s += dot_f32(buf.get() + i, ones.data(), static_cast<int>(std::min<size_t>(4096, e - i)));
-        total = total + s;
+        for (size_t i = b; i < e; ++i) buf[i] = 1.0f;
       }
     });
-    best = std::max(best, static_cast<double>(n * sizeof(float)) / (now() - t0) / 1e9);
-  } while (now() < t_end);
+    const double t_end = now() + seconds / 3;
+    do {
+      const double t0 = now();
+      pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const size_t b = n * static_cast<size_t>(p) / static_cast<size_t>(parts), e = n * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
+          float s = 0;
+          for (size_t i = b; i < e; i += 4096) s += dot_f32(buf.get() + i, ones.data(), static_cast<int>(std::min<size_t>(4096, e - i)));
+          total = total + s;
+        }
+      });
+      best = std::max(best, static_cast<double>(n * sizeof(float)) / (now() - t0) / 1e9);
+    } while (now() < t_end);
+  }
   r.read_gbs = best;
 
   // Peak multiply-add: every thread runs the ISA's FMA loop; flops / wall time.
