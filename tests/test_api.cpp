@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "api_test_support.h"
 #include "server/anthropic_api.h"
 #include "server/api_common.h"
 #include "server/openai_api.h"
@@ -18,50 +19,10 @@ using dsv4::text::EventType;
 using dsv4::text::OutputEvent;
 using dsv4::text::Role;
 namespace json_py = dsv4::text::json_py;
+using namespace api_test;
 
 const std::string kEos = "<｜end▁of▁sentence｜>";
 const std::string kD = "｜DSML｜";
-
-ServerOptions opts() {
-  ServerOptions o;
-  o.served_names = {"deepseek-v4-flash"};
-  return o;
-}
-
-Json body(const std::string& s) { return json_py::parse(s); }
-
-int status_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ApiError& e) {
-    return e.status;
-  }
-  return 0;
-}
-
-// Parses the `data:` JSON payloads of an SSE byte string (comments and [DONE] skipped).
-std::vector<Json> sse_data(const std::string& s) {
-  std::vector<Json> out;
-  std::size_t p = 0;
-  while ((p = s.find("data: ", p)) != std::string::npos) {
-    std::size_t e = s.find("\n\n", p);
-    std::string payload = s.substr(p + 6, e - p - 6);
-    if (payload != "[DONE]") out.push_back(Json::parse(payload));
-    p = e;
-  }
-  return out;
-}
-
-std::vector<std::string> sse_events(const std::string& s) {
-  std::vector<std::string> out;
-  std::size_t p = 0;
-  while ((p = s.find("event: ", p)) != std::string::npos) {
-    std::size_t e = s.find('\n', p);
-    out.push_back(s.substr(p + 7, e - p - 7));
-    p = e;
-  }
-  return out;
-}
 
 std::string tool_call_text(const std::string& name, const std::string& params) {
   return "\n\n<" + kD + "tool_calls>\n<" + kD + "invoke name=\"" + name + "\">\n" + params + "</" + kD + "invoke>\n</" +

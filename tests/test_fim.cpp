@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "api_test_support.h"
 #include "server/anthropic_api.h"
 #include "server/api_common.h"
 #include "server/completions_api.h"
@@ -16,13 +17,7 @@
 namespace {
 
 using namespace dsv4::server;
-namespace json_py = dsv4::text::json_py;
-
-ServerOptions opts() {
-  ServerOptions o;
-  o.served_names = {"deepseek-v4-flash"};
-  return o;
-}
+using namespace api_test;
 
 const dsv4::text::Tokenizer& tok() {
   static auto t = dsv4::text::Tokenizer::from_file(std::string(DSV4_SHARED_DIR) + "/golden/tokenizer/tokenizer.json");
@@ -31,30 +26,11 @@ const dsv4::text::Tokenizer& tok() {
 
 int32_t id_of(const char* s) { return *tok().token_id(s); }
 
-Json body(const std::string& s) { return json_py::parse(s); }
-
 // Status of parse_fim_request on `{"model": "deepseek-v4-flash", "prompt": "x"<extra>}` (0 = ok).
 int fim_status(const std::string& json) {
-  try {
-    parse_fim_request(body(json), opts());
-  } catch (const ApiError& e) {
-    return e.status;
-  }
-  return 0;
+  return status_of([&] { parse_fim_request(body(json), opts()); });
 }
 int st(const std::string& extra) { return fim_status(R"({"model": "deepseek-v4-flash", "prompt": "x")" + extra + "}"); }
-
-std::vector<Json> sse_data(const std::string& s) {
-  std::vector<Json> out;
-  std::size_t p = 0;
-  while ((p = s.find("data: ", p)) != std::string::npos) {
-    std::size_t e = s.find("\n\n", p);
-    std::string payload = s.substr(p + 6, e - p - 6);
-    if (payload != "[DONE]") out.push_back(Json::parse(payload));
-    p = e;
-  }
-  return out;
-}
 
 TokenEvent tokev(int32_t id, std::string text) {
   TokenEvent t;

@@ -112,12 +112,8 @@ void add_assistant_blocks(const Json& content, const std::string& path, std::vec
 }  // namespace
 
 CanonicalRequest parse_anthropic_messages(const Json& body, const ServerOptions& opt, bool count_tokens) {
-  if (!body.is_object()) throw bad_request("request body must be a JSON object");
   CanonicalRequest r;
-  auto model = get_string(body, "model");
-  if (!model) throw bad_request("model: required", "model");
-  r.requested_model = *model;
-  r.model = resolve_model(opt, *model, Surface::kAnthropic);
+  r.model = model_of_body(body, opt, Surface::kAnthropic, &r.requested_model);
 
   // system: a string or text blocks; blocks starting with "x-anthropic-" are per-request volatile
   // headers (Claude Code billing) that would defeat prefix caching (api.md §11.6).

@@ -68,6 +68,14 @@ std::vector<std::string> listed_models(const ServerOptions& opt) {
   return out;
 }
 
+ModelChoice model_of_body(const Json& body, const ServerOptions& opt, Surface surface, std::string* requested) {
+  if (!body.is_object()) throw bad_request("request body must be a JSON object");
+  auto model = fields::get_string(body, "model");
+  if (!model) throw bad_request("model: required", "model");
+  *requested = *model;
+  return resolve_model(opt, *model, surface);
+}
+
 ModelChoice resolve_model(const ServerOptions& opt, const std::string& requested, Surface surface) {
   const std::string& main = primary(opt);
   if (requested == "deepseek-chat") return {main, false};

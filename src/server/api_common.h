@@ -76,6 +76,9 @@ struct ModelChoice {
 };
 // Throws ApiError 404 for unknown names unless accept_any_model.
 ModelChoice resolve_model(const ServerOptions& opt, const std::string& requested, Surface surface);
+// The opening every request parser shares: the body must be an object with a string "model",
+// which is stored in *requested and resolved for `surface`.
+ModelChoice model_of_body(const Json& body, const ServerOptions& opt, Surface surface, std::string* requested);
 // Ids listed by GET /v1/models: served names plus the deepseek-chat / deepseek-reasoner aliases.
 std::vector<std::string> listed_models(const ServerOptions& opt);
 

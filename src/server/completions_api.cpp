@@ -38,12 +38,8 @@ std::optional<std::string> one_text(const Json& body, const char* key, bool requ
 }  // namespace
 
 FimRequest parse_fim_request(const Json& body, const ServerOptions& opt) {
-  if (!body.is_object()) throw bad_request("request body must be a JSON object");
   FimRequest r;
-  auto model = get_string(body, "model");
-  if (!model) throw bad_request("model: required", "model");
-  r.requested_model = *model;
-  r.model = resolve_model(opt, *model, Surface::kOpenAI);  // thinking is never used for FIM
+  r.model = model_of_body(body, opt, Surface::kOpenAI, &r.requested_model);  // thinking is never used for FIM
 
   r.prompt = *one_text(body, "prompt", true);
   if (const Json* s = get(body, "suffix")) {

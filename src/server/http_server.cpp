@@ -50,6 +50,14 @@ struct LogInfo {
   double ttft = -1, decode_seconds = 0;
   Clock::time_point start = Clock::now();
   std::string note;
+
+  // A finished generation: its usage, timings and finish reason.
+  void finished(const Usage& u, const GenerationStats& stats, const std::string& finish_reason) {
+    usage = u;
+    ttft = stats.time_to_first_token;
+    decode_seconds = stats.decode_seconds;
+    note = "finish=" + finish_reason;
+  }
 };
 
 // Set by a generation handler whose stream outlives the handler: the httplib logger skips it and
@@ -311,10 +319,7 @@ struct HttpServer::Impl {
       res.set_content(dump(respond(assembler.message(), outcome, creq.top_logprobs >= 0 ? &logprobs : nullptr)),
                       "application/json");
       tl_deferred_log = true;
-      log.usage = outcome.usage;
-      log.ttft = result.stats.time_to_first_token;
-      log.decode_seconds = result.stats.decode_seconds;
-      log.note = "finish=" + outcome.finish_reason;
+      log.finished(outcome.usage, result.stats, outcome.finish_reason);
       log_line(log);
       return;
     }
@@ -388,13 +393,10 @@ struct HttpServer::Impl {
               o.stop_sequence = st->pipe->matched_stop();
               o.usage = usage_of(result, st->prompt_tokens, *st->pipe);
               out += st->writer->end(o);
-              st->log.usage = o.usage;
+              st->log.finished(o.usage, result.stats, o.finish_reason);
               // Cancelled by us because the answer was complete is a normal end, not worth noting.
-              const bool cut = result.cause == FinishCause::kCancelled && !st->pipe->should_stop();
-              st->log.note = "finish=" + o.finish_reason + (cut ? " (cancelled)" : "");
+              if (result.cause == FinishCause::kCancelled && !st->pipe->should_stop()) st->log.note += " (cancelled)";
             }
-            st->log.ttft = result.stats.time_to_first_token;
-            st->log.decode_seconds = result.stats.decode_seconds;
           }
           if (!write(out)) {
             st->job->cancel->store(true);  // client went away: stop generating
@@ -474,10 +476,7 @@ struct HttpServer::Impl {
       o.usage = usage(result);
       res.set_content(dump(fim_response(id, freq.model.id, now, api.system_fingerprint, text, o, pipe->take_logprobs())),
                       "application/json");
-      log.usage = o.usage;
-      log.ttft = result.stats.time_to_first_token;
-      log.decode_seconds = result.stats.decode_seconds;
-      log.note = "finish=" + o.finish_reason;
+      log.finished(o.usage, result.stats, o.finish_reason);
       log_line(log);
       return;
     }
@@ -536,11 +535,8 @@ struct HttpServer::Impl {
               o.finish_reason = pipe->finish_reason();
               o.usage = usage(result);
               out += st->writer.end(o);
-              st->log.usage = o.usage;
-              st->log.note = "finish=" + o.finish_reason;
+              st->log.finished(o.usage, result.stats, o.finish_reason);
             }
-            st->log.ttft = result.stats.time_to_first_token;
-            st->log.decode_seconds = result.stats.decode_seconds;
           }
           if (!write(out)) {
             st->job->cancel->store(true);

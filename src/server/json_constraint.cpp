@@ -19,6 +19,12 @@ bool JsonPrefixValidator::feed(std::string_view s) {
   return true;
 }
 
+bool JsonPrefixValidator::close_container() {
+  stack_.pop_back();
+  value_done();
+  return true;
+}
+
 void JsonPrefixValidator::value_done() {
   if (stack_.empty()) {
     mode_ = Mode::kDone;
@@ -214,20 +220,12 @@ bool JsonPrefixValidator::feed(unsigned char c) {
       return begin_value(c);
     case Mode::kArrFirst:
       if (is_ws(c)) return ws();
-      if (c == ']') {
-        stack_.pop_back();
-        value_done();
-        return true;
-      }
+      if (c == ']') return close_container();
       return begin_value(c);
     case Mode::kArrNext:
       if (is_ws(c)) return ws();
       if (c == ',') return mode_ = Mode::kValue, true;
-      if (c == ']') {
-        stack_.pop_back();
-        value_done();
-        return true;
-      }
+      if (c == ']') return close_container();
       return fail();
     case Mode::kObjFirst:
     case Mode::kObjKey:
@@ -240,11 +238,7 @@ bool JsonPrefixValidator::feed(unsigned char c) {
         utf8_left_ = 0;
         return true;
       }
-      if (c == '}' && mode_ == Mode::kObjFirst) {
-        stack_.pop_back();
-        value_done();
-        return true;
-      }
+      if (c == '}' && mode_ == Mode::kObjFirst) return close_container();
       return fail();
     case Mode::kColon:
       if (is_ws(c)) return ws();
@@ -253,11 +247,7 @@ bool JsonPrefixValidator::feed(unsigned char c) {
     case Mode::kObjNext:
       if (is_ws(c)) return ws();
       if (c == ',') return mode_ = Mode::kObjKey, true;
-      if (c == '}') {
-        stack_.pop_back();
-        value_done();
-        return true;
-      }
+      if (c == '}') return close_container();
       return fail();
     case Mode::kString:
       return string_byte(c);

@@ -59,6 +59,7 @@ class JsonPrefixValidator {
   }
   bool begin_value(unsigned char c);
   void value_done();
+  bool close_container();  // ']' or '}' ends the innermost container
   bool string_byte(unsigned char c);
   bool number_byte(unsigned char c);
 

@@ -37,12 +37,8 @@ Json sanitize_message(const Json& m, std::size_t i, bool last, bool& prefix) {
 }  // namespace
 
 CanonicalRequest parse_openai_chat(const Json& body, const ServerOptions& opt) {
-  if (!body.is_object()) throw bad_request("request body must be a JSON object");
   CanonicalRequest r;
-  auto model = get_string(body, "model");
-  if (!model) throw bad_request("model: required", "model");
-  r.requested_model = *model;
-  r.model = resolve_model(opt, *model, Surface::kOpenAI);
+  r.model = model_of_body(body, opt, Surface::kOpenAI, &r.requested_model);
 
   const Json* msgs = get(body, "messages");
   if (!msgs || !msgs->is_array() || msgs->empty())

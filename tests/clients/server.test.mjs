@@ -131,9 +131,11 @@ test('SSE keep-alives flow while a long prompt is prefilled (before the first to
     const before = o.slice(0, firstContent);
     assert.ok((before.match(/^: keep-alive$/gm) || []).length >= 1, 'no keep-alive before the first token');
     assert.ok(o.trimEnd().endsWith('data: [DONE]'));
-    // Anthropic: ping events before the first text delta.
+    // Anthropic: ping events before the first text delta. Another prompt: the same one would be
+    // served from the prefix cache with next to no prefill.
+    const prompt2 = 'Pack my box with five dozen liquor jugs, said the sphinx. '.repeat(200);
     const a = await (await post('/v1/messages', {
-      model: 'deepseek-chat', stream: true, max_tokens: 8, messages: [{ role: 'user', content: prompt }],
+      model: 'deepseek-chat', stream: true, max_tokens: 8, messages: [{ role: 'user', content: prompt2 }],
     }, { 'anthropic-version': '2023-06-01' })).text();
     const firstDelta = a.indexOf('event: content_block_delta');
     assert.ok(firstDelta > 0, a.slice(0, 500));
