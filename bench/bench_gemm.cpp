@@ -64,8 +64,12 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
   const bool hot = std::getenv("DSV4_BENCH_HOT") != nullptr;
   const int copies = M == 1 && !hot ? static_cast<int>((kMinBytes + wbytes - 1) / wbytes) : 1;
   auto w = rand_bytes(wbytes * copies, 1, kind == WKind::Fp8);
-  if (kind == WKind::Bf16)  // finite bf16 values: clear the top exponent bit of every high byte
-    for (size_t i = 1; i < w.size(); i += 2) w[i] &= 0xBF;
+  if (kind == WKind::Bf16)  // weight-like bf16 values: |w| in [2^-17, 1), random sign and mantissa
+    for (size_t i = 0; i + 1 < w.size(); i += 2) {
+      const uint16_t v = static_cast<uint16_t>((w[i + 1] & 0x80) << 8 | (110 + (w[i + 1] & 0x7F) % 17) << 7 | (w[i] & 0x7F));
+      w[i] = static_cast<uint8_t>(v & 0xFF);
+      w[i + 1] = static_cast<uint8_t>(v >> 8);
+    }
   std::vector<uint8_t> s(sbytes * copies, 120);
   const auto x = rand_x(size_t(M) * K);
   std::vector<float> y(size_t(M) * N);
@@ -78,7 +82,8 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
       const Fp4Weight W{w.data() + wbytes * c, s.data() + sbytes * c, N, K};
       gemm_fp4(x.data(), M, W, y.data(), pool());
     } else {
-      const Bf16Weight W{reinterpret_cast<const uint16_t*>(w.data() + wbytes * c), N, K};
+      Bf16Weight W{reinterpret_cast<const uint16_t*>(w.data() + wbytes * c), N, K};
+      W.dp_exact = true;  // by construction above (the loader scans real checkpoints)
       gemm_bf16_f32(x.data(), M, W, y.data(), pool());
     }
     benchmark::DoNotOptimize(y.data());

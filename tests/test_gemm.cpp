@@ -100,6 +100,7 @@ Bf16Data make_bf16(std::mt19937& rng, int N, int K) {
   d.w.resize(v.size());
   for (size_t i = 0; i < v.size(); ++i) d.w[i] = bf16_bits(v[i]);
   d.W = {d.w.data(), N, K};
+  d.W.dp_exact = bf16_dp_exact(d.w.data(), d.w.size());
   return d;
 }
 
@@ -291,6 +292,29 @@ TEST(Gemm, Bf16F32AllPathsBitIdentical) {
       }
     expect_close(y, ref, mag, false, name("bf16 vs reference", s));
   }
+}
+
+// VDPBF16PS flushes denormal inputs and results: with tiny weights or activations (products
+// below 2^-126, bf16 denormals) the GEMM must stay on the exact FMA order on every path.
+TEST(Gemm, Bf16TinyValuesKeepTheExactOrder) {
+  std::mt19937 rng(6);
+  const int M = 1, N = 40, K = 256;
+  auto d = make_bf16(rng, N, K);
+  const auto x = rand_act(rng, static_cast<size_t>(M) * K);
+  ASSERT_TRUE(d.W.dp_exact);
+  auto run = [&](const std::vector<float>& xs, const Bf16Weight& W, const std::string& what) {
+    check_all_paths(static_cast<size_t>(M) * N, what,
+                    [&](ThreadPool& p, std::vector<float>& out) { gemm_bf16_f32(xs.data(), M, W, out.data(), p); });
+  };
+  // Tiny activations (some bf16 denormals, most products below 2^-126) with ordinary weights.
+  auto tiny_x = x;
+  for (float& v : tiny_x) v = bf16_round(std::ldexp(v, -118));
+  run(tiny_x, d.W, "bf16 tiny activations");
+  // Tiny weights in the first rows with ordinary activations.
+  for (int i = 0; i < 3 * K; ++i) d.w[i] = bf16_bits(std::ldexp(bf16_to_f32(d.w[i]), -118));
+  d.W.dp_exact = bf16_dp_exact(d.w.data(), d.w.size());
+  EXPECT_FALSE(d.W.dp_exact);
+  run(x, d.W, "bf16 tiny weights");
 }
 
 // The decoders must agree with the numerics tables on all 254 non-NaN e4m3 codes.

@@ -76,6 +76,7 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
   if (zero.size() < static_cast<size_t>(p.kp) + 32) zero.assign(static_cast<size_t>(p.kp) + 32, 0.0f);
   p.zero_row = zero.data();
   p.row0 = row_begin;
+  p.row_end = row_end;
   const Isa isa = active_isa();
   const int64_t panels = (row_end - row_begin + gd::kPanelRows - 1) / gd::kPanelRows;
   pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
@@ -143,16 +144,20 @@ void rows_scalar(const Problem& p, int n0, int n1) {
             }
           for (int d = 0; d < 16 && k0 + 8 * d < k1; ++d)
             lane[d] *= p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]];
+        } else if (p.kind == Kind::Bf16) {
+          // Lane d of each 32-chunk: element 2d+1, then 2d (a is permuted: bf16_permuted_pos).
+          const uint16_t* wb = reinterpret_cast<const uint16_t*>(p.w) + static_cast<size_t>(n) * p.K;
+          for (int c = k0; c < k1; c += 32)
+            for (int d = 0; d < 16; ++d)
+              for (int k : {c + 2 * d + 1, c + 2 * d}) {
+                if (k >= k1) continue;
+                const float w = f32_from_bits(static_cast<uint32_t>(wb[k]) << 16);
+                lane[d] = std::fma(a[bf16_permuted_pos(k)], w, lane[d]);
+              }
         } else {
           for (int k = k0; k < k1; ++k) {
-            float w;
-            if (p.kind == Kind::Bf16) {
-              const uint16_t* wb = reinterpret_cast<const uint16_t*>(p.w);
-              w = f32_from_bits(static_cast<uint32_t>(wb[static_cast<size_t>(n) * p.K + k]) << 16);
-            } else {
-              w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]];
-              if (p.fp8_prescaled) w *= kFp8PrescaleW;
-            }
+            float w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]];
+            if (p.fp8_prescaled) w *= kFp8PrescaleW;
             lane[(k - k0) & 15] = std::fma(a[k], w, lane[(k - k0) & 15]);
           }
         }
@@ -229,9 +234,20 @@ void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, Threa
 
 void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
-  const PaddedRows a = pad_rows(x, M, W.k, W.k, p.kp);
-  p.a = a.a;
-  p.a_stride = a.stride;
+  // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
+  // FMA back ends, bf16 words in natural order for the VDPBF16PS one.
+  std::vector<float> perm(static_cast<size_t>(M) * p.kp, 0.0f);
+  std::vector<uint32_t> pairs(static_cast<size_t>(M) * p.kp / 2, 0u);
+  uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < W.k; ++k) {
+      const float v = x[static_cast<size_t>(m) * W.k + k];
+      perm[static_cast<size_t>(m) * p.kp + gd::bf16_permuted_pos(k)] = v;
+      words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(v) >> 16);
+    }
+  p.a = perm.data();
+  p.a_stride = p.kp;
+  if (W.dp_exact && bf16_dp_exact(words, pairs.size() * 2)) p.a_pairs = pairs.data();
   p.w = reinterpret_cast<const uint8_t*>(W.w);
   p.y = y;
   p.y_stride = W.n;

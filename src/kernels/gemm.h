@@ -15,6 +15,10 @@
 // The order is the one VDPBF16PS produces when element pairs (8d+u, 8d+4+u) share a dword: it
 // adds the odd product, then the even one, each rounded (probed at start-up, cpu_features.h).
 // The activations reach the back ends permuted per block (fp4_permuted_pos).
+// BF16 differs in the lanes too (the VDPBF16PS order on adjacent elements): lane d of each
+// 32-wide chunk takes element 2d+1, then element 2d, chunks in increasing k; the fp32 back ends
+// get the activations permuted per chunk (bf16_permuted_pos), and the activations must be bf16
+// values (they are: every BF16 GEMM input is an RMSNorm output).
 // Every product a_k * w_k of these GEMMs is exact in fp32 (e4m3 x e4m3, e4m3 x e2m1, bf16 x bf16,
 // bf16 x e4m3), so the fma only fixes the few cases that underflow; the order is what matters.
 // Work is split over output rows n only, so the thread count never changes a result.
@@ -65,12 +69,14 @@ struct Problem {
   const float* sa = nullptr;        // [M, nb] activation scales, or nullptr (= 1)
   // Fp4: the activations as bf16 pairs, [M][nb][4][16]: dword d of vector u of a block holds
   // (element 8d+u, element 8d+4+u), the operand layout of the VDPBF16PS paths.
+  // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
   const uint8_t* ws = nullptr;      // ue8m0 scales (Fp8*: [ceil(N/128), nb]; Fp4: [N, K/32])
   int K = 0, kp = 0, nb = 0;        // kp = K rounded up to 32 (Fp4: to 128); nb = ceil(K/128)
   float* y = nullptr;
   int y_stride = 0, row0 = 0;  // y[m * y_stride + n - row0]
+  int row_end = 0;             // rows [row0, row_end) are computed by this call (prefetch bound)
   bool round_bf16 = true;
   // Decoding tables from numerics (passed in so that the ISA files need no shared inlines).
   const float* e4m3 = nullptr;  // [256]
@@ -89,7 +95,7 @@ constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 pa
 inline int64_t scratch_floats(int M, int nb) {
   // wbuf doubles as the FP4 small-M stash: kPanelRows rows x nb blocks x 16 lanes.
   const int64_t wbuf = int64_t{kPanelRows} * (kChunkK > nb * 16 ? kChunkK : nb * 16);
-  return wbuf + int64_t{nb} * 4 /* FP4 row scales */ + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
+  return wbuf + int64_t{kPanelRows} * nb * 4 + 16 /* FP4 group scales */ + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
 }
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds
@@ -98,6 +104,13 @@ constexpr int kFp4Order[8] = {4, 0, 5, 1, 6, 2, 7, 3};
 inline int fp4_permuted_pos(int r) {
   const int e = r % 8, t = e < 4 ? 2 * e + 1 : 2 * (e - 4);  // kFp4Order[t] == e
   return t * 16 + r / 8;
+}
+
+// BF16 activation layout of one 32-wide chunk: odd elements in slots 0..15, even ones in 16..31,
+// so that vector 0 meets the first element of every lane pair and vector 1 the second.
+inline int bf16_permuted_pos(int k) {
+  const int c = k / 32 * 32, r = k % 32;
+  return c + (r % 2 ? r / 2 : 16 + r / 2);
 }
 
 // Compute output rows [n0, n1) (n1 - n0 <= kPanelRows) of `p` for all M rows.

@@ -56,13 +56,13 @@ inline void dec_fp8(const uint8_t* p, Vec& w0, Vec& w1) {
   w0 = {_mm256_mul_ps(e4m3_8_raw(p), up), _mm256_mul_ps(e4m3_8_raw(p + 8), up)};
   w1 = {_mm256_mul_ps(e4m3_8_raw(p + 16), up), _mm256_mul_ps(e4m3_8_raw(p + 24), up)};
 }
-inline __m256 bf16_8(const uint16_t* p) {
-  return _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
-}
+// 32 bf16 weights as (odd, even) lane vectors: dword d holds elements 2d (low) and 2d+1 (high).
 inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
-  w0 = {bf16_8(p), bf16_8(p + 8)};
-  w1 = {bf16_8(p + 16), bf16_8(p + 24)};
+  const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i d0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i d1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16));
+  w0 = {_mm256_castsi256_ps(_mm256_and_si256(d0, hi_mask)), _mm256_castsi256_ps(_mm256_and_si256(d1, hi_mask))};
+  w1 = {_mm256_castsi256_ps(_mm256_slli_epi32(d0, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(d1, 16))};
 }
 inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
 
@@ -128,7 +128,9 @@ inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
 template <bool kFull>
 inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*, Vec lane_scale) { return lane_scale; }
-inline void fp4_row_4blocks_pairs(const uint8_t*, const uint32_t*, const float*, float*) {}
+constexpr bool kBf16Pairs = false;
+template <int R>
+inline void fp4_rows_block_pairs(const uint8_t* const*, int, const uint32_t*, const float* const*, float* const*, const uint8_t*) {}
 
 #include "kernels/gemm_simd.inc"
 

@@ -64,12 +64,16 @@ inline void dec_fp8(const uint8_t* p, Vec& w0, Vec& w1) {
   w0 = _mm512_mul_ps(w0, _mm512_set1_ps(0x1p120f));
   w1 = _mm512_mul_ps(w1, _mm512_set1_ps(0x1p120f));
 }
+// 32 bf16 weights as (odd, even) lane vectors (gemm.h BF16 order): dword d holds elements 2d
+// (low half) and 2d+1 (high half).
 inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
-  w0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-  w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16))), 16));
+  const __m512i d = _mm512_loadu_si512(p);
+  w0 = _mm512_castsi512_ps(_mm512_and_si512(d, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  w1 = _mm512_castsi512_ps(_mm512_slli_epi32(d, 16));
 }
+// The same 32 weights and activations as VDPBF16PS operands: it adds the odd product, then the
+// even one (probed), i.e. exactly the order above.
+constexpr bool kBf16Pairs = true;
 inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 
 // FP4 block (gemm.h): the 64 code bytes as 16 dwords; dword d holds elements 8d .. 8d+7 as
@@ -78,6 +82,7 @@ struct Fp4Blk {
   __m512i dw;
   Vec scale;
 };
+inline int imin16(int n) { return n < 16 ? n : 16; }
 // e8m0_to_f32 of 16 scale bytes (n < 16: the rest read as 0 and are never used).
 inline Vec fp4_scales16(const uint8_t* scales, int n) {
   __m128i b;
@@ -94,8 +99,9 @@ inline Vec fp4_scales16(const uint8_t* scales, int n) {
   bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)), _mm512_set1_epi32(0x7FC00000));
   return _mm512_castsi512_ps(bits);
 }
-inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {  // n a multiple of 16
-  for (int i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, fp4_scales16(scales + i, 16));
+// n scale bytes to fp32; out has room for n rounded up to 16.
+inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {
+  for (int i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, fp4_scales16(scales + i, imin16(n - i)));
 }
 // Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
 inline Vec fp4_spread(Vec s16, int j) {
@@ -145,27 +151,28 @@ inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pa
   }
   return _mm512_mul_ps(x, lane_scale);
 }
-// Four consecutive full blocks of one row (blocks 4j .. 4j+3 of a 16-group run of scales s16),
-// interleaved so that four independent dot-product chains are in flight; lane vectors to out[4].
-constexpr int kFp4PrefetchBytes = 2048;
-inline void fp4_row_4blocks_pairs(const uint8_t* codes, const uint32_t* pairs, const float* scales16, float* out) {
-  const Vec s16 = _mm512_loadu_ps(scales16);
+// Block b of R rows at once (R independent dot-product chains, R concurrent weight streams, one
+// load of each activation pair vector for all R rows); scales_f32[i] is row i's fp32 scales.
+template <int R>
+inline void fp4_rows_block_pairs(const uint8_t* const* codes, int b, const uint32_t* pairs, const float* const* scales_f32,
+                                 float* const* out, const uint8_t* prefetch) {
   const __m512i tab = fp4_bf16_table();
-  __m512i c[4];
-  __m512 x[4];
-  for (int j = 0; j < 4; ++j) {
-    // Rows follow each other in memory: ask for the stream well ahead (the hardware prefetcher
-    // alone leaves these loads waiting; it costs nothing past the end of the matrix).
-    _mm_prefetch(reinterpret_cast<const char*>(codes + kFp4PrefetchBytes + 64 * j), _MM_HINT_T0);
-    c[j] = _mm512_loadu_si512(codes + 64 * j);
+  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * (R * b + j)), _MM_HINT_T0);
+  __m512i c[R];
+  __m512 x[R];
+  for (int j = 0; j < R; ++j) {
+    c[j] = _mm512_loadu_si512(codes[j] + 64 * b);
     x[j] = _mm512_setzero_ps();
   }
-  for (int u = 0; u < 4; ++u)
-    for (int j = 0; j < 4; ++j) {
+  for (int u = 0; u < 4; ++u) {
+    const __m512bh a = (__m512bh)_mm512_loadu_si512(pairs + 64 * b + 16 * u);
+    for (int j = 0; j < R; ++j) {
       const __m512i w = _mm512_permutexvar_epi16(u == 0 ? c[j] : _mm512_srli_epi16(c[j], static_cast<unsigned>(4 * u)), tab);
-      x[j] = _mm512_dpbf16_ps(x[j], (__m512bh)_mm512_loadu_si512(pairs + 64 * j + 16 * u), (__m512bh)w);
+      x[j] = _mm512_dpbf16_ps(x[j], a, (__m512bh)w);
     }
-  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(x[j], fp4_spread(s16, j)));
+  }
+  for (int j = 0; j < R; ++j)
+    _mm512_storeu_ps(out[j] + 16 * b, _mm512_mul_ps(x[j], fp4_spread(_mm512_loadu_ps(scales_f32[j] + 4 * b), 0)));
 }
 
 // The weight pairs of one block (len < 128: zero past the row), in the layout of the pairs above.

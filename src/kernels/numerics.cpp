@@ -197,4 +197,14 @@ void q_head_norm_bf16(float* q, int n, float eps) {
   for (int i = 0; i < n; ++i) q[i] = bf16_round(q[i] * r);
 }
 
+bool bf16_dp_exact(const uint16_t* v, size_t n) {
+  // Exponent field 0 (zero or denormal) is fine only for zero; >= 127 - 56 = 71 and < 255.
+  bool ok = true;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned mag = v[i] & 0x7FFFu, e = mag >> 7;
+    ok &= mag == 0 || (e >= 71 && e < 255);
+  }
+  return ok;
+}
+
 }  // namespace dsv4

@@ -94,4 +94,10 @@ void rms_norm(const float* x, const float* w, int n, float eps, float* y);
 // Unweighted per-head q normalisation in bf16 arithmetic (§4.2), in place.
 void q_head_norm_bf16(float* q, int n, float eps);
 
+// True when every value is zero or a finite bf16 with magnitude >= 2^-56. For such activations
+// and weights every product (and every sum of products) is zero or a normal fp32, so VDPBF16PS,
+// which flushes denormal inputs and results, computes the FMA order exactly; gemm_bf16_f32 takes
+// that path only then.
+bool bf16_dp_exact(const uint16_t* v, size_t n);
+
 }  // namespace dsv4

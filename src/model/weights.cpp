@@ -97,9 +97,12 @@ class Binder {
     const TensorView& s = get(p + ".scale");
     return {w.data, s.data, static_cast<int>(w.dim(0)), static_cast<int>(w.dim(1) * 2)};
   }
-  Bf16Weight bf16(const std::string& name) const {
+  // A GEMM weight (scanned once for bf16_dp_exact); the embedding is only gathered from.
+  Bf16Weight bf16(const std::string& name, bool gemm = true) const {
     const TensorView& t = get(name);
-    return {t.as<uint16_t>(), static_cast<int>(t.dim(0)), static_cast<int>(t.dim(1))};
+    Bf16Weight w{t.as<uint16_t>(), static_cast<int>(t.dim(0)), static_cast<int>(t.dim(1))};
+    if (gemm) w.dp_exact = bf16_dp_exact(w.w, static_cast<size_t>(w.n) * w.k);
+    return w;
   }
   std::vector<float> vec(const std::string& name) const {  // small BF16 vectors widened to fp32
     const TensorView& t = get(name);
@@ -244,7 +247,7 @@ ModelWeights bind_weights(const ModelConfig& c, const TensorStore& store) {
   }
   Binder b(store);
   ModelWeights w;
-  w.embed = b.bf16("embed.weight");
+  w.embed = b.bf16("embed.weight", false);
   w.head = b.bf16("head.weight");
   w.norm = b.vec("norm.weight");
   w.hc_head = b.hc("hc_head");

@@ -27,6 +27,9 @@ struct Fp4Weight {
 struct Bf16Weight {
   const uint16_t* w = nullptr;
   int n = 0, k = 0;
+  // Every weight is zero or a finite bf16 with |w| >= 2^-56 (bf16_dp_exact, set at load): the
+  // VDPBF16PS path is then exact (gemm.h); false keeps the GEMM on the FMA path.
+  bool dp_exact = false;
 };
 
 struct HcWeights {
