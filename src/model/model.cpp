@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
+#include "kernels/index_score.h"
 #include "kernels/numerics.h"
 
 namespace dsv4 {
@@ -344,43 +345,49 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     gemm_bf16_f32(x, n, aw.idx_weights_proj, wts.data(), *pool_);
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ID)) / std::sqrt(static_cast<double>(IH)));
     for (size_t i = 0; i < wts.size(); ++i) wts[i] = bf16_round(bf16_round(wts[i]) * wscale);
+    // Queries as FP4 codes: the scores are taken in exact integer arithmetic (index_score.h).
+    if (ID != kIndexDim) throw Error("indexer head dim " + std::to_string(ID) + " is not " + std::to_string(kIndexDim));
+    std::vector<uint8_t> qcodes(N * IH * ID / 2), qscales(N * IH * ID / 32);
     for (int t = 0; t < n; ++t)
       for (int h = 0; h < IH; ++h) {
-        float* v = qi.data() + (static_cast<size_t>(t) * IH + h) * ID;
+        const size_t th = static_cast<size_t>(t) * IH + h;
+        float* v = qi.data() + th * ID;
         apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
         hadamard128(v);
-        fp4_simulate(v, ID);
+        fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
       }
-    const int64_t nkeys = ls.index_keys.rows();
-    std::vector<float> keys(static_cast<size_t>(nkeys) * ID);
-    pool_->parallel_for(nkeys, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) ls.index_keys.load(j, &keys[static_cast<size_t>(j) * ID]);
-    }, 64);
+    const uint8_t* keys = ls.index_keys.rows() > 0 ? ls.index_keys.row_data(0) : nullptr;
+    auto query = [&](int64_t t) {
+      const size_t th = static_cast<size_t>(t) * IH;
+      return IndexQuery{IH, &qcodes[th * ID / 2], &qscales[th * ID / 32], wts.data() + th};
+    };
+    auto select = [&](int64_t t, std::vector<float>& score) {
+      const int64_t vis = static_cast<int64_t>(score.size());
+      const int k = static_cast<int>(std::min<int64_t>(topk_cap, vis));
+      topk_desc(score.data(), static_cast<int>(vis), k, &topk[static_cast<size_t>(t) * topk_cap]);
+      topk_count[static_cast<size_t>(t)] = k;
+    };
     topk.assign(N * topk_cap, -1);
-    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
-      std::vector<float> score;
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t vis = (start + t + 1) / 4;
-        score.assign(static_cast<size_t>(vis), 0.0f);
-        const float* qt = qi.data() + static_cast<size_t>(t) * IH * ID;
-        const float* wt = wts.data() + static_cast<size_t>(t) * IH;
-        for (int64_t j = 0; j < vis; ++j) {
-          const float* kj = &keys[static_cast<size_t>(j) * ID];
-          float sum = 0.0f;
-          for (int h = 0; h < IH; ++h) {
-            const float* qh = qt + static_cast<size_t>(h) * ID;
-            float d = 0.0f;
-            d = dot_f32(qh, kj, ID);
-            d = std::max(bf16_round(d), 0.0f);
-            sum += bf16_round(d * wt[h]);
-          }
-          score[static_cast<size_t>(j)] = bf16_round(sum);
+    if (n >= pool_->size()) {  // prefill: one query per task
+      pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
+        std::vector<float> score;
+        for (int64_t t = t0; t < t1; ++t) {
+          score.resize(static_cast<size_t>((start + t + 1) / 4));
+          index_scores(query(t), keys, 0, static_cast<int64_t>(score.size()), score.data());
+          select(t, score);
         }
-        const int k = static_cast<int>(std::min<int64_t>(topk_cap, vis));
-        topk_desc(score.data(), static_cast<int>(vis), k, &topk[static_cast<size_t>(t) * topk_cap]);
-        topk_count[static_cast<size_t>(t)] = k;
+      });
+    } else {  // decode: the keys of each query split over the pool
+      std::vector<float> score;
+      for (int64_t t = 0; t < n; ++t) {
+        score.resize(static_cast<size_t>((start + t + 1) / 4));
+        const IndexQuery q = query(t);
+        pool_->parallel_for(static_cast<int64_t>(score.size()), [&](int64_t j0, int64_t j1) {
+          index_scores(q, keys, j0, j1, score.data() + j0);
+        }, 256);
+        select(t, score);
       }
-    });
+    }
     if (probe) probe->indexer_topk.insert(probe->indexer_topk.end(), topk.begin(), topk.end());
   }
 

@@ -1,0 +1,129 @@
+// AVX-512 VNNI indexer scores: 16 keys per group, one key per 32-bit lane. The keys' code bytes
+// become unsigned bytes (2 e2m1 + 12) and are transposed so that a dword lane holds 4 values of
+// its key; VPDPBUSD then multiplies them by 4 signed query values broadcast to all lanes. The
+// +12 offset comes back out exactly as 12 * (sum of the query block's values).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "kernels/index_score.h"
+#include "kernels/numerics.h"
+
+namespace dsv4::index_detail {
+namespace {
+
+constexpr int kOffset = 12;  // makes every doubled e2m1 value of a key a non-negative byte
+
+inline int e2m1x2(int code) {
+  static constexpr int v[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  return v[code];
+}
+
+// Transposes 16 vectors of 16 dwords in place: afterwards v[i] lane r = old v[r] lane i.
+inline void transpose16(__m512i* v) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Now v[4a + c] holds, in 128-bit lane L, elements 4L + c' of rows 4a .. 4a+3 (c' = c's order).
+  for (int a = 0; a < 16; a += 8)
+    for (int c = 0; c < 4; ++c) {
+      t[a + c] = _mm512_shuffle_i32x4(v[a + c], v[a + 4 + c], 0x88);
+      t[a + 4 + c] = _mm512_shuffle_i32x4(v[a + c], v[a + 4 + c], 0xDD);
+    }
+  for (int c = 0; c < 4; ++c) {
+    v[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+    v[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xDD);
+    v[4 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0x88);
+    v[12 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0xDD);
+  }
+}
+
+inline __m512 bf16_round16(__m512 x) {  // finite values: round to nearest even at bit 16
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd);
+  return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+}  // namespace
+
+void scores_avx512(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score) {
+  const int H = q.heads;
+  // The query: per head, dwords of 4 signed values in the key layout (half 0 = low nibbles of
+  // code bytes 4dd .. 4dd+3, half 1 = high nibbles), 12 x block sums, and block scales.
+  std::vector<int32_t> qd(static_cast<size_t>(H) * 32), qoff(static_cast<size_t>(H) * 4);
+  std::vector<float> qs(static_cast<size_t>(H) * 4);
+  for (int h = 0; h < H; ++h) {
+    const uint8_t* c = q.codes + static_cast<size_t>(h) * (kIndexDim / 2);
+    for (int half = 0; half < 2; ++half)
+      for (int dd = 0; dd < 16; ++dd) {
+        uint32_t w = 0;
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t byte = c[4 * dd + i];
+          const int v = e2m1x2(half ? byte >> 4 : byte & 15);
+          w |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(v))) << (8 * i);
+        }
+        qd[static_cast<size_t>(h) * 32 + half * 16 + dd] = static_cast<int32_t>(w);
+      }
+    for (int b = 0; b < 4; ++b) {
+      int s = 0;
+      for (int p = 16 * b; p < 16 * b + 16; ++p) s += e2m1x2(c[p] & 15) + e2m1x2(c[p] >> 4);
+      qoff[static_cast<size_t>(h) * 4 + b] = kOffset * s;
+      qs[static_cast<size_t>(h) * 4 + b] = e8m0_to_f32(q.scales[h * 4 + b]);
+    }
+  }
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  for (int64_t g = j0; g < j1; g += 16) {
+    const int count = static_cast<int>(j1 - g < 16 ? j1 - g : 16);
+    __m512i lo[16], hi[16];
+    alignas(64) float sk[4][16];
+    for (int r = 0; r < 16; ++r) {
+      const uint8_t* k = keys + (g + (r < count ? r : count - 1)) * kIndexKeyBytes;
+      const __m512i c = _mm512_loadu_si512(k);
+      lo[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(c, nib));
+      hi[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(c, 4), nib));
+      for (int b = 0; b < 4; ++b) sk[b][r] = e8m0_to_f32(k[kIndexDim / 2 + b]);
+    }
+    transpose16(lo);
+    transpose16(hi);
+    __m512 skv[4];
+    for (int b = 0; b < 4; ++b) skv[b] = _mm512_load_ps(sk[b]);
+    __m512 sum = _mm512_setzero_ps();
+    for (int h = 0; h < H; ++h) {
+      const int32_t* qh = qd.data() + static_cast<size_t>(h) * 32;
+      __m512 d = _mm512_setzero_ps();
+      for (int b = 0; b < 4; ++b) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int t = 0; t < 4; ++t) {
+          const int dd = 4 * b + t;
+          acc = _mm512_dpbusd_epi32(acc, lo[dd], _mm512_set1_epi32(qh[dd]));
+          acc = _mm512_dpbusd_epi32(acc, hi[dd], _mm512_set1_epi32(qh[16 + dd]));
+        }
+        acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(qoff[static_cast<size_t>(h) * 4 + b]));
+        const __m512 s = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(qs[static_cast<size_t>(h) * 4 + b]), skv[b]),
+                                       _mm512_set1_ps(0.25f));
+        d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s));
+      }
+      // max(zero, x) returns x for two zeros and for NaN, as std::max(x, 0.0f) does.
+      d = _mm512_max_ps(_mm512_setzero_ps(), bf16_round16(d));
+      sum = _mm512_add_ps(sum, bf16_round16(_mm512_mul_ps(d, _mm512_set1_ps(q.weights[h]))));
+    }
+    alignas(64) float out[16];
+    _mm512_store_ps(out, bf16_round16(sum));
+    std::memcpy(score + (g - j0), out, static_cast<size_t>(count) * sizeof(float));
+  }
+}
+
+}  // namespace dsv4::index_detail
