@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "cli/commands.h"
 #include "core/error.h"
 #include "kernels/cpu_features.h"
@@ -87,13 +89,25 @@ void register_bench(CLI::App& app) {
     for (int64_t f : frontiers) {
       const int64_t n_prefill = f - st.pos;
       const auto t0 = std::chrono::steady_clock::now();
+      // Long intervals (minutes at 64K) report progress on stderr: in place on a terminal, a line
+      // every 30 s otherwise; the table on stdout stays clean.
+      const bool tty = isatty(STDERR_FILENO) != 0;
+      double last_report = 0.0;
       for (int64_t done = 0; done < n_prefill;) {
         const int n = static_cast<int>(std::min<int64_t>(chunk, n_prefill - done));
         buf.resize(static_cast<size_t>(n));
         for (int32_t& t : buf) t = next_token();
         m.forward(st, buf.data(), n, done + n == n_prefill ? logits.data() : nullptr);
         done += n;
+        const double el = seconds_since(t0);
+        if (done < n_prefill && el - last_report >= (tty ? 1.0 : 30.0)) {
+          last_report = el;
+          std::fprintf(stderr, "%sprefill to %lld: %lld/%lld tokens, %.1f tok/s%s", tty ? "\r\033[K" : "",
+                       static_cast<long long>(f), static_cast<long long>(done), static_cast<long long>(n_prefill),
+                       static_cast<double>(done) / el, tty ? "" : "\n");
+        }
       }
+      if (tty && last_report > 0.0) std::fputs("\r\033[K", stderr);
       const double prefill_s = seconds_since(t0);
       const auto t1 = std::chrono::steady_clock::now();
       for (int i = 0; i < decode_tokens; ++i) {

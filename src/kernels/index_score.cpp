@@ -37,10 +37,11 @@ void scores_scalar(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t
 
 void index_scores(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score) {
   if (j1 <= j0) return;
-  if (active_isa() == Isa::Avx512)
-    index_detail::scores_avx512(q, keys, j0, j1, score);
-  else
-    index_detail::scores_scalar(q, keys, j0, j1, score);
+  switch (active_isa()) {
+    case Isa::Avx512: index_detail::scores_avx512(q, keys, j0, j1, score); break;
+    case Isa::Avx2: index_detail::scores_avx2(q, keys, j0, j1, score); break;
+    default: index_detail::scores_scalar(q, keys, j0, j1, score); break;
+  }
 }
 
 }  // namespace dsv4

@@ -28,6 +28,7 @@ void index_scores(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t 
 
 namespace index_detail {
 void scores_scalar(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);
+void scores_avx2(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);
 void scores_avx512(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);
 }  // namespace index_detail
 

@@ -48,7 +48,7 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds) {
     pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const size_t b = n * static_cast<size_t>(p) / static_cast<size_t>(parts), e = n * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
-        for (size_t i = b; i < e; ++i) buf[i] = 1.0f;
+        for (size_t i = b; i < e; ++i) buf[i] = static_cast<float>(i & 1023);  // not one repeated page
       }
     });
     const double t_end = now() + seconds / 3;

@@ -1,0 +1,122 @@
+// AVX2 indexer scores: as index_score_avx512.cpp with 8 keys per group and, without VNNI,
+// VPMADDUBSW (pairs of u8 x s8 into int16: at most 2 * 24 * 12, no saturation) followed by
+// VPMADDWD with ones for each 4-value dword.
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "kernels/index_score.h"
+#include "kernels/numerics.h"
+
+namespace dsv4::index_detail {
+namespace {
+
+constexpr int kOffset = 12;  // makes every doubled e2m1 value of a key a non-negative byte
+
+inline int e2m1x2(int code) {
+  static constexpr int v[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  return v[code];
+}
+
+// Transposes 8 vectors of 8 dwords in place: afterwards v[i] lane r = old v[r] lane i.
+inline void transpose8(__m256i* v) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+    u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+    u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+    u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // u[4a + c], 128-bit lane L: column 4L + c of rows 4a .. 4a+3.
+  for (int c = 0; c < 4; ++c) {
+    v[c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x20);
+    v[4 + c] = _mm256_permute2x128_si256(u[c], u[4 + c], 0x31);
+  }
+}
+
+inline __m256 bf16_round8(__m256 x) {  // finite values: round to nearest even at bit 16
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd);
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+}  // namespace
+
+void scores_avx2(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score) {
+  const int H = q.heads;
+  std::vector<int32_t> qd(static_cast<size_t>(H) * 32), qoff(static_cast<size_t>(H) * 4);
+  std::vector<float> qs(static_cast<size_t>(H) * 4);
+  for (int h = 0; h < H; ++h) {
+    const uint8_t* c = q.codes + static_cast<size_t>(h) * (kIndexDim / 2);
+    for (int half = 0; half < 2; ++half)
+      for (int dd = 0; dd < 16; ++dd) {
+        uint32_t w = 0;
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t byte = c[4 * dd + i];
+          const int v = e2m1x2(half ? byte >> 4 : byte & 15);
+          w |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(v))) << (8 * i);
+        }
+        qd[static_cast<size_t>(h) * 32 + half * 16 + dd] = static_cast<int32_t>(w);
+      }
+    for (int b = 0; b < 4; ++b) {
+      int s = 0;
+      for (int p = 16 * b; p < 16 * b + 16; ++p) s += e2m1x2(c[p] & 15) + e2m1x2(c[p] >> 4);
+      qoff[static_cast<size_t>(h) * 4 + b] = kOffset * s;
+      qs[static_cast<size_t>(h) * 4 + b] = e8m0_to_f32(q.scales[h * 4 + b]);
+    }
+  }
+  const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18,
+                                       20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int64_t g = j0; g < j1; g += 8) {
+    const int count = static_cast<int>(j1 - g < 8 ? j1 - g : 8);
+    // kv[half][part][r]: key r's dwords 8 part .. 8 part + 7 of that half (then transposed).
+    __m256i kv[2][2][8];
+    alignas(32) float sk[4][8];
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* k = keys + (g + (r < count ? r : count - 1)) * kIndexKeyBytes;
+      for (int part = 0; part < 2; ++part) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 32 * part));
+        kv[0][part][r] = _mm256_shuffle_epi8(lut, _mm256_and_si256(c, nib));
+        kv[1][part][r] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(c, 4), nib));
+      }
+      for (int b = 0; b < 4; ++b) sk[b][r] = e8m0_to_f32(k[kIndexDim / 2 + b]);
+    }
+    for (auto& half : kv)
+      for (auto& part : half) transpose8(part);
+    __m256 skv[4];
+    for (int b = 0; b < 4; ++b) skv[b] = _mm256_load_ps(sk[b]);
+    __m256 sum = _mm256_setzero_ps();
+    for (int h = 0; h < H; ++h) {
+      const int32_t* qh = qd.data() + static_cast<size_t>(h) * 32;
+      __m256 d = _mm256_setzero_ps();
+      for (int b = 0; b < 4; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int t = 0; t < 4; ++t) {
+          const int dd = 4 * b + t;
+          for (int half = 0; half < 2; ++half) {
+            const __m256i pr = _mm256_maddubs_epi16(kv[half][dd / 8][dd % 8], _mm256_set1_epi32(qh[16 * half + dd]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, ones));
+          }
+        }
+        acc = _mm256_sub_epi32(acc, _mm256_set1_epi32(qoff[static_cast<size_t>(h) * 4 + b]));
+        const __m256 s = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(qs[static_cast<size_t>(h) * 4 + b]), skv[b]),
+                                       _mm256_set1_ps(0.25f));
+        d = _mm256_add_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(acc), s));
+      }
+      d = _mm256_max_ps(_mm256_setzero_ps(), bf16_round8(d));  // returns d for two zeros, as std::max
+      sum = _mm256_add_ps(sum, bf16_round8(_mm256_mul_ps(d, _mm256_set1_ps(q.weights[h]))));
+    }
+    alignas(32) float out[8];
+    _mm256_store_ps(out, bf16_round8(sum));
+    std::memcpy(score + (g - j0), out, static_cast<size_t>(count) * sizeof(float));
+  }
+}
+
+}  // namespace dsv4::index_detail
