@@ -1,6 +1,8 @@
 #include "kernels/roofline.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -8,7 +10,6 @@
 #include <vector>
 
 #include "kernels/cpu_features.h"
-#include "kernels/dot.h"
 
 namespace dsv4 {
 
@@ -23,48 +24,77 @@ double fma_loop_scalar(long iters, float* sink) {
   *sink = s;
   return 2.0 * 8 * static_cast<double>(iters);
 }
+
+uint64_t read_xor_scalar(const uint8_t* p, size_t len) {
+  uint64_t x[4] = {};
+  for (size_t i = 0; i + 32 <= len; i += 32)
+    for (int j = 0; j < 4; ++j) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * j, 8);
+      x[j] ^= w;
+    }
+  return x[0] ^ x[1] ^ x[2] ^ x[3];
+}
 }  // namespace roofline_detail
 
 namespace {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Best pass of all threads reading their slice of [data, data + len) with the ISA's widest loads
+// (integer XOR: the bytes may be any weights).
+double best_read_gbs(ThreadPool& pool, const uint8_t* data, size_t len, double seconds) {
+  const int parts = pool.size();
+  const size_t words = len / sizeof(uint64_t);
+  const Isa isa = active_isa();
+  auto read = isa == Isa::Avx512 ? roofline_detail::read_xor_avx512
+              : isa == Isa::Avx2 ? roofline_detail::read_xor_avx2
+                                 : roofline_detail::read_xor_scalar;
+  std::atomic<uint64_t> sink{0};
+  double best = 0;
+  const double t_end = now() + seconds;
+  do {
+    const double t0 = now();
+    pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const size_t b = words * static_cast<size_t>(p) / static_cast<size_t>(parts);
+        const size_t e = words * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
+        const size_t b512 = b * sizeof(uint64_t) / 512 * 512, e512 = e * sizeof(uint64_t) / 512 * 512;
+        sink ^= read(data + b512, e512 - b512);
+      }
+    });
+    best = std::max(best, static_cast<double>(words * sizeof(uint64_t)) / (now() - t0) / 1e9);
+  } while (now() < t_end);
+  return best;
+}
+
 }  // namespace
 
-Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds) {
+double measure_read_gbs(ThreadPool& pool, size_t bytes, double seconds, const void* data) {
+  if (data) return best_read_gbs(pool, static_cast<const uint8_t*>(data), bytes, seconds);
+  // Three rounds, each with a fresh buffer (touched once first so page faults are not timed):
+  // on virtual machines one allocation now and then reads an order of magnitude slower.
+  const int parts = pool.size();
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    std::unique_ptr<uint8_t[], decltype(&std::free)> buf(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)), &std::free);
+    pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const size_t b = bytes * static_cast<size_t>(p) / static_cast<size_t>(parts);
+        const size_t e = bytes * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
+        for (size_t i = b; i < e; ++i) buf[i] = static_cast<uint8_t>(i * 131);  // not one repeated page
+      }
+    });
+    best = std::max(best, best_read_gbs(pool, buf.get(), bytes, seconds / 3));
+  }
+  return best;
+}
+
+Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds, const void* data) {
   Roofline r;
   const Isa isa = active_isa();
   r.isa = isa_name(isa);
-  // Read bandwidth: each thread sums its own contiguous slice (touched once first so page
-  // faults are not timed); repeat until `seconds` have passed, keep the best pass. Three rounds,
-  // each with a fresh buffer: on virtual machines one allocation now and then reads an order of
-  // magnitude slower for its whole life, which would make every ratio against it meaningless.
-  const size_t n = bytes / sizeof(float);
   const int parts = pool.size();
-  std::vector<float> ones(4096, 1.0f);
-  std::atomic<double> total{0};
-  double best = 0;
-  for (int round = 0; round < 3; ++round) {
-    std::unique_ptr<float[], decltype(&std::free)> buf(static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))),
-                                                      &std::free);
-    pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const size_t b = n * static_cast<size_t>(p) / static_cast<size_t>(parts), e = n * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
-        for (size_t i = b; i < e; ++i) buf[i] = static_cast<float>(i & 1023);  // not one repeated page
-      }
-    });
-    const double t_end = now() + seconds / 3;
-    do {
-      const double t0 = now();
-      pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          const size_t b = n * static_cast<size_t>(p) / static_cast<size_t>(parts), e = n * static_cast<size_t>(p + 1) / static_cast<size_t>(parts);
-          float s = 0;
-          for (size_t i = b; i < e; i += 4096) s += dot_f32(buf.get() + i, ones.data(), static_cast<int>(std::min<size_t>(4096, e - i)));
-          total = total + s;
-        }
-      });
-      best = std::max(best, static_cast<double>(n * sizeof(float)) / (now() - t0) / 1e9);
-    } while (now() < t_end);
-  }
+  const double best = measure_read_gbs(pool, bytes, seconds, data);
   r.read_gbs = best;
 
   // Peak multiply-add: every thread runs the ISA's FMA loop; flops / wall time.

@@ -3,6 +3,7 @@
 // peak fp32 multiply-add throughput of the active ISA (independent FMA chains, all threads).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "core/thread_pool.h"
 
@@ -15,13 +16,24 @@ struct Roofline {
 };
 
 // bytes: size of the buffer read (default 1 GiB); seconds: minimum time per measurement.
-Roofline measure_roofline(ThreadPool& pool, size_t bytes = size_t(1) << 30, double seconds = 0.5);
+// With `data`, the read bandwidth is measured over [data, data + bytes) instead of fresh buffers:
+// a benchmark passes resident weights, the very pages its decode streams (on virtual machines a
+// fresh allocation sometimes reads several times slower than the rest of memory for its life).
+Roofline measure_roofline(ThreadPool& pool, size_t bytes = size_t(1) << 30, double seconds = 0.5,
+                          const void* data = nullptr);
+
+// Read bandwidth alone (as in measure_roofline): over [data, data + bytes) when data is given.
+double measure_read_gbs(ThreadPool& pool, size_t bytes, double seconds, const void* data = nullptr);
 
 namespace roofline_detail {
 // Per-ISA FMA loops: `iters` iterations of independent FMA chains; returns flops performed.
 double fma_loop_scalar(long iters, float* sink);
 double fma_loop_avx2(long iters, float* sink);
 double fma_loop_avx512(long iters, float* sink);
+// Per-ISA read loops: XOR of all bytes of [p, p + len), len a multiple of 512.
+uint64_t read_xor_scalar(const uint8_t* p, size_t len);
+uint64_t read_xor_avx2(const uint8_t* p, size_t len);
+uint64_t read_xor_avx512(const uint8_t* p, size_t len);
 }  // namespace roofline_detail
 
 }  // namespace dsv4

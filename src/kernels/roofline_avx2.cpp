@@ -1,5 +1,7 @@
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels/roofline.h"
 
 namespace dsv4::roofline_detail {
@@ -20,6 +22,17 @@ double fma_loop_avx2(long iters, float* sink) {
   _mm256_store_ps(out, s);
   *sink = out[0];
   return 2.0 * 8 * 10 * static_cast<double>(iters);
+}
+
+// As read_xor_avx512 with 32-byte loads.
+uint64_t read_xor_avx2(const uint8_t* p, size_t len) {
+  __m256i x[8];
+  for (auto& v : x) v = _mm256_setzero_si256();
+  for (size_t i = 0; i < len; i += 256)
+    for (int j = 0; j < 8; ++j) x[j] = _mm256_xor_si256(x[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32 * j)));
+  for (int j = 1; j < 8; ++j) x[0] = _mm256_xor_si256(x[0], x[j]);
+  return static_cast<uint64_t>(_mm256_extract_epi64(x[0], 0) ^ _mm256_extract_epi64(x[0], 1) ^
+                               _mm256_extract_epi64(x[0], 2) ^ _mm256_extract_epi64(x[0], 3));
 }
 
 }  // namespace dsv4::roofline_detail

@@ -3,6 +3,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels/roofline.h"
 
 namespace dsv4::roofline_detail {
@@ -21,6 +23,19 @@ double fma_loop_avx512(long iters, float* sink) {
                            _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(_mm512_add_ps(a6, a7), _mm512_add_ps(a8, a9))));
   *sink = _mm512_reduce_add_ps(s);
   return 2.0 * 16 * 10 * static_cast<double>(iters);
+}
+
+// XOR of all 8-byte words of [p, p + len) (len a multiple of 512): eight independent loads in
+// flight per iteration, nothing but the loads on the critical path.
+uint64_t read_xor_avx512(const uint8_t* p, size_t len) {
+  __m512i x[8];
+  for (auto& v : x) v = _mm512_setzero_si512();
+  for (size_t i = 0; i < len; i += 512)
+    for (int j = 0; j < 8; ++j) x[j] = _mm512_xor_si512(x[j], _mm512_loadu_si512(p + i + 64 * j));
+  for (int j = 1; j < 8; ++j) x[0] = _mm512_xor_si512(x[0], x[j]);
+  alignas(64) uint64_t q[8];
+  _mm512_store_si512(q, x[0]);
+  return q[0] ^ q[1] ^ q[2] ^ q[3] ^ q[4] ^ q[5] ^ q[6] ^ q[7];
 }
 
 }  // namespace dsv4::roofline_detail

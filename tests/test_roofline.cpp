@@ -1,0 +1,42 @@
+// The roofline probe's per-ISA loops agree with the scalar ones, and the probe returns sane,
+// positive limits for a given buffer.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/roofline.h"
+
+namespace dsv4 {
+namespace {
+
+TEST(Roofline, ReadLoopsAgreeWithScalar) {
+  std::mt19937_64 rng(3);
+  std::vector<uint64_t> words(4096);
+  for (auto& w : words) w = rng();
+  const auto* p = reinterpret_cast<const uint8_t*>(words.data());
+  for (size_t len : {size_t{512}, size_t{4096}, words.size() * 8}) {
+    const uint64_t ref = roofline_detail::read_xor_scalar(p, len);
+    uint64_t want = 0;
+    for (size_t i = 0; i < len / 8; ++i) want ^= words[i];
+    EXPECT_EQ(ref, want);
+    if (isa_supported(Isa::Avx2)) {
+      EXPECT_EQ(roofline_detail::read_xor_avx2(p, len), want);
+    }
+    if (isa_supported(Isa::Avx512)) {
+      EXPECT_EQ(roofline_detail::read_xor_avx512(p, len), want);
+    }
+  }
+}
+
+TEST(Roofline, MeasuresAGivenBuffer) {
+  ThreadPool pool(2);
+  std::vector<uint8_t> buf(size_t{8} << 20, 1);
+  const double gbs = measure_read_gbs(pool, buf.size(), 0.05, buf.data());
+  EXPECT_GT(gbs, 0.1);
+  EXPECT_LT(gbs, 10000.0);
+}
+
+}  // namespace
+}  // namespace dsv4
