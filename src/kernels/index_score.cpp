@@ -33,6 +33,31 @@ void scores_scalar(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t
   }
 }
 
+PreparedQuery prepare_query(const IndexQuery& q) {
+  const size_t H = static_cast<size_t>(q.heads);
+  PreparedQuery pq{std::vector<int32_t>(H * 32), std::vector<int32_t>(H * 4), std::vector<float>(H * 4)};
+  for (size_t h = 0; h < H; ++h) {
+    const uint8_t* c = q.codes + h * (kIndexDim / 2);
+    for (int half = 0; half < 2; ++half)
+      for (int dd = 0; dd < 16; ++dd) {
+        uint32_t w = 0;
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t byte = c[4 * dd + i];
+          const int v = kE2M1x2[half ? byte >> 4 : byte & 15];
+          w |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(v))) << (8 * i);
+        }
+        pq.dword[h * 32 + static_cast<size_t>(half * 16 + dd)] = static_cast<int32_t>(w);
+      }
+    for (int b = 0; b < 4; ++b) {
+      int sum = 0;
+      for (int p = 16 * b; p < 16 * b + 16; ++p) sum += kE2M1x2[c[p] & 15] + kE2M1x2[c[p] >> 4];
+      pq.offset[h * 4 + static_cast<size_t>(b)] = kKeyOffset * sum;
+      pq.scale[h * 4 + static_cast<size_t>(b)] = e8m0_to_f32(q.scales[h * 4 + static_cast<size_t>(b)]);
+    }
+  }
+  return pq;
+}
+
 }  // namespace index_detail
 
 void index_scores(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score) {

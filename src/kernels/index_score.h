@@ -9,6 +9,7 @@
 // with I_hb the integer block dot product and sq, sk the ue8m0 scales as fp32. Inputs are finite.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace dsv4 {
 
@@ -27,6 +28,17 @@ struct IndexQuery {
 void index_scores(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);
 
 namespace index_detail {
+// The query in the SIMD paths' layout (built once per call by prepare_query, plain C++):
+// dword[h][half * 16 + dd] = 4 signed doubled e2m1 values of code bytes 4dd .. 4dd+3 (half 0:
+// low nibbles, half 1: high nibbles); offset[h][b] = 12 x the sum of block b's values (the keys
+// enter as unsigned bytes 2 e2m1 + 12); scale[h][b] = the block's ue8m0 scale as fp32.
+constexpr int kKeyOffset = 12;
+struct PreparedQuery {
+  std::vector<int32_t> dword, offset;
+  std::vector<float> scale;
+};
+PreparedQuery prepare_query(const IndexQuery& q);
+
 void scores_scalar(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);
 void scores_avx2(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);
 void scores_avx512(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j1, float* score);

@@ -15,13 +15,6 @@
 namespace dsv4::index_detail {
 namespace {
 
-constexpr int kOffset = 12;  // makes every doubled e2m1 value of a key a non-negative byte
-
-inline int e2m1x2(int code) {
-  static constexpr int v[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-  return v[code];
-}
-
 // Transposes 16 vectors of 16 dwords in place: afterwards v[i] lane r = old v[r] lane i.
 inline void transpose16(__m512i* v) {
   __m512i t[16];
@@ -62,27 +55,10 @@ void scores_avx512(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t
   const int H = q.heads;
   // The query: per head, dwords of 4 signed values in the key layout (half 0 = low nibbles of
   // code bytes 4dd .. 4dd+3, half 1 = high nibbles), 12 x block sums, and block scales.
-  std::vector<int32_t> qd(static_cast<size_t>(H) * 32), qoff(static_cast<size_t>(H) * 4);
-  std::vector<float> qs(static_cast<size_t>(H) * 4);
-  for (int h = 0; h < H; ++h) {
-    const uint8_t* c = q.codes + static_cast<size_t>(h) * (kIndexDim / 2);
-    for (int half = 0; half < 2; ++half)
-      for (int dd = 0; dd < 16; ++dd) {
-        uint32_t w = 0;
-        for (int i = 0; i < 4; ++i) {
-          const uint8_t byte = c[4 * dd + i];
-          const int v = e2m1x2(half ? byte >> 4 : byte & 15);
-          w |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(v))) << (8 * i);
-        }
-        qd[static_cast<size_t>(h) * 32 + half * 16 + dd] = static_cast<int32_t>(w);
-      }
-    for (int b = 0; b < 4; ++b) {
-      int s = 0;
-      for (int p = 16 * b; p < 16 * b + 16; ++p) s += e2m1x2(c[p] & 15) + e2m1x2(c[p] >> 4);
-      qoff[static_cast<size_t>(h) * 4 + b] = kOffset * s;
-      qs[static_cast<size_t>(h) * 4 + b] = e8m0_to_f32(q.scales[h * 4 + b]);
-    }
-  }
+  const PreparedQuery pq = prepare_query(q);
+  const std::vector<int32_t>& qd = pq.dword;
+  const std::vector<int32_t>& qoff = pq.offset;
+  const std::vector<float>& qs = pq.scale;
   const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
   const __m512i nib = _mm512_set1_epi8(0x0F);
   for (int64_t g = j0; g < j1; g += 16) {
