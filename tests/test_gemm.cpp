@@ -317,6 +317,60 @@ TEST(Gemm, Bf16TinyValuesKeepTheExactOrder) {
   run(x, d.W, "bf16 tiny weights");
 }
 
+// The FP8 order takes each chunk's high half first (gemm.h). Lane 5 gets +2^16 (element 21),
+// 2^-18 (element 5, lost), -2^16 (element 53), then 2^-9 (element 37): 2^-9 in that order, 0 in
+// increasing k (2^-9 is lost against 2^16 there). Every path and both GEMM forms, at M = 1 (decode) and M = 5 (VDPBF16PS on AVX-512).
+TEST(Gemm, Fp8LanesTakeTheHighHalfFirst) {
+  const int N = 20, K = 64;
+  std::vector<uint8_t> w(static_cast<size_t>(N) * K, 0x00), s(1, 127);
+  for (int n = 0; n < N; ++n) {
+    uint8_t* row = w.data() + static_cast<size_t>(n) * K;
+    row[5] = 0x01;   // 2^-9
+    row[21] = 0x78;  // 256
+    row[37] = 0x01;  // 2^-9
+    row[53] = 0xF8;  // -256
+  }
+  const Fp8Weight W{w.data(), s.data(), N, K};
+  for (int M : {1, 5}) {
+    std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
+    for (int m = 0; m < M; ++m) {
+      float* xr = x.data() + static_cast<size_t>(m) * K;
+      xr[5] = 0x1p-9f;
+      xr[21] = 256.0f;
+      xr[37] = 1.0f;
+      xr[53] = 256.0f;
+      xr[60] = 448.0f;  // amax 448: activation scale 1 (weight 0 there)
+    }
+    const auto plain = check_all_paths(static_cast<size_t>(M) * N, "fp8 order M=" + std::to_string(M),
+                                       [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, W, out.data(), p); });
+    const auto as_bf16 = check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 order M=" + std::to_string(M),
+                                         [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, W, out.data(), p); });
+    for (size_t i = 0; i < plain.size(); ++i) {
+      EXPECT_EQ(plain[i], 0x1p-9f) << "fp8 M=" << M << " at " << i;
+      EXPECT_EQ(as_bf16[i], 0x1p-9f) << "fp8_as_bf16 M=" << M << " at " << i;
+    }
+  }
+}
+
+// VDPBF16PS flushes denormals and reads bf16 only: activations below 2^-56, or ones that are not
+// bf16 values, keep FP8-as-BF16 on the FMA order.
+TEST(Gemm, Fp8AsBf16UnusualActivationsKeepTheExactOrder) {
+  std::mt19937 rng(12);
+  const int M = 6, N = 48, K = 256;
+  auto d = make_fp8(rng, N, K);
+  const auto x = rand_act(rng, static_cast<size_t>(M) * K);
+  auto run = [&](const std::vector<float>& xs, const std::string& what) {
+    check_all_paths(static_cast<size_t>(M) * N, what,
+                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(xs.data(), M, d.W, out.data(), p); });
+  };
+  auto tiny = x;
+  for (float& v : tiny) v = bf16_round(std::ldexp(v, -118));
+  run(tiny, "fp8_as_bf16 tiny activations");
+  auto wide = x;
+  for (float& v : wide) v *= 1.0f + 0x1p-9f + 0x1p-12f;  // low mantissa bits a bf16 lacks
+  run(wide, "fp8_as_bf16 activations that are not bf16");
+}
+
 // The decoders must agree with the numerics tables on all 254 non-NaN e4m3 codes.
 TEST(Gemm, Fp8EveryCodeDecodes) {
   std::vector<uint8_t> w;
@@ -325,12 +379,18 @@ TEST(Gemm, Fp8EveryCodeDecodes) {
   const int N = static_cast<int>(w.size()), K = 1;
   std::vector<uint8_t> s(static_cast<size_t>((N + 127) / 128), 127);
   const Fp8Weight W{w.data(), s.data(), N, K};
-  const float x[1] = {1.0f};
-  const auto y = check_all_paths(static_cast<size_t>(N), "every e4m3 code", [&](ThreadPool& p, std::vector<float>& out) {
-    gemm_fp8_as_bf16(x, 1, W, out.data(), p);
-  });
-  // + 0.0f: the canonical sums start at +0, so code 0x80 (-0) yields +0.
-  for (int i = 0; i < N; ++i) EXPECT_EQ(f32_bits(y[i]), f32_bits(bf16_round(e4m3_to_f32(w[i]) + 0.0f))) << i;
+  // Row m of x is 2^m: M = 1 decodes in registers, M = 4 through the bf16 pairs on AVX-512.
+  const float x[4] = {1.0f, 2.0f, 4.0f, 8.0f};
+  for (int M : {1, 4}) {
+    const auto y = check_all_paths(static_cast<size_t>(M) * N, "every e4m3 code", [&](ThreadPool& p, std::vector<float>& out) {
+      gemm_fp8_as_bf16(x, M, W, out.data(), p);
+    });
+    // + 0.0f: the canonical sums start at +0, so code 0x80 (-0) yields +0.
+    for (int m = 0; m < M; ++m)
+      for (int i = 0; i < N; ++i)
+        EXPECT_EQ(f32_bits(y[static_cast<size_t>(m) * N + i]), f32_bits(bf16_round(e4m3_to_f32(w[i]) * x[m] + 0.0f)))
+            << "M=" << M << " code " << i;
+  }
 }
 
 TEST(Dot, AllPathsBitIdentical) {

@@ -119,6 +119,31 @@ void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q
   }, 8);
 }
 
+// Activations as the VDPBF16PS operand of the FP8 kinds (gemm.h): dword d of 32-chunk c holds
+// (element c+d, element c+16+d) as bf16 words, zero past K. Returns false (and leaves `out`
+// unusable) if a value is not a bf16, or is a nonzero below 2^-56 (bf16_dp_exact): then the
+// fp32 back ends must run.
+bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, std::vector<uint32_t>& out, ThreadPool& pool) {
+  out.assign(static_cast<size_t>(M) * kp / 2, 0u);
+  std::vector<char> row_ok(static_cast<size_t>(M), 1);
+  pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* xr = x + static_cast<size_t>(m) * x_stride;
+      uint32_t* o = out.data() + static_cast<size_t>(m) * kp / 2;
+      uint32_t low_bits = 0;
+      for (int k = 0; k < K; ++k) {
+        const uint32_t b = f32_bits(xr[k]);
+        low_bits |= b & 0xFFFFu;
+        const int c = k / 32 * 32, r = k % 32;
+        o[c / 2 + r % 16] |= r < 16 ? b >> 16 : b & 0xFFFF0000u;
+      }
+      row_ok[static_cast<size_t>(m)] =
+          low_bits == 0 && bf16_dp_exact(reinterpret_cast<const uint16_t*>(o), static_cast<size_t>(kp));
+    }
+  }, 8);
+  return std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; });
+}
+
 }  // namespace
 
 namespace gemm_detail {
@@ -155,11 +180,15 @@ void rows_scalar(const Problem& p, int n0, int n1) {
                 lane[d] = std::fma(a[bf16_permuted_pos(k)], w, lane[d]);
               }
         } else {
-          for (int k = k0; k < k1; ++k) {
-            float w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]];
-            if (p.fp8_prescaled) w *= kFp8PrescaleW;
-            lane[(k - k0) & 15] = std::fma(a[k], w, lane[(k - k0) & 15]);
-          }
+          // Lane d of each 32-chunk: element c+16+d, then c+d.
+          for (int c = k0; c < k1; c += 32)
+            for (int d = 0; d < 16; ++d)
+              for (int k : {c + 16 + d, c + d}) {
+                if (k >= k1) continue;
+                float w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]];
+                if (p.fp8_prescaled) w *= kFp8PrescaleW;
+                lane[d] = std::fma(a[k], w, lane[d]);
+              }
         }
         for (int h = 8; h >= 1; h /= 2)
           for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
@@ -181,7 +210,9 @@ void rows_scalar(const Problem& p, int n0, int n1) {
 static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
                            float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(kind, M, k);
-  p.fp8_prescaled = kind == gd::Kind::Fp8;
+  // Many rows on AVX-512: the VDPBF16PS path with unscaled values; else the prescaled FMA form.
+  const bool fp8_pairs = kind == gd::Kind::Fp8 && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
+  p.fp8_prescaled = kind == gd::Kind::Fp8 && !fp8_pairs;
   std::vector<float> q, sa;
   quantize_padded(x, p, q, sa, pool);
   p.a = q.data();
@@ -190,14 +221,19 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
   std::vector<uint32_t> pairs;
   if (kind == gd::Kind::Fp4) {  // q is permuted per block: vector t holds element 8d + kFp4Order[t]
     pairs.resize(static_cast<size_t>(M) * p.nb * 64);
-    for (int m = 0; m < M; ++m)
-      for (int b = 0; b < p.nb; ++b) {
-        const float* qb = q.data() + static_cast<size_t>(m) * p.kp + b * 128;
-        uint32_t* out = pairs.data() + (static_cast<size_t>(m) * p.nb + b) * 64;
-        for (int u = 0; u < 4; ++u)
-          for (int d = 0; d < 16; ++d)  // e4m3 values are exact in bf16: take the high halves
-            out[16 * u + d] = (f32_bits(qb[16 * (2 * u + 1) + d]) >> 16) | (f32_bits(qb[16 * (2 * u) + d]) & 0xFFFF0000u);
-      }
+    pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int b = 0; b < p.nb; ++b) {
+          const float* qb = q.data() + static_cast<size_t>(m) * p.kp + b * 128;
+          uint32_t* out = pairs.data() + (static_cast<size_t>(m) * p.nb + b) * 64;
+          for (int u = 0; u < 4; ++u)
+            for (int d = 0; d < 16; ++d)  // e4m3 values are exact in bf16: take the high halves
+              out[16 * u + d] = (f32_bits(qb[16 * (2 * u + 1) + d]) >> 16) | (f32_bits(qb[16 * (2 * u) + d]) & 0xFFFF0000u);
+        }
+    }, 8);
+    p.a_pairs = pairs.data();
+  } else if (fp8_pairs) {  // e4m3 values are bf16s >= 2^-9: always usable
+    fp8_act_pairs(q.data(), M, k, p.kp, p.kp, pairs, pool);
     p.a_pairs = pairs.data();
   }
   p.w = w;
@@ -221,6 +257,9 @@ void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight&
   const PaddedRows a = pad_rows(x, M, W.k, x_stride, p.kp);
   p.a = a.a;
   p.a_stride = a.stride;
+  std::vector<uint32_t> pairs;
+  if (M >= gd::kPairsMinM && active_isa() == Isa::Avx512 && fp8_act_pairs(x, M, W.k, x_stride, p.kp, pairs, pool))
+    p.a_pairs = pairs.data();
   p.w = W.w;
   p.ws = W.scale;
   p.y = y;
@@ -239,15 +278,20 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   std::vector<float> perm(static_cast<size_t>(M) * p.kp, 0.0f);
   std::vector<uint32_t> pairs(static_cast<size_t>(M) * p.kp / 2, 0u);
   uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
-  for (int m = 0; m < M; ++m)
-    for (int k = 0; k < W.k; ++k) {
-      const float v = x[static_cast<size_t>(m) * W.k + k];
-      perm[static_cast<size_t>(m) * p.kp + gd::bf16_permuted_pos(k)] = v;
-      words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(v) >> 16);
+  std::vector<char> row_ok(static_cast<size_t>(M), 1);
+  pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      for (int k = 0; k < W.k; ++k) {
+        const float v = x[static_cast<size_t>(m) * W.k + k];
+        perm[static_cast<size_t>(m) * p.kp + gd::bf16_permuted_pos(k)] = v;
+        words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(v) >> 16);
+      }
+      row_ok[static_cast<size_t>(m)] = bf16_dp_exact(words + static_cast<size_t>(m) * p.kp, static_cast<size_t>(p.kp));
     }
+  }, 8);
   p.a = perm.data();
   p.a_stride = p.kp;
-  if (W.dp_exact && bf16_dp_exact(words, pairs.size() * 2)) p.a_pairs = pairs.data();
+  if (W.dp_exact && std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; })) p.a_pairs = pairs.data();
   p.w = reinterpret_cast<const uint8_t*>(W.w);
   p.y = y;
   p.y_stride = W.n;

@@ -5,7 +5,10 @@
 // Canonical summation order (identical, bit for bit, on every ISA path and thread count):
 //   * K is cut into 128-wide blocks b (the last one may be shorter).
 //   * Within a block, element k goes to lane (k mod 16) of 16 fp32 lanes that start at +0 and
-//     accumulate in increasing k with fused multiply-add: lane = fma(a_k, w_k, lane).
+//     accumulate with fused multiply-add, lane = fma(a_k, w_k, lane), 32-wide chunks in
+//     increasing k; within a chunk c lane d takes element c+16+d, then element c+d. That is the
+//     order VDPBF16PS gives when dword d holds (element c+d, element c+16+d), and for the fp32
+//     back ends it is just the two 16-wide halves of a chunk taken high half first.
 //   * The lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2, l += l+1.
 //   * The block partial enters the output accumulator (starting at +0) in increasing b:
 //     acc = fma(part_b, scale(m, n, b), acc).
@@ -19,6 +22,9 @@
 // 32-wide chunk takes element 2d+1, then element 2d, chunks in increasing k; the fp32 back ends
 // get the activations permuted per chunk (bf16_permuted_pos), and the activations must be bf16
 // values (they are: every BF16 GEMM input is an RMSNorm output).
+// FP8 products may also go through VDPBF16PS (AVX-512, M >= kPairsMinM): e4m3 values are exact
+// in bf16 and never bf16 denormals; for bf16 activations (FP8-as-BF16) that path is taken only
+// when every activation is zero or >= 2^-56 (bf16_dp_exact), so no product or sum underflows.
 // Every product a_k * w_k of these GEMMs is exact in fp32 (e4m3 x e4m3, e4m3 x e2m1, bf16 x bf16,
 // bf16 x e4m3), so the fma only fixes the few cases that underflow; the order is what matters.
 // Work is split over output rows n only, so the thread count never changes a result.
@@ -69,6 +75,8 @@ struct Problem {
   const float* sa = nullptr;        // [M, nb] activation scales, or nullptr (= 1)
   // Fp4: the activations as bf16 pairs, [M][nb][4][16]: dword d of vector u of a block holds
   // (element 8d+u, element 8d+4+u), the operand layout of the VDPBF16PS paths.
+  // Fp8, Fp8AsBf16 (M >= kPairsMinM, AVX-512 only): [M][kp / 2], dword d of the 32-chunk c holds
+  // (element c+d, element c+16+d); the activations are then unscaled (fp8_prescaled is false).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
@@ -88,6 +96,9 @@ struct Problem {
   bool fp8_prescaled = false;
 };
 constexpr float kFp8PrescaleA = 0x1p60f, kFp8PrescaleW = 0x1p-120f;
+// From this many rows on, FP8 GEMMs on the AVX-512 path run through VDPBF16PS: the weights are
+// converted to bf16 pairs once per panel chunk and used by every row.
+constexpr int kPairsMinM = 4;
 
 constexpr int kPanelRows = 16;  // rows n per work item
 constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 path)

@@ -126,6 +126,7 @@ inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
 template <bool kFull>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
+inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*) {}
 template <bool kFull>
 inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*, Vec lane_scale) { return lane_scale; }
 constexpr bool kBf16Pairs = false;

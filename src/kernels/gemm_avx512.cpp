@@ -185,6 +185,28 @@ inline void fp4_blk_pairs(const uint8_t* codes, int len, uint32_t* out) {
     _mm512_storeu_si512(out + 16 * u, _mm512_permutexvar_epi16(
                                           u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab));
 }
+// 32 e4m3 weights of one chunk as the bf16 pairs of gemm.h (dword d = element d, element 16+d),
+// converted exactly: normal codes by shifting into place and rebiasing the exponent (+120),
+// the subnormal ones (exponent field 0) from a table. len = bytes left in the row (zeros past it).
+inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out) {
+  __m128i lo, hi;
+  if (len >= 32) {
+    lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16));
+  } else {
+    auto mask = [](int n) { return n <= 0 ? __mmask16{0} : n >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << n) - 1); };
+    lo = _mm_maskz_loadu_epi8(mask(len), codes);
+    hi = _mm_maskz_loadu_epi8(mask(len - 16), codes + 16);
+  }
+  const __m512i w = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi)));
+  const __m512i sub_tab = _mm512_setr_epi32(0x3B000000, 0x3BC03B80, 0x3C203C00, 0x3C603C40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                            0, 0);
+  __m512i bits = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(w, 4), _mm512_set1_epi16(0x07F0)),
+                                  _mm512_set1_epi16(0x3C00));
+  bits = _mm512_mask_permutexvar_epi16(bits, _mm512_testn_epi16_mask(w, _mm512_set1_epi16(0x78)), w, sub_tab);
+  bits = _mm512_or_si512(bits, _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16(static_cast<short>(0x8000))));
+  _mm512_storeu_si512(out, bits);
+}
 inline Vec dp_pairs(Vec acc, const uint32_t* a, const uint32_t* w) {
   return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a), (__m512bh)_mm512_loadu_si512(w));
 }
