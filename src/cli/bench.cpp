@@ -77,15 +77,19 @@ void register_bench(CLI::App& app) {
                   use_head ? "over the mapped output head" : "fresh 1 GiB buffer", roof.fma_gflops, roof.isa);
     }
     const double bytes_per_token = static_cast<double>(m.bytes_per_token());
-    std::printf("decode reads %.3f GB of weights per token\n\n", bytes_per_token / 1e9);
+    const double macs_per_token = m.prefill_macs_per_token();
+    std::printf("decode reads %.3f GB of weights per token; prefill does %.2f G multiply-adds of weight "
+                "products per token (attention over the context not counted)\n\n",
+                bytes_per_token / 1e9, macs_per_token / 1e9);
     std::printf("%9s %12s %12s %12s %12s %10s%s\n", "context", "prefill t/s", "decode t/s", "decode GB/s", "state MiB",
-                "interval", roofline ? "   read GB/s  decode/read" : "");
+                "interval", roofline ? "   read GB/s  decode/read  prefill GFLOP/s  prefill/peak" : "");
     std::ofstream csv;
     if (!csv_path.empty()) {
       csv.open(csv_path);
       if (!csv) throw Error(csv_path + ": cannot create");
       csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
-             "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,decode_bw_ratio\n";
+             "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,decode_bw_ratio,prefill_gflops,"
+             "prefill_peak_ratio\n";
     }
     // A fixed pseudo-random token walk (same for every run and machine).
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -132,15 +136,20 @@ void register_bench(CLI::App& app) {
       const double decode_tps = decode_tokens / decode_s;
       const double decode_gbs = bytes_per_token * decode_tps / 1e9;
       const double state_mib = static_cast<double>(st.bytes()) / (1 << 20);
+      // 2 FLOPs per multiply-add, over the whole interval (non-GEMM work included: a lower bound).
+      const double prefill_gflops = 2.0 * macs_per_token * prefill_tps / 1e9;
       std::printf("%9lld %12.1f %12.2f %12.2f %12.2f %10lld", static_cast<long long>(f), prefill_tps, decode_tps,
                   decode_gbs, state_mib, static_cast<long long>(n_prefill));
-      if (roofline) std::printf(" %11.1f %10.1f%%", read_gbs, 100.0 * decode_gbs / read_gbs);
+      if (roofline)
+        std::printf(" %11.1f %11.1f%% %16.1f %12.1f%%", read_gbs, 100.0 * decode_gbs / read_gbs, prefill_gflops,
+                    100.0 * prefill_gflops / roof.fma_gflops);
       std::printf("\n");
       std::fflush(stdout);
       if (csv)
         csv << f << ',' << n_prefill << ',' << prefill_s << ',' << prefill_tps << ',' << decode_tokens << ',' << decode_s
             << ',' << decode_tps << ',' << decode_gbs << ',' << st.bytes() << ',' << read_gbs << ','
-            << roof.fma_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << '\n';
+            << roof.fma_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ',' << prefill_gflops << ','
+            << (roofline ? prefill_gflops / roof.fma_gflops : 0) << '\n';
     }
   });
 }

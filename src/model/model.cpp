@@ -685,30 +685,49 @@ void Model::mtp_forward(SequenceState& st, const float* h_main, const int32_t* t
   if (final_streams) *final_streams = std::move(x);
 }
 
-size_t Model::bytes_per_token() const {
+namespace {
+// Per-token weight use, one walk for both measures: bytes read (codes + scales) or multiply-adds.
+struct WeightCost {
+  bool macs;
+  size_t operator()(const Fp8Weight& w) const {
+    return static_cast<size_t>(w.n) * w.k + (macs ? 0 : static_cast<size_t>((w.n + 127) / 128) * w.scale_cols());
+  }
+  size_t operator()(const Fp4Weight& w) const {
+    return macs ? static_cast<size_t>(w.n) * w.k : static_cast<size_t>(w.n) * (w.k / 2) + static_cast<size_t>(w.n) * (w.k / 32);
+  }
+  size_t operator()(const Bf16Weight& w) const { return static_cast<size_t>(w.n) * w.k * (macs ? 1 : 2); }
+};
+}  // namespace
+
+template <class Cost>
+size_t Model::weights_per_token(const Cost& cost) const {
   const ModelConfig& c = cfg_;
   size_t total = 0;
-  auto fp8 = [](const Fp8Weight& w) { return static_cast<size_t>(w.n) * w.k + static_cast<size_t>((w.n + 127) / 128) * w.scale_cols(); };
-  auto fp4 = [](const Fp4Weight& w) { return static_cast<size_t>(w.n) * (w.k / 2) + static_cast<size_t>(w.n) * (w.k / 32); };
-  auto bf16 = [](const Bf16Weight& w) { return static_cast<size_t>(w.n) * w.k * 2; };
   auto block = [&](const BlockWeights& b) {
     const AttentionWeights& a = b.attn;
-    size_t s = fp8(a.wq_a) + fp8(a.wq_b) + fp8(a.wkv) + fp8(a.wo_a) + fp8(a.wo_b);
-    s += 2 * static_cast<size_t>(b.hc_attn.mix) * c.hc_mult * c.dim * 4;
-    if (a.compressor.ratio > 0) s += bf16(a.compressor.wkv) + bf16(a.compressor.wgate);
+    size_t s = cost(a.wq_a) + cost(a.wq_b) + cost(a.wkv) + cost(a.wo_a) + cost(a.wo_b);
+    s += 2 * static_cast<size_t>(b.hc_attn.mix) * c.hc_mult * c.dim * (cost.macs ? 1 : 4);  // fp32 mHC mixes
+    if (a.compressor.ratio > 0) s += cost(a.compressor.wkv) + cost(a.compressor.wgate);
     if (a.compressor.ratio == 4)
-      s += fp8(a.idx_wq_b) + bf16(a.idx_weights_proj) + bf16(a.idx_compressor.wkv) + bf16(a.idx_compressor.wgate);
-    s += bf16(b.moe.gate);
+      s += cost(a.idx_wq_b) + cost(a.idx_weights_proj) + cost(a.idx_compressor.wkv) + cost(a.idx_compressor.wgate);
+    s += cost(b.moe.gate);
     if (!b.moe.experts.empty()) {
       const ExpertWeights& e = b.moe.experts[0];
-      s += static_cast<size_t>(c.n_activated_experts) * (fp4(e.w1) + fp4(e.w2) + fp4(e.w3));
+      s += static_cast<size_t>(c.n_activated_experts) * (cost(e.w1) + cost(e.w2) + cost(e.w3));
     }
-    if (b.moe.has_shared) s += fp8(b.moe.shared.w1) + fp8(b.moe.shared.w2) + fp8(b.moe.shared.w3);
+    if (b.moe.has_shared) s += cost(b.moe.shared.w1) + cost(b.moe.shared.w2) + cost(b.moe.shared.w3);
     return s;
   };
   for (const BlockWeights& b : w_.layers) total += block(b);
-  total += static_cast<size_t>(c.dim) * 2 + bf16(w_.head);  // embedding row + LM head
   return total;
 }
+
+
+size_t Model::bytes_per_token() const {
+  return weights_per_token(WeightCost{false}) + static_cast<size_t>(cfg_.dim) * 2 +
+         WeightCost{false}(w_.head);  // embedding row + LM head
+}
+
+double Model::prefill_macs_per_token() const { return static_cast<double>(weights_per_token(WeightCost{true})); }
 
 }  // namespace dsv4

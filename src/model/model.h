@@ -68,6 +68,10 @@ class Model {
 
   // Weight bytes read to decode one token (attention + K routed + shared experts + head).
   size_t bytes_per_token() const;
+  // Multiply-adds of the weight products of one prefill token (the same weights, but no head:
+  // prefill computes logits for the last position only). The attention over the context is not
+  // counted, so MACs / time is a lower bound of the GEMMs' own rate.
+  double prefill_macs_per_token() const;
 
   // The two sub-blocks on their normalised inputs x [n, D] (exposed for teacher-forced checks).
   void attention(const BlockWeights& bw, LayerState& ls, const float* x, int n, int64_t start, float* out,
@@ -76,6 +80,8 @@ class Model {
            BlockProbe* probe);
 
  private:
+  template <class Cost>
+  size_t weights_per_token(const Cost& cost) const;  // the layers' part of both measures above
   void compress(const CompressorWeights& cw, CompressorState& cs, const float* x, int n, int64_t start,
                 bool indexer, LayerState& ls);
   const RopeTable& rope_for(int layer_id) const;
