@@ -297,17 +297,13 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   const size_t N = static_cast<size_t>(n);
 
   // Projections (§6.1).
-  auto grown = [](std::vector<float>& v, size_t size) -> float* {
-    if (v.size() < size) v.resize(size);
-    return v.data();
-  };
-  float* const qr = grown(scratch_.qr, N * c.q_lora_rank);
+  float* const qr = scratch_.qr.grown(N * c.q_lora_rank);
   gemm_fp8(x, n, aw.wq_a, qr, *pool_);
   for (int t = 0; t < n; ++t) {
     float* row = qr + static_cast<size_t>(t) * c.q_lora_rank;
     rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
   }
-  float* const q = grown(scratch_.q, N * H * Dh);
+  float* const q = scratch_.q.grown(N * H * Dh);
   std::vector<float> kv(N * Dh);
   gemm_fp8(qr, n, aw.wq_b, q, *pool_);
   gemm_fp8(x, n, aw.wkv, kv.data(), *pool_);
@@ -407,7 +403,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const int wlen = start == 0 ? std::min(n, W) : W;  // window part of the index list
-  float* const o = grown(scratch_.o, N * H * Dh);
+  float* const o = scratch_.o.grown(N * H * Dh);
   std::vector<const float*> rows;
   std::vector<float> sel_rows;
   for (int t = 0; t < n; ++t) {
@@ -473,7 +469,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
 
   // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
   const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
-  float* const u = grown(scratch_.u, N * G * R);
+  float* const u = scratch_.u.grown(N * G * R);
   for (int g = 0; g < G; ++g)
     gemm_fp8_as_bf16_rows(o + static_cast<size_t>(g) * gin, n, H * Dh, aw.wo_a, g * R, (g + 1) * R,
                           u + static_cast<size_t>(g) * R, G * R, *pool_);
