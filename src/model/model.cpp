@@ -26,6 +26,16 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
+// fn(i) for every i in [0, n), split over the pool. Only for iterations that are independent of
+// each other (tokens, rows, heads): each result is computed exactly as in a serial loop, so the
+// split changes no bit at any thread count.
+template <class Fn>
+void parallel_each(ThreadPool& pool, int64_t n, Fn&& fn, int64_t grain = 1) {
+  pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(i);
+  }, grain);
+}
+
 // Interleaved-pair RoPE on `npairs` pairs (spec §4.10), rounded back to bf16.
 void apply_rope(float* x, const float* cs, const float* sn, int npairs, bool inverse) {
   for (int j = 0; j < npairs; ++j) {
@@ -299,16 +309,18 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Projections (§6.1).
   float* const qr = scratch_.qr.grown(N * c.q_lora_rank);
   gemm_fp8(x, n, aw.wq_a, qr, *pool_);
-  for (int t = 0; t < n; ++t) {
+  parallel_each(*pool_, n, [&](int64_t t) {
     float* row = qr + static_cast<size_t>(t) * c.q_lora_rank;
     rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
-  }
+  });
   float* const q = scratch_.q.grown(N * H * Dh);
   std::vector<float> kv(N * Dh);
   gemm_fp8(qr, n, aw.wq_b, q, *pool_);
   gemm_fp8(x, n, aw.wkv, kv.data(), *pool_);
   std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
-  for (int t = 0; t < n; ++t) rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
+  parallel_each(*pool_, n, [&](int64_t t) {
+    rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
+  });
   std::vector<uint8_t> kv_codes(N * Dn), kv_scales(N * (Dn / 64));
   pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -340,18 +352,19 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     gemm_fp8(qr, n, aw.idx_wq_b, qi.data(), *pool_);
     gemm_bf16_f32(x, n, aw.idx_weights_proj, wts.data(), *pool_);
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ID)) / std::sqrt(static_cast<double>(IH)));
-    for (size_t i = 0; i < wts.size(); ++i) wts[i] = bf16_round(bf16_round(wts[i]) * wscale);
     // Queries as FP4 codes: the scores are taken in exact integer arithmetic (index_score.h).
     if (ID != kIndexDim) throw Error("indexer head dim " + std::to_string(ID) + " is not " + std::to_string(kIndexDim));
     std::vector<uint8_t> qcodes(N * IH * ID / 2), qscales(N * IH * ID / 32);
-    for (int t = 0; t < n; ++t)
+    parallel_each(*pool_, n, [&](int64_t t) {
       for (int h = 0; h < IH; ++h) {
         const size_t th = static_cast<size_t>(t) * IH + h;
+        wts[th] = bf16_round(bf16_round(wts[th]) * wscale);
         float* v = qi.data() + th * ID;
         apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
         hadamard128(v);
         fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
       }
+    });
     const uint8_t* keys = ls.index_keys.rows() > 0 ? ls.index_keys.row_data(0) : nullptr;
     auto query = [&](int64_t t) {
       const size_t th = static_cast<size_t>(t) * IH;
