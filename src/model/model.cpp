@@ -498,21 +498,23 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   gemm_bf16_f32(x, n, mw.gate, logits.data(), *pool_);
   std::vector<int32_t> ids(N * K);
   std::vector<float> wts(N * K);
-  std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
-  for (int t = 0; t < n; ++t) {
-    for (int e = 0; e < E; ++e) score[static_cast<size_t>(e)] = std::sqrt(softplus(logits[static_cast<size_t>(t) * E + e]));
-    int32_t* id = &ids[static_cast<size_t>(t) * K];
-    if (layer_id < c.n_hash_layers) {
-      std::copy_n(&mw.tid2eid[static_cast<size_t>(tokens[t]) * K], K, id);
-    } else {
-      for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + mw.bias[e];
-      topk_desc(biased.data(), E, K, id);
+  pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {  // tokens route independently
+    std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int e = 0; e < E; ++e) score[static_cast<size_t>(e)] = std::sqrt(softplus(logits[static_cast<size_t>(t) * E + e]));
+      int32_t* id = &ids[static_cast<size_t>(t) * K];
+      if (layer_id < c.n_hash_layers) {
+        std::copy_n(&mw.tid2eid[static_cast<size_t>(tokens[t]) * K], K, id);
+      } else {
+        for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + mw.bias[e];
+        topk_desc(biased.data(), E, K, id);
+      }
+      float sum = 0.0f;
+      for (int k = 0; k < K; ++k) sum += score[static_cast<size_t>(id[k])];
+      for (int k = 0; k < K; ++k)
+        wts[static_cast<size_t>(t) * K + k] = score[static_cast<size_t>(id[k])] / sum * static_cast<float>(c.route_scale);
     }
-    float sum = 0.0f;
-    for (int k = 0; k < K; ++k) sum += score[static_cast<size_t>(id[k])];
-    for (int k = 0; k < K; ++k)
-      wts[static_cast<size_t>(t) * K + k] = score[static_cast<size_t>(id[k])] / sum * static_cast<float>(c.route_scale);
-  }
+  });
   if (probe) {
     probe->expert_ids.insert(probe->expert_ids.end(), ids.begin(), ids.end());
     probe->expert_weights.insert(probe->expert_weights.end(), wts.begin(), wts.end());
@@ -521,7 +523,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   const float limit = static_cast<float>(c.swiglu_limit);
   // SwiGLU with clamps (§8.2); `weight` (routed experts) is applied before the down projection.
   auto swiglu = [&](const float* g, const float* up, const float* weight, int m, float* hdn) {
-    for (int t = 0; t < m; ++t)
+    parallel_each(*pool_, m, [&](int64_t t) {
       for (int i = 0; i < I; ++i) {
         float gv = g[static_cast<size_t>(t) * I + i], uv = up[static_cast<size_t>(t) * I + i];
         if (limit > 0) {
@@ -532,6 +534,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
         if (weight) h *= weight[t];
         hdn[static_cast<size_t>(t) * I + i] = bf16_round(h);
       }
+    });
   };
 
   std::vector<double> unused;
@@ -550,7 +553,9 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     if (rows.empty()) continue;
     const int m = static_cast<int>(rows.size());
     xe.resize(static_cast<size_t>(m) * D);
-    for (int i = 0; i < m; ++i) std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
+    parallel_each(*pool_, m, [&](int64_t i) {
+      std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
+    });
     g.resize(static_cast<size_t>(m) * I);
     up.resize(static_cast<size_t>(m) * I);
     hdn.resize(static_cast<size_t>(m) * I);
@@ -560,10 +565,13 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     gemm_fp4(xe.data(), m, ew.w3, up.data(), *pool_);
     swiglu(g.data(), up.data(), we.data(), m, hdn.data());
     gemm_fp4(hdn.data(), m, ew.w2, oe.data(), *pool_);
-    for (int i = 0; i < m; ++i) {
-      float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
-      for (int d = 0; d < D; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
-    }
+    // Split over channels, not rows: each y element still adds its rows in the serial order.
+    pool_->parallel_for(D, [&](int64_t d0, int64_t d1) {
+      for (int i = 0; i < m; ++i) {
+        float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
+        for (int64_t d = d0; d < d1; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
+      }
+    }, 256);
   }
   if (mw.has_shared) {
     g.resize(N * I);
@@ -574,9 +582,12 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     gemm_fp8(x, n, mw.shared.w3, up.data(), *pool_);
     swiglu(g.data(), up.data(), nullptr, n, hdn.data());
     gemm_fp8(hdn.data(), n, mw.shared.w2, oe.data(), *pool_);
-    for (size_t i = 0; i < N * D; ++i) y[i] += oe[i];
   }
-  for (size_t i = 0; i < N * D; ++i) out[i] = bf16_round(y[i]);
+  // The shared expert's output is added last, then each element is rounded once.
+  parallel_each(*pool_, n, [&](int64_t t) {
+    for (size_t i = static_cast<size_t>(t) * D; i < static_cast<size_t>(t + 1) * D; ++i)
+      out[i] = bf16_round(mw.has_shared ? y[i] + oe[i] : y[i]);
+  });
 }
 
 void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const int32_t* tokens, int n, int64_t start,
@@ -650,11 +661,11 @@ void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("forward: state does not belong to this model");
   const int D = cfg_.dim, hc = cfg_.hc_mult;
   std::vector<float> h(static_cast<size_t>(n) * hc * D);
-  for (int t = 0; t < n; ++t) {
+  parallel_each(*pool_, n, [&](int64_t t) {
     const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
     for (int j = 0; j < hc; ++j)
       for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
-  }
+  });
   for (int l = 0; l < cfg_.n_layers; ++l)
     run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
   st.pos += n;
