@@ -28,7 +28,8 @@ inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
 // fn(i) for every i in [0, n), split over the pool. Only for iterations that are independent of
 // each other (tokens, rows, heads): each result is computed exactly as in a serial loop, so the
-// split changes no bit at any thread count.
+// split changes no bit at any thread count. `grain` groups iterations too cheap to be worth a
+// pool wake-up alone; a call with n <= grain (decode) runs inline.
 template <class Fn>
 void parallel_each(ThreadPool& pool, int64_t n, Fn&& fn, int64_t grain = 1) {
   pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
@@ -312,7 +313,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   parallel_each(*pool_, n, [&](int64_t t) {
     float* row = qr + static_cast<size_t>(t) * c.q_lora_rank;
     rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
-  });
+  }, 8);
   float* const q = scratch_.q.grown(N * H * Dh);
   std::vector<float> kv(N * Dh);
   gemm_fp8(qr, n, aw.wq_b, q, *pool_);
@@ -320,7 +321,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
   parallel_each(*pool_, n, [&](int64_t t) {
     rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
-  });
+  }, 8);
   std::vector<uint8_t> kv_codes(N * Dn), kv_scales(N * (Dn / 64));
   pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -514,7 +515,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
       for (int k = 0; k < K; ++k)
         wts[static_cast<size_t>(t) * K + k] = score[static_cast<size_t>(id[k])] / sum * static_cast<float>(c.route_scale);
     }
-  });
+  }, 8);
   if (probe) {
     probe->expert_ids.insert(probe->expert_ids.end(), ids.begin(), ids.end());
     probe->expert_weights.insert(probe->expert_weights.end(), wts.begin(), wts.end());
@@ -534,7 +535,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
         if (weight) h *= weight[t];
         hdn[static_cast<size_t>(t) * I + i] = bf16_round(h);
       }
-    });
+    }, 4);
   };
 
   std::vector<double> unused;
@@ -555,7 +556,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     xe.resize(static_cast<size_t>(m) * D);
     parallel_each(*pool_, m, [&](int64_t i) {
       std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
-    });
+    }, 16);
     g.resize(static_cast<size_t>(m) * I);
     up.resize(static_cast<size_t>(m) * I);
     hdn.resize(static_cast<size_t>(m) * I);
@@ -566,12 +567,13 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     swiglu(g.data(), up.data(), we.data(), m, hdn.data());
     gemm_fp4(hdn.data(), m, ew.w2, oe.data(), *pool_);
     // Split over channels, not rows: each y element still adds its rows in the serial order.
+    // A few rows (decode) stay on this thread: waking the pool would cost more than the adds.
     pool_->parallel_for(D, [&](int64_t d0, int64_t d1) {
       for (int i = 0; i < m; ++i) {
         float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
         for (int64_t d = d0; d < d1; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
       }
-    }, 256);
+    }, std::max(256, (1 << 16) / m));
   }
   if (mw.has_shared) {
     g.resize(N * I);
@@ -587,7 +589,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   parallel_each(*pool_, n, [&](int64_t t) {
     for (size_t i = static_cast<size_t>(t) * D; i < static_cast<size_t>(t + 1) * D; ++i)
       out[i] = bf16_round(mw.has_shared ? y[i] + oe[i] : y[i]);
-  });
+  }, 8);
 }
 
 void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const int32_t* tokens, int n, int64_t start,
@@ -665,7 +667,7 @@ void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
     const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
     for (int j = 0; j < hc; ++j)
       for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
-  });
+  }, 8);
   for (int l = 0; l < cfg_.n_layers; ++l)
     run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
   st.pos += n;
