@@ -1,4 +1,6 @@
 // dsv4: one binary, subcommands registered from src/cli/*.cpp.
+#include <malloc.h>
+
 #include <cstdio>
 #include <exception>
 
@@ -6,6 +8,14 @@
 #include "core/error.h"
 
 int main(int argc, char** argv) {
+#ifdef __GLIBC__
+  // Prefill allocates and frees many buffers of several MB per layer (activations, GEMM operands).
+  // By default glibc serves those with fresh mmap()s and gives them back at free(), so every layer
+  // page-faults and zero-fills them again, serially on the calling thread. Keeping freed memory in
+  // the heap instead costs no extra peak memory and removes that work.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed threshold
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
   CLI::App app{"dsv4: DeepSeek-V4 inference engine and local API server"};
   app.set_version_flag("--version", std::string("dsv4 ") + DSV4_VERSION);
   app.require_subcommand(1);

@@ -26,6 +26,17 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
+// fn(i) for every i in [0, n), split over the pool. Only for iterations that are independent of
+// each other (tokens, rows, heads): each result is computed exactly as in a serial loop, so the
+// split changes no bit at any thread count. `grain` groups iterations too cheap to be worth a
+// pool wake-up alone; a call with n <= grain (decode) runs inline.
+template <class Fn>
+void parallel_each(ThreadPool& pool, int64_t n, Fn&& fn, int64_t grain = 1) {
+  pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(i);
+  }, grain);
+}
+
 // Interleaved-pair RoPE on `npairs` pairs (spec §4.10), rounded back to bf16.
 void apply_rope(float* x, const float* cs, const float* sn, int npairs, bool inverse) {
   for (int j = 0; j < npairs; ++j) {
@@ -297,22 +308,20 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   const size_t N = static_cast<size_t>(n);
 
   // Projections (§6.1).
-  auto grown = [](std::vector<float>& v, size_t size) -> float* {
-    if (v.size() < size) v.resize(size);
-    return v.data();
-  };
-  float* const qr = grown(scratch_.qr, N * c.q_lora_rank);
+  float* const qr = scratch_.qr.grown(N * c.q_lora_rank);
   gemm_fp8(x, n, aw.wq_a, qr, *pool_);
-  for (int t = 0; t < n; ++t) {
+  parallel_each(*pool_, n, [&](int64_t t) {
     float* row = qr + static_cast<size_t>(t) * c.q_lora_rank;
     rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
-  }
-  float* const q = grown(scratch_.q, N * H * Dh);
+  }, 8);
+  float* const q = scratch_.q.grown(N * H * Dh);
   std::vector<float> kv(N * Dh);
   gemm_fp8(qr, n, aw.wq_b, q, *pool_);
   gemm_fp8(x, n, aw.wkv, kv.data(), *pool_);
   std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
-  for (int t = 0; t < n; ++t) rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
+  parallel_each(*pool_, n, [&](int64_t t) {
+    rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
+  }, 8);
   std::vector<uint8_t> kv_codes(N * Dn), kv_scales(N * (Dn / 64));
   pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -344,18 +353,19 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     gemm_fp8(qr, n, aw.idx_wq_b, qi.data(), *pool_);
     gemm_bf16_f32(x, n, aw.idx_weights_proj, wts.data(), *pool_);
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ID)) / std::sqrt(static_cast<double>(IH)));
-    for (size_t i = 0; i < wts.size(); ++i) wts[i] = bf16_round(bf16_round(wts[i]) * wscale);
     // Queries as FP4 codes: the scores are taken in exact integer arithmetic (index_score.h).
     if (ID != kIndexDim) throw Error("indexer head dim " + std::to_string(ID) + " is not " + std::to_string(kIndexDim));
     std::vector<uint8_t> qcodes(N * IH * ID / 2), qscales(N * IH * ID / 32);
-    for (int t = 0; t < n; ++t)
+    parallel_each(*pool_, n, [&](int64_t t) {
       for (int h = 0; h < IH; ++h) {
         const size_t th = static_cast<size_t>(t) * IH + h;
+        wts[th] = bf16_round(bf16_round(wts[th]) * wscale);
         float* v = qi.data() + th * ID;
         apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
         hadamard128(v);
         fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
       }
+    });
     const uint8_t* keys = ls.index_keys.rows() > 0 ? ls.index_keys.row_data(0) : nullptr;
     auto query = [&](int64_t t) {
       const size_t th = static_cast<size_t>(t) * IH;
@@ -407,7 +417,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const int wlen = start == 0 ? std::min(n, W) : W;  // window part of the index list
-  float* const o = grown(scratch_.o, N * H * Dh);
+  float* const o = scratch_.o.grown(N * H * Dh);
   std::vector<const float*> rows;
   std::vector<float> sel_rows;
   for (int t = 0; t < n; ++t) {
@@ -473,7 +483,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
 
   // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
   const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
-  float* const u = grown(scratch_.u, N * G * R);
+  float* const u = scratch_.u.grown(N * G * R);
   for (int g = 0; g < G; ++g)
     gemm_fp8_as_bf16_rows(o + static_cast<size_t>(g) * gin, n, H * Dh, aw.wo_a, g * R, (g + 1) * R,
                           u + static_cast<size_t>(g) * R, G * R, *pool_);
@@ -489,21 +499,23 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   gemm_bf16_f32(x, n, mw.gate, logits.data(), *pool_);
   std::vector<int32_t> ids(N * K);
   std::vector<float> wts(N * K);
-  std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
-  for (int t = 0; t < n; ++t) {
-    for (int e = 0; e < E; ++e) score[static_cast<size_t>(e)] = std::sqrt(softplus(logits[static_cast<size_t>(t) * E + e]));
-    int32_t* id = &ids[static_cast<size_t>(t) * K];
-    if (layer_id < c.n_hash_layers) {
-      std::copy_n(&mw.tid2eid[static_cast<size_t>(tokens[t]) * K], K, id);
-    } else {
-      for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + mw.bias[e];
-      topk_desc(biased.data(), E, K, id);
+  pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {  // tokens route independently
+    std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int e = 0; e < E; ++e) score[static_cast<size_t>(e)] = std::sqrt(softplus(logits[static_cast<size_t>(t) * E + e]));
+      int32_t* id = &ids[static_cast<size_t>(t) * K];
+      if (layer_id < c.n_hash_layers) {
+        std::copy_n(&mw.tid2eid[static_cast<size_t>(tokens[t]) * K], K, id);
+      } else {
+        for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + mw.bias[e];
+        topk_desc(biased.data(), E, K, id);
+      }
+      float sum = 0.0f;
+      for (int k = 0; k < K; ++k) sum += score[static_cast<size_t>(id[k])];
+      for (int k = 0; k < K; ++k)
+        wts[static_cast<size_t>(t) * K + k] = score[static_cast<size_t>(id[k])] / sum * static_cast<float>(c.route_scale);
     }
-    float sum = 0.0f;
-    for (int k = 0; k < K; ++k) sum += score[static_cast<size_t>(id[k])];
-    for (int k = 0; k < K; ++k)
-      wts[static_cast<size_t>(t) * K + k] = score[static_cast<size_t>(id[k])] / sum * static_cast<float>(c.route_scale);
-  }
+  }, 8);
   if (probe) {
     probe->expert_ids.insert(probe->expert_ids.end(), ids.begin(), ids.end());
     probe->expert_weights.insert(probe->expert_weights.end(), wts.begin(), wts.end());
@@ -512,7 +524,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   const float limit = static_cast<float>(c.swiglu_limit);
   // SwiGLU with clamps (§8.2); `weight` (routed experts) is applied before the down projection.
   auto swiglu = [&](const float* g, const float* up, const float* weight, int m, float* hdn) {
-    for (int t = 0; t < m; ++t)
+    parallel_each(*pool_, m, [&](int64_t t) {
       for (int i = 0; i < I; ++i) {
         float gv = g[static_cast<size_t>(t) * I + i], uv = up[static_cast<size_t>(t) * I + i];
         if (limit > 0) {
@@ -523,6 +535,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
         if (weight) h *= weight[t];
         hdn[static_cast<size_t>(t) * I + i] = bf16_round(h);
       }
+    }, 4);
   };
 
   std::vector<double> unused;
@@ -541,7 +554,9 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     if (rows.empty()) continue;
     const int m = static_cast<int>(rows.size());
     xe.resize(static_cast<size_t>(m) * D);
-    for (int i = 0; i < m; ++i) std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
+    parallel_each(*pool_, m, [&](int64_t i) {
+      std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
+    }, 16);
     g.resize(static_cast<size_t>(m) * I);
     up.resize(static_cast<size_t>(m) * I);
     hdn.resize(static_cast<size_t>(m) * I);
@@ -551,10 +566,14 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     gemm_fp4(xe.data(), m, ew.w3, up.data(), *pool_);
     swiglu(g.data(), up.data(), we.data(), m, hdn.data());
     gemm_fp4(hdn.data(), m, ew.w2, oe.data(), *pool_);
-    for (int i = 0; i < m; ++i) {
-      float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
-      for (int d = 0; d < D; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
-    }
+    // Split over channels, not rows: each y element still adds its rows in the serial order.
+    // A few rows (decode) stay on this thread: waking the pool would cost more than the adds.
+    pool_->parallel_for(D, [&](int64_t d0, int64_t d1) {
+      for (int i = 0; i < m; ++i) {
+        float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
+        for (int64_t d = d0; d < d1; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
+      }
+    }, std::max(256, (1 << 16) / m));
   }
   if (mw.has_shared) {
     g.resize(N * I);
@@ -565,9 +584,12 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     gemm_fp8(x, n, mw.shared.w3, up.data(), *pool_);
     swiglu(g.data(), up.data(), nullptr, n, hdn.data());
     gemm_fp8(hdn.data(), n, mw.shared.w2, oe.data(), *pool_);
-    for (size_t i = 0; i < N * D; ++i) y[i] += oe[i];
   }
-  for (size_t i = 0; i < N * D; ++i) out[i] = bf16_round(y[i]);
+  // The shared expert's output is added last, then each element is rounded once.
+  parallel_each(*pool_, n, [&](int64_t t) {
+    for (size_t i = static_cast<size_t>(t) * D; i < static_cast<size_t>(t + 1) * D; ++i)
+      out[i] = bf16_round(mw.has_shared ? y[i] + oe[i] : y[i]);
+  }, 8);
 }
 
 void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const int32_t* tokens, int n, int64_t start,
@@ -641,11 +663,11 @@ void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("forward: state does not belong to this model");
   const int D = cfg_.dim, hc = cfg_.hc_mult;
   std::vector<float> h(static_cast<size_t>(n) * hc * D);
-  for (int t = 0; t < n; ++t) {
+  parallel_each(*pool_, n, [&](int64_t t) {
     const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
     for (int j = 0; j < hc; ++j)
       for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
-  }
+  }, 8);
   for (int l = 0; l < cfg_.n_layers; ++l)
     run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
   st.pos += n;

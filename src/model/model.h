@@ -94,8 +94,21 @@ class Model {
   // Attention's large per-chunk buffers (queries and outputs are [n, heads, 512]: 64 MiB each
   // for a 512-token chunk of V4-Flash), kept between calls so that a chunk does not pay for
   // fresh zeroed pages; every element is written before it is read. Calls are not concurrent.
+  // Growth leaves them uninitialised: the first writes, in parallel GEMMs and loops, then fault
+  // the fresh pages in on every thread instead of a serial zero fill on the caller's.
+  struct ScratchBuffer {
+    std::unique_ptr<float[]> data;
+    size_t size = 0;
+    float* grown(size_t n) {
+      if (size < n) {
+        data.reset(new float[n]);
+        size = n;
+      }
+      return data.get();
+    }
+  };
   struct AttentionScratch {
-    std::vector<float> qr, q, o, u;
+    ScratchBuffer qr, q, o, u;
   } scratch_;
 };
 
