@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <type_traits>
 #include <numeric>
 
 #include "core/error.h"
@@ -48,6 +49,28 @@ void apply_rope(float* x, const float* cs, const float* sn, int npairs, bool inv
 }
 
 // HC_PRE (spec §5.1) for one token: collapses hc streams x [hc*D] into a [D].
+// out[j] = sum over i of fn[j][i] * x[i], each a plain sequential fp32 sum (multiply, then add,
+// as the reference's fp32 linear sums). One chain is bound by the add latency, so rows are taken
+// kRows at a time: independent chains that share the loads of x; each sum's order is unchanged.
+void hc_mix_dots(const float* fn, int mix, int HD, const float* x, float* out) {
+  constexpr int kRows = 8;
+  auto rows = [&](int j0, auto count) {
+    constexpr int R = decltype(count)::value;
+    float acc[R] = {};
+    const float* f[R];
+    for (int u = 0; u < R; ++u) f[u] = fn + static_cast<size_t>(j0 + u) * HD;
+    for (int i = 0; i < HD; ++i) {
+      const float xi = x[i];
+      for (int u = 0; u < R; ++u) acc[u] += f[u][i] * xi;
+    }
+    for (int u = 0; u < R; ++u) out[j0 + u] = acc[u];
+  };
+  int j = 0;
+  for (; j + kRows <= mix; j += kRows) rows(j, std::integral_constant<int, kRows>{});
+  for (; j + 4 <= mix; j += 4) rows(j, std::integral_constant<int, 4>{});
+  for (; j < mix; ++j) rows(j, std::integral_constant<int, 1>{});
+}
+
 void hc_pre_token(const ModelConfig& c, const HcWeights& hw, const float* x, float* a, float* post, float* comb) {
   const int hc = c.hc_mult, D = c.dim, HD = hc * D;
   const float eps = static_cast<float>(c.hc_eps);
@@ -55,12 +78,8 @@ void hc_pre_token(const ModelConfig& c, const HcWeights& hw, const float* x, flo
   for (int i = 0; i < HD; ++i) ss += x[i] * x[i];
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
   float mix[64];
-  for (int j = 0; j < hw.mix; ++j) {
-    const float* f = hw.fn + static_cast<size_t>(j) * HD;
-    float acc = 0.0f;  // sequential, as the reference's fp32 linear (netlib BLAS) sums
-    for (int i = 0; i < HD; ++i) acc += f[i] * x[i];
-    mix[j] = acc * r;
-  }
+  hc_mix_dots(hw.fn, hw.mix, HD, x, mix);
+  for (int j = 0; j < hw.mix; ++j) mix[j] *= r;
   float pre[16];
   for (int j = 0; j < hc; ++j) {
     pre[j] = sigmoid(mix[j] * hw.scale[0] + hw.base[j]) + eps;
@@ -631,12 +650,10 @@ void Model::head(const float* streams, const HcWeights& hc_head, const std::vect
   for (int i = 0; i < HD; ++i) ss += streams[i] * streams[i];
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
   std::vector<float> y(static_cast<size_t>(D));
-  float pre[16];
-  for (int j = 0; j < hc; ++j) {
-    float acc = 0.0f;
-    for (int i = 0; i < HD; ++i) acc += hc_head.fn[static_cast<size_t>(j) * HD + i] * streams[i];
-    pre[j] = sigmoid(acc * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
-  }
+  float pre[16], mix[16];
+  hc_mix_dots(hc_head.fn, hc, HD, streams, mix);
+  for (int j = 0; j < hc; ++j)
+    pre[j] = sigmoid(mix[j] * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
   for (int d = 0; d < D; ++d) {
     float acc = 0.0f;
     for (int j = 0; j < hc; ++j) acc += pre[j] * streams[j * D + d];
