@@ -249,6 +249,24 @@ TEST(Gemm, Fp8AsBf16AllPathsBitIdentical) {
   }
 }
 
+// Many activation rows: their quantisation and pairing are split over the pool, so the pool
+// threads take part (buffers owned by the calling thread must reach them).
+TEST(Gemm, ManyRowsPreparedOnEveryThread) {
+  std::mt19937 rng(14);
+  const int M = 240, N = 16, K = 4096;  // rows long enough that the pool threads wake in time
+  auto d8 = make_fp8(rng, N, K);
+  auto d4 = make_fp4(rng, N, K);
+  const auto x = rand_act(rng, static_cast<size_t>(M) * K);
+  for (int rep = 0; rep < 3; ++rep) {
+    check_all_paths(static_cast<size_t>(M) * N, "fp8 many rows",
+                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, d8.W, out.data(), p); });
+    check_all_paths(static_cast<size_t>(M) * N, "fp4 many rows",
+                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), M, d4.W, out.data(), p); });
+    check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 many rows",
+                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, d8.W, out.data(), p); });
+  }
+}
+
 // Grouped output projection: rows [r0, r1) with an offset x and strided y equal the matching
 // columns of the full product, on every path.
 TEST(Gemm, Fp8AsBf16RowsMatchesFull) {

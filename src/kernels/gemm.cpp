@@ -100,10 +100,12 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
 void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, std::vector<float>& sa,
                      ThreadPool& pool) {
   const float qscale = p.fp8_prescaled ? gd::kFp8PrescaleA : 1.0f;
-  q.assign(static_cast<size_t>(p.M) * p.kp, 0.0f);
-  sa.resize(static_cast<size_t>(p.M) * p.nb);
+  // Every element is written below (the padding too), so the buffers are only grown, not cleared.
+  if (q.size() < static_cast<size_t>(p.M) * p.kp) q.resize(static_cast<size_t>(p.M) * p.kp);
+  if (sa.size() < static_cast<size_t>(p.M) * p.nb) sa.resize(static_cast<size_t>(p.M) * p.nb);
   pool.parallel_for(p.M, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
+    for (int64_t m = m0; m < m1; ++m) {
+      std::fill(q.begin() + m * p.kp + p.K, q.begin() + (m + 1) * p.kp, 0.0f);
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, len = std::min(128, p.K - k0);
         float* qb = q.data() + static_cast<size_t>(m) * p.kp + k0;
@@ -116,29 +118,33 @@ void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q
           std::copy(blk, blk + 128, qb);
         }
       }
+    }
   }, 8);
 }
 
 // Activations as the VDPBF16PS operand of the FP8 kinds (gemm.h): dword d of 32-chunk c holds
-// (element c+d, element c+16+d) as bf16 words, zero past K. Returns false (and leaves `out`
-// unusable) if a value is not a bf16, or is a nonzero below 2^-56 (bf16_dp_exact): then the
-// fp32 back ends must run.
-bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, std::vector<uint32_t>& out, ThreadPool& pool) {
-  out.assign(static_cast<size_t>(M) * kp / 2, 0u);
+// (element c+d, element c+16+d) as bf16 words, zero past K; `out` is only grown (every dword is
+// written). With `check`, returns false (and leaves `out` unusable) if a value is not a bf16, or
+// is a nonzero below 2^-56 (bf16_dp_exact): then the fp32 back ends must run. Quantised
+// activations (e4m3 values) need no check.
+bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, bool check, std::vector<uint32_t>& out,
+                   ThreadPool& pool) {
+  if (out.size() < static_cast<size_t>(M) * kp / 2) out.resize(static_cast<size_t>(M) * kp / 2);
   std::vector<char> row_ok(static_cast<size_t>(M), 1);
   pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const float* xr = x + static_cast<size_t>(m) * x_stride;
       uint32_t* o = out.data() + static_cast<size_t>(m) * kp / 2;
       uint32_t low_bits = 0;
-      for (int k = 0; k < K; ++k) {
-        const uint32_t b = f32_bits(xr[k]);
-        low_bits |= b & 0xFFFFu;
-        const int c = k / 32 * 32, r = k % 32;
-        o[c / 2 + r % 16] |= r < 16 ? b >> 16 : b & 0xFFFF0000u;
-      }
-      row_ok[static_cast<size_t>(m)] =
-          low_bits == 0 && bf16_dp_exact(reinterpret_cast<const uint16_t*>(o), static_cast<size_t>(kp));
+      for (int c = 0; c < kp; c += 32)
+        for (int d = 0; d < 16; ++d) {
+          const uint32_t lo = c + d < K ? f32_bits(xr[c + d]) : 0u, hi = c + 16 + d < K ? f32_bits(xr[c + 16 + d]) : 0u;
+          low_bits |= (lo | hi) & 0xFFFFu;
+          o[c / 2 + d] = (lo >> 16) | (hi & 0xFFFF0000u);
+        }
+      if (check)
+        row_ok[static_cast<size_t>(m)] =
+            low_bits == 0 && bf16_dp_exact(reinterpret_cast<const uint16_t*>(o), static_cast<size_t>(kp));
     }
   }, 8);
   return std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; });
@@ -213,14 +219,19 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
   // Many rows on AVX-512: the VDPBF16PS path with unscaled values; else the prescaled FMA form.
   const bool fp8_pairs = kind == gd::Kind::Fp8 && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
   p.fp8_prescaled = kind == gd::Kind::Fp8 && !fp8_pairs;
-  std::vector<float> q, sa;
+  // Per calling thread and only grown: a forward pass makes hundreds of these calls. (Named
+  // through references: a lambda run on a pool thread would see that thread's thread_locals.)
+  thread_local std::vector<float> q_buf, sa_buf;
+  thread_local std::vector<uint32_t> pairs_buf;
+  std::vector<float>& q = q_buf;
+  std::vector<float>& sa = sa_buf;
+  std::vector<uint32_t>& pairs = pairs_buf;
   quantize_padded(x, p, q, sa, pool);
   p.a = q.data();
   p.a_stride = p.kp;
   p.sa = sa.data();
-  std::vector<uint32_t> pairs;
   if (kind == gd::Kind::Fp4) {  // q is permuted per block: vector t holds element 8d + kFp4Order[t]
-    pairs.resize(static_cast<size_t>(M) * p.nb * 64);
+    if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
         for (int b = 0; b < p.nb; ++b) {
@@ -233,7 +244,7 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
     }, 8);
     p.a_pairs = pairs.data();
   } else if (fp8_pairs) {  // e4m3 values are bf16s >= 2^-9: always usable
-    fp8_act_pairs(q.data(), M, k, p.kp, p.kp, pairs, pool);
+    fp8_act_pairs(q.data(), M, k, p.kp, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();
   }
   p.w = w;
@@ -257,8 +268,9 @@ void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight&
   const PaddedRows a = pad_rows(x, M, W.k, x_stride, p.kp);
   p.a = a.a;
   p.a_stride = a.stride;
-  std::vector<uint32_t> pairs;
-  if (M >= gd::kPairsMinM && active_isa() == Isa::Avx512 && fp8_act_pairs(x, M, W.k, x_stride, p.kp, pairs, pool))
+  thread_local std::vector<uint32_t> pairs_buf;  // (see quantized_gemm)
+  std::vector<uint32_t>& pairs = pairs_buf;
+  if (M >= gd::kPairsMinM && active_isa() == Isa::Avx512 && fp8_act_pairs(x, M, W.k, x_stride, p.kp, true, pairs, pool))
     p.a_pairs = pairs.data();
   p.w = W.w;
   p.ws = W.scale;
