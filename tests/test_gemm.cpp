@@ -437,43 +437,60 @@ TEST(Dot, AllPathsBitIdentical) {
   }
 }
 
-// The prescaled FP8 form (activations * 2^60, weights * 2^-120, scale * 2^60) must give exactly
-// the canonical result of the plain form: run the scalar reference both ways.
-TEST(Gemm, Fp8PrescaledIsBitIdenticalToPlainOrder) {
-  std::mt19937 rng(11);
-  std::vector<float> e8m0(256);
-  for (int e = 0; e < 256; ++e) e8m0[e] = e8m0_to_f32(static_cast<uint8_t>(e));
-  for (Shape s : kFp8Shapes) {
-    auto d = make_fp8(rng, s.N, s.K);
-    const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
-    const int nb = (s.K + 127) / 128;
-    std::vector<float> q(static_cast<size_t>(s.M) * s.K), sa(static_cast<size_t>(s.M) * nb);
-    quantize_rows_fp8(x.data(), s.M, s.K, q.data(), sa.data());
-    std::vector<float> q_scaled(q);
-    for (auto& v : q_scaled) v *= gemm_detail::kFp8PrescaleA;
-    auto run = [&](bool prescaled) {
-      gemm_detail::Problem p;
-      p.kind = gemm_detail::Kind::Fp8;
-      p.a = prescaled ? q_scaled.data() : q.data();
-      p.a_stride = s.K;
-      p.M = s.M;
-      p.sa = sa.data();
-      p.w = d.w.data();
-      p.ws = d.s.data();
-      p.K = s.K;
-      p.kp = (s.K + 31) / 32 * 32;
-      p.nb = nb;
-      p.e4m3 = kE4M3Values;
-      p.e2m1 = kE2M1Values;
-      p.e8m0 = e8m0.data();
-      p.fp8_prescaled = prescaled;
-      std::vector<float> y(static_cast<size_t>(s.M) * s.N);
-      p.y = y.data();
-      p.y_stride = s.N;
-      gemm_detail::rows_scalar(p, 0, s.N);
-      return y;
-    };
-    expect_bits_equal(run(false), run(true), name("fp8 prescaled vs plain", s));
+// Lanes run over all of K (gemm.h): lane 0 gets +2^16 (block 0, element 16), then in block 1
+// -2^16 (element 144, high half first) and 2^-9 (element 128). Over all of K that is 2^-9; with
+// a partial per block (-2^16 + 2^-9 rounds to -2^16) it would be 0. Every path, both GEMM forms,
+// M = 1 (decode) and M = 5 (VDPBF16PS on AVX-512).
+TEST(Gemm, Fp8LanesRunOverAllBlocks) {
+  const int N = 20, K = 256;
+  std::vector<uint8_t> w(static_cast<size_t>(N) * K, 0x00), s(2, 127);
+  for (int n = 0; n < N; ++n) {
+    uint8_t* row = w.data() + static_cast<size_t>(n) * K;
+    row[16] = 0x78;   // 256
+    row[144] = 0xF8;  // -256
+    row[128] = 0x01;  // 2^-9
+  }
+  const Fp8Weight W{w.data(), s.data(), N, K};
+  for (int M : {1, 5}) {
+    std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
+    for (int m = 0; m < M; ++m) {
+      float* xr = x.data() + static_cast<size_t>(m) * K;
+      xr[16] = 256.0f;
+      xr[144] = 256.0f;
+      xr[128] = 1.0f;
+      xr[200] = 448.0f;  // amax 448 in both blocks: activation scales 1 (weight 0 there)
+      xr[100] = 448.0f;
+    }
+    const auto plain = check_all_paths(static_cast<size_t>(M) * N, "fp8 blocks M=" + std::to_string(M),
+                                       [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, W, out.data(), p); });
+    const auto as_bf16 = check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 blocks M=" + std::to_string(M),
+                                         [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, W, out.data(), p); });
+    for (size_t i = 0; i < plain.size(); ++i) {
+      EXPECT_EQ(plain[i], 0x1p-9f) << "fp8 M=" << M << " at " << i;
+      EXPECT_EQ(as_bf16[i], 0x1p-9f) << "fp8_as_bf16 M=" << M << " at " << i;
+    }
+  }
+}
+
+// Weight scales outside the range the SIMD decoders are exact for (gemm.h) must still give the
+// canonical result: huge ones (2^120 sw overflows) and tiny ones (VDPBF16PS would flush
+// denormal products), at M = 1 and at M = 5.
+TEST(Gemm, Fp8UnusualWeightScalesKeepTheExactOrder) {
+  std::mt19937 rng(13);
+  const int N = 40, K = 256;
+  for (uint8_t scale : {uint8_t{140}, uint8_t{10}, uint8_t{30}}) {
+    auto d = make_fp8(rng, N, K);
+    for (auto& e : d.s) e = scale;
+    for (int M : {1, 5}) {
+      auto x = rand_act(rng, static_cast<size_t>(M) * K);
+      if (scale < 127)  // small activations too: most products are then denormals
+        for (float& v : x) v = std::ldexp(v, -20);
+      const std::string what = "scale byte " + std::to_string(scale) + " M=" + std::to_string(M);
+      check_all_paths(static_cast<size_t>(M) * N, "fp8 " + what,
+                      [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, d.W, out.data(), p); });
+      check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 " + what,
+                      [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, d.W, out.data(), p); });
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu_features.h"
@@ -69,7 +70,9 @@ PaddedRows pad_rows(const float* x, int M, int K, int x_stride, int kp) {
 }
 
 // Runs rows [row_begin, row_end) in panels of kPanelRows, split over the pool.
-void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
+// simd_ok = false keeps the call on the scalar reference (weight scales outside the range the
+// SIMD decoders are exact for; no checkpoint has them).
+void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd_ok = true) {
   if (p.M <= 0 || row_end <= row_begin) return;
   // Buffers live per thread and only grow: a decode step makes hundreds of small GEMM calls.
   thread_local std::vector<float> zero;
@@ -77,7 +80,7 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
   p.zero_row = zero.data();
   p.row0 = row_begin;
   p.row_end = row_end;
-  const Isa isa = active_isa();
+  const Isa isa = simd_ok ? active_isa() : Isa::Scalar;
   const int64_t panels = (row_end - row_begin + gd::kPanelRows - 1) / gd::kPanelRows;
   pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
     thread_local std::vector<float> scratch;  // fully written before read by the back ends
@@ -95,23 +98,20 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool) {
   });
 }
 
-// fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer.
-// Rows are independent, so this is split over the pool too (it is a visible cost at M = 512).
-void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, std::vector<float>& sa,
-                     ThreadPool& pool) {
-  const float qscale = p.fp8_prescaled ? gd::kFp8PrescaleA : 1.0f;
-  // Every element is written below (the padding too), so the buffers are only grown, not cleared.
+// fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer, dequantised
+// (q * sa: exact, the scale is a power of two). Rows are independent, so this is split over the
+// pool too (it is a visible cost at M = 512).
+void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, ThreadPool& pool) {
+  // Every element is written below (the padding too), so the buffer is only grown, not cleared.
   if (q.size() < static_cast<size_t>(p.M) * p.kp) q.resize(static_cast<size_t>(p.M) * p.kp);
-  if (sa.size() < static_cast<size_t>(p.M) * p.nb) sa.resize(static_cast<size_t>(p.M) * p.nb);
   pool.parallel_for(p.M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       std::fill(q.begin() + m * p.kp + p.K, q.begin() + (m + 1) * p.kp, 0.0f);
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, len = std::min(128, p.K - k0);
         float* qb = q.data() + static_cast<size_t>(m) * p.kp + k0;
-        sa[static_cast<size_t>(m) * p.nb + b] = act_quant_block(x + static_cast<size_t>(m) * p.K + k0, len, qb);
-        if (qscale != 1.0f)
-          for (int i = 0; i < len; ++i) qb[i] *= qscale;
+        const float sa = act_quant_block(x + static_cast<size_t>(m) * p.K + k0, len, qb);
+        for (int i = 0; i < len; ++i) qb[i] *= sa;
         if (p.kind == gd::Kind::Fp4) {
           float blk[128] = {};
           for (int r = 0; r < len; ++r) blk[gd::fp4_permuted_pos(r)] = qb[r];
@@ -120,6 +120,14 @@ void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q
       }
     }
   }, 8);
+}
+
+// Smallest and largest ue8m0 byte of an FP8 weight's block scales (a few KB: checked per call).
+std::pair<int, int> fp8_scale_range(const uint8_t* ws, int n, int k) {
+  const size_t count = static_cast<size_t>((n + 127) / 128) * static_cast<size_t>((k + 127) / 128);
+  if (count == 0) return {255, 0};
+  const auto [lo, hi] = std::minmax_element(ws, ws + count);
+  return {*lo, *hi};
 }
 
 // Activations as the VDPBF16PS operand of the FP8 kinds (gemm.h): dword d of 32-chunk c holds
@@ -159,22 +167,22 @@ void rows_scalar(const Problem& p, int n0, int n1) {
   for (int n = n0; n < n1; ++n) {
     for (int m = 0; m < p.M; ++m) {
       const float* a = p.a + static_cast<size_t>(m) * p.a_stride;
-      float acc = 0.0f;
+      float lane[16] = {};
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, k1 = std::min(p.K, k0 + 128);
-        float lane[16] = {};
         if (p.kind == Kind::Fp4) {
-          // Lane d: elements 8d + kFp4Order[t] unscaled, then the scale of their 32-group.
+          // Lane d: elements 8d + kFp4Order[t] unscaled from +0, then times the group's scale.
+          float part[16] = {};
           for (int t = 0; t < 8; ++t)
             for (int d = 0; d < 16; ++d) {
               const int k = k0 + 8 * d + kFp4Order[t];
               if (k >= k1) continue;
               const uint8_t byte = p.w[static_cast<size_t>(n) * (p.K / 2) + k / 2];
               const float w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15];
-              lane[d] = std::fma(a[k0 + 16 * t + d], w, lane[d]);
+              part[d] = std::fma(a[k0 + 16 * t + d], w, part[d]);
             }
           for (int d = 0; d < 16 && k0 + 8 * d < k1; ++d)
-            lane[d] *= p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]];
+            lane[d] = std::fma(part[d], p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]], lane[d]);
         } else if (p.kind == Kind::Bf16) {
           // Lane d of each 32-chunk: element 2d+1, then 2d (a is permuted: bf16_permuted_pos).
           const uint16_t* wb = reinterpret_cast<const uint16_t*>(p.w) + static_cast<size_t>(n) * p.K;
@@ -186,26 +194,19 @@ void rows_scalar(const Problem& p, int n0, int n1) {
                 lane[d] = std::fma(a[bf16_permuted_pos(k)], w, lane[d]);
               }
         } else {
-          // Lane d of each 32-chunk: element c+16+d, then c+d.
+          // Lane d of each 32-chunk: element c+16+d, then c+d; weights dequantised (exact).
+          const float sw = p.e8m0[p.ws[static_cast<size_t>(n / 128) * p.nb + b]];
           for (int c = k0; c < k1; c += 32)
             for (int d = 0; d < 16; ++d)
               for (int k : {c + 16 + d, c + d}) {
                 if (k >= k1) continue;
-                float w = p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]];
-                if (p.fp8_prescaled) w *= kFp8PrescaleW;
-                lane[d] = std::fma(a[k], w, lane[d]);
+                lane[d] = std::fma(a[k], p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]] * sw, lane[d]);
               }
         }
-        for (int h = 8; h >= 1; h /= 2)
-          for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
-        const float sa = p.sa ? p.sa[static_cast<size_t>(m) * p.nb + b] : 1.0f;
-        const float sw = (p.kind == Kind::Fp8 || p.kind == Kind::Fp8AsBf16)
-                             ? p.e8m0[p.ws[static_cast<size_t>(n / 128) * p.nb + b]] *
-                                   (p.fp8_prescaled ? kFp8PrescaleA : 1.0f)
-                             : 1.0f;
-        acc = std::fma(lane[0], sa * sw, acc);
       }
-      p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round(acc) : acc;
+      for (int h = 8; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
+      p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round(lane[0]) : lane[0];
     }
   }
 }
@@ -216,20 +217,22 @@ void rows_scalar(const Problem& p, int n0, int n1) {
 static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
                            float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(kind, M, k);
-  // Many rows on AVX-512: the VDPBF16PS path with unscaled values; else the prescaled FMA form.
-  const bool fp8_pairs = kind == gd::Kind::Fp8 && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
-  p.fp8_prescaled = kind == gd::Kind::Fp8 && !fp8_pairs;
+  bool simd_ok = true, fp8_pairs = false;
+  if (kind == gd::Kind::Fp8) {
+    const auto [lo, hi] = fp8_scale_range(ws, n, k);
+    simd_ok = hi <= gd::kFp8ScaleMaxByte;
+    // Many rows on AVX-512: the VDPBF16PS path, when it is exact for these scales.
+    fp8_pairs = simd_ok && lo >= gd::kFp8PairsMinByte && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
+  }
   // Per calling thread and only grown: a forward pass makes hundreds of these calls. (Named
   // through references: a lambda run on a pool thread would see that thread's thread_locals.)
-  thread_local std::vector<float> q_buf, sa_buf;
+  thread_local std::vector<float> q_buf;
   thread_local std::vector<uint32_t> pairs_buf;
   std::vector<float>& q = q_buf;
-  std::vector<float>& sa = sa_buf;
   std::vector<uint32_t>& pairs = pairs_buf;
-  quantize_padded(x, p, q, sa, pool);
+  quantize_padded(x, p, q, pool);
   p.a = q.data();
   p.a_stride = p.kp;
-  p.sa = sa.data();
   if (kind == gd::Kind::Fp4) {  // q is permuted per block: vector t holds element 8d + kFp4Order[t]
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
@@ -238,12 +241,12 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
           const float* qb = q.data() + static_cast<size_t>(m) * p.kp + b * 128;
           uint32_t* out = pairs.data() + (static_cast<size_t>(m) * p.nb + b) * 64;
           for (int u = 0; u < 4; ++u)
-            for (int d = 0; d < 16; ++d)  // e4m3 values are exact in bf16: take the high halves
+            for (int d = 0; d < 16; ++d)  // e4m3 values times 2^e are exact in bf16: the high halves
               out[16 * u + d] = (f32_bits(qb[16 * (2 * u + 1) + d]) >> 16) | (f32_bits(qb[16 * (2 * u) + d]) & 0xFFFF0000u);
         }
     }, 8);
     p.a_pairs = pairs.data();
-  } else if (fp8_pairs) {  // e4m3 values are bf16s >= 2^-9: always usable
+  } else if (fp8_pairs) {  // dequantised e4m3 values are bf16s >= 2^-31: always usable
     fp8_act_pairs(q.data(), M, k, p.kp, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();
   }
@@ -251,7 +254,7 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
   p.ws = ws;
   p.y = y;
   p.y_stride = n;
-  run(p, 0, n, pool);
+  run(p, 0, n, pool, simd_ok);
 }
 
 void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
@@ -270,13 +273,16 @@ void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight&
   p.a_stride = a.stride;
   thread_local std::vector<uint32_t> pairs_buf;  // (see quantized_gemm)
   std::vector<uint32_t>& pairs = pairs_buf;
-  if (M >= gd::kPairsMinM && active_isa() == Isa::Avx512 && fp8_act_pairs(x, M, W.k, x_stride, p.kp, true, pairs, pool))
+  const auto [lo, hi] = fp8_scale_range(W.scale, W.n, W.k);
+  const bool simd_ok = hi <= gd::kFp8ScaleMaxByte;
+  if (simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && M >= gd::kPairsMinM && active_isa() == Isa::Avx512 &&
+      fp8_act_pairs(x, M, W.k, x_stride, p.kp, true, pairs, pool))
     p.a_pairs = pairs.data();
   p.w = W.w;
   p.ws = W.scale;
   p.y = y;
   p.y_stride = y_stride;
-  run(p, row_begin, row_end, pool);
+  run(p, row_begin, row_end, pool, simd_ok);
 }
 
 void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {

@@ -3,30 +3,37 @@
 // weights are used in place in their checkpoint format. All outputs are row-major [M, N].
 //
 // Canonical summation order (identical, bit for bit, on every ISA path and thread count):
-//   * K is cut into 128-wide blocks b (the last one may be shorter).
-//   * Within a block, element k goes to lane (k mod 16) of 16 fp32 lanes that start at +0 and
-//     accumulate with fused multiply-add, lane = fma(a_k, w_k, lane), 32-wide chunks in
-//     increasing k; within a chunk c lane d takes element c+16+d, then element c+d. That is the
-//     order VDPBF16PS gives when dword d holds (element c+d, element c+16+d), and for the fp32
-//     back ends it is just the two 16-wide halves of a chunk taken high half first.
-//   * The lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2, l += l+1.
-//   * The block partial enters the output accumulator (starting at +0) in increasing b:
-//     acc = fma(part_b, scale(m, n, b), acc).
-// FP4 differs in the lanes: lane d of a 128-block takes elements 8d .. 8d+7 (one ue8m0 scale
-// group) in the order 8d + kFp4Order[t], t = 0..7, with unscaled e2m1 weights, and is multiplied
-// by the group scale before the tree (what pre-scaled weights give exactly: a power of two).
-// The order is the one VDPBF16PS produces when element pairs (8d+u, 8d+4+u) share a dword: it
-// adds the odd product, then the even one, each rounded (probed at start-up, cpu_features.h).
-// The activations reach the back ends permuted per block (fp4_permuted_pos).
+//   * The operands are dequantised exactly first: a = q * sa (act_quant codes times their
+//     power-of-two scale; FP8-as-BF16 and BF16 take x as it is) and, for FP8 weights,
+//     w = e4m3 * sw[n/128, k/128] (a power of two: exact while e4m3 * sw is a normal float,
+//     which the callers check: weight scales in [2^-86, 2^7]).
+//   * Element k goes to lane (k mod 16) of 16 fp32 lanes that start at +0 and accumulate over
+//     all of K with fused multiply-add, lane = fma(a_k, w_k, lane), 32-wide chunks in increasing
+//     k; within a chunk c lane d takes element c+16+d, then element c+d. That is the order
+//     VDPBF16PS gives when dword d holds (element c+d, element c+16+d), and for the fp32 back
+//     ends it is the two 16-wide halves of a chunk taken high half first.
+//   * At the end the lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2,
+//     l += l+1, and lane 0 is the output (rounded to bf16 where the GEMM says so).
+//   This is the "dequantise, then one fp32 dot product" form of spec §4.7/4.8: no per-block
+//   partial sums, so no per-block reduction or scaling in the inner loops.
+// FP4 differs in the lanes: per 128-block, lane d sums elements 8d .. 8d+7 (one ue8m0 scale
+// group) from +0, in the order 8d + kFp4Order[t], t = 0..7, with unscaled e2m1 weights; then
+// lane = fma(part, sw[n, group], lane) (the reference's per-block partial times its scale).
+// The order within a block is the one VDPBF16PS produces when element pairs (8d+u, 8d+4+u)
+// share a dword: it adds the odd product, then the even one, each rounded (probed at start-up,
+// cpu_features.h). The activations reach the back ends permuted per block (fp4_permuted_pos).
 // BF16 differs in the lanes too (the VDPBF16PS order on adjacent elements): lane d of each
 // 32-wide chunk takes element 2d+1, then element 2d, chunks in increasing k; the fp32 back ends
 // get the activations permuted per chunk (bf16_permuted_pos), and the activations must be bf16
 // values (they are: every BF16 GEMM input is an RMSNorm output).
-// FP8 products may also go through VDPBF16PS (AVX-512, M >= kPairsMinM): e4m3 values are exact
-// in bf16 and never bf16 denormals; for bf16 activations (FP8-as-BF16) that path is taken only
-// when every activation is zero or >= 2^-56 (bf16_dp_exact), so no product or sum underflows.
+// FP8 products may also go through VDPBF16PS (AVX-512, M >= kPairsMinM): dequantised e4m3
+// weights and activations are exact in bf16; the path is taken only when no product or partial
+// sum can be a denormal (VDPBF16PS flushes them): weight scales >= 2^-86 for quantised
+// activations (every nonzero one is >= 2^-31), >= 2^-54 for FP8-as-BF16 with activations that
+// are zero or >= 2^-56 (bf16_dp_exact).
 // Every product a_k * w_k of these GEMMs is exact in fp32 (e4m3 x e4m3, e4m3 x e2m1, bf16 x bf16,
-// bf16 x e4m3), so the fma only fixes the few cases that underflow; the order is what matters.
+// bf16 x e4m3, times powers of two), so the fma only fixes the few cases that underflow; the
+// order is what matters.
 // Work is split over output rows n only, so the thread count never changes a result.
 // (NaN weight codes are not supported by the SIMD decoders; checkpoints have none.)
 #pragma once
@@ -69,14 +76,13 @@ namespace gemm_detail {
 enum class Kind { Fp8, Fp4, Fp8AsBf16, Bf16 };
 struct Problem {
   Kind kind = Kind::Fp8;
-  const float* a = nullptr;  // [M, a_stride]: q (Fp8/Fp4) or x
+  const float* a = nullptr;  // [M, a_stride]: q * sa (Fp8/Fp4, dequantised) or x
   int a_stride = 0, M = 0;
   const float* zero_row = nullptr;  // kp zeros, stands in for missing rows of a tile
-  const float* sa = nullptr;        // [M, nb] activation scales, or nullptr (= 1)
   // Fp4: the activations as bf16 pairs, [M][nb][4][16]: dword d of vector u of a block holds
   // (element 8d+u, element 8d+4+u), the operand layout of the VDPBF16PS paths.
   // Fp8, Fp8AsBf16 (M >= kPairsMinM, AVX-512 only): [M][kp / 2], dword d of the 32-chunk c holds
-  // (element c+d, element c+16+d); the activations are then unscaled (fp8_prescaled is false).
+  // (element c+d, element c+16+d). Set only when the VDPBF16PS order is exact (see above).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
@@ -90,23 +96,24 @@ struct Problem {
   const float* e4m3 = nullptr;  // [256]
   const float* e2m1 = nullptr;  // [16]
   const float* e8m0 = nullptr;  // [256]
-  // Fp8 only: a holds q * 2^60, weights decode to w * 2^-120 (one integer step, no multiply) and
-  // sw below carries 2^60. Every product and partial sum is then the canonical one times 2^-60,
-  // all in fp32's normal range (|q|, |w| in {0} u [2^-9, 448]), so the result is bit-identical.
-  bool fp8_prescaled = false;
 };
-constexpr float kFp8PrescaleA = 0x1p60f, kFp8PrescaleW = 0x1p-120f;
 // From this many rows on, FP8 GEMMs on the AVX-512 path run through VDPBF16PS: the weights are
 // converted to bf16 pairs once per panel chunk and used by every row.
 constexpr int kPairsMinM = 4;
 
 constexpr int kPanelRows = 16;  // rows n per work item
 constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 path)
+// Weight-scale bounds of the FP8 kinds (ue8m0 bytes): up to 2^7 the fp32 decoders are exact
+// (e4m3 * 2^-120 times 2^120 sw); from 2^-86 (2^-54 for FP8-as-BF16) VDPBF16PS is exact.
+constexpr int kFp8ScaleMaxByte = 127 + 7, kFp8PairsMinByte = 127 - 86, kFp8AsBf16PairsMinByte = 127 - 54;
 // Floats of scratch one work item needs.
 inline int64_t scratch_floats(int M, int nb) {
-  // wbuf doubles as the FP4 small-M stash: kPanelRows rows x nb blocks x 16 lanes.
-  const int64_t wbuf = int64_t{kPanelRows} * (kChunkK > nb * 16 ? kChunkK : nb * 16);
-  return wbuf + int64_t{kPanelRows} * nb * 4 + 16 /* FP4 group scales */ + int64_t{M + 4} * kPanelRows + int64_t{nb} * kPanelRows + int64_t{kChunkK / 128} * kPanelRows * 16 + 64;
+  // wbuf (a decoded chunk, or all of K of the panel as FP4 pairs; also the FP4 small-M lane
+  // stash), lane vectors of every M >= 4 tile, FP4 lane scales (a chunk's, or the panel's),
+  // FP4 group scales of a small-M group (see Scratch in gemm_simd.inc).
+  const int64_t kp = int64_t{nb} * 128, blocks = nb > kChunkK / 128 ? nb : kChunkK / 128;
+  return int64_t{kPanelRows} * (kp > kChunkK ? kp : kChunkK) + int64_t{M + 4} * kPanelRows * 16 +
+         int64_t{kPanelRows} * blocks * 16 + int64_t{kPanelRows} * nb * 4 + 16 + 64;
 }
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds

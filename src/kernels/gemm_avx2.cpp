@@ -51,11 +51,6 @@ inline void dec_fp8_raw(const uint8_t* p, Vec& w0, Vec& w1) {
   w0 = {e4m3_8_raw(p), e4m3_8_raw(p + 8)};
   w1 = {e4m3_8_raw(p + 16), e4m3_8_raw(p + 24)};
 }
-inline void dec_fp8(const uint8_t* p, Vec& w0, Vec& w1) {
-  const __m256 up = _mm256_set1_ps(0x1p120f);
-  w0 = {_mm256_mul_ps(e4m3_8_raw(p), up), _mm256_mul_ps(e4m3_8_raw(p + 8), up)};
-  w1 = {_mm256_mul_ps(e4m3_8_raw(p + 16), up), _mm256_mul_ps(e4m3_8_raw(p + 24), up)};
-}
 // 32 bf16 weights as (odd, even) lane vectors: dword d holds elements 2d (low) and 2d+1 (high).
 inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
   const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -65,6 +60,7 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
   w1 = {_mm256_castsi256_ps(_mm256_slli_epi32(d0, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(d1, 16))};
 }
 inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline Vec vset1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
 
 // FP4 block as in gemm_avx512.cpp, the 16 dwords split over two ymm (lanes 0-7, 8-15).
 struct Fp4Blk {
@@ -126,12 +122,12 @@ inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
 template <bool kFull>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
-inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*) {}
+inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*, int) {}
 template <bool kFull>
-inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*, Vec lane_scale) { return lane_scale; }
+inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*) { return vzero(); }
 constexpr bool kBf16Pairs = false;
 template <int R>
-inline void fp4_rows_block_pairs(const uint8_t* const*, int, const uint32_t*, const float* const*, float* const*, const uint8_t*) {}
+inline void fp4_rows_block_pairs(const uint8_t* const*, int, const uint32_t*, const float* const*, Vec*, const uint8_t*) {}
 
 #include "kernels/gemm_simd.inc"
 

@@ -59,11 +59,6 @@ inline void dec_fp8_raw(const uint8_t* p, Vec& w0, Vec& w1) {
   w0 = e4m3_16_raw(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   w1 = e4m3_16_raw(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
 }
-inline void dec_fp8(const uint8_t* p, Vec& w0, Vec& w1) {
-  dec_fp8_raw(p, w0, w1);
-  w0 = _mm512_mul_ps(w0, _mm512_set1_ps(0x1p120f));
-  w1 = _mm512_mul_ps(w1, _mm512_set1_ps(0x1p120f));
-}
 // 32 bf16 weights as (odd, even) lane vectors (gemm.h BF16 order): dword d holds elements 2d
 // (low half) and 2d+1 (high half).
 inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
@@ -75,6 +70,7 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
 // even one (probed), i.e. exactly the order above.
 constexpr bool kBf16Pairs = true;
 inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec vset1(float f) { return _mm512_set1_ps(f); }
 
 // FP4 block (gemm.h): the 64 code bytes as 16 dwords; dword d holds elements 8d .. 8d+7 as
 // nibbles, so lane vector t is nibble t of every dword (vpermps reads the low 4 index bits).
@@ -140,7 +136,7 @@ inline __m512i fp4_bf16_table() {
                            static_cast<int>(0xBFC0BF80u), static_cast<int>(0xC040C000u), static_cast<int>(0xC0C0C080u));
 }
 template <bool kFull>
-inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pairs, Vec lane_scale) {
+inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pairs) {  // unscaled partial
   const __m512i tab = fp4_bf16_table();
   Fp4Blk blk;
   fp4_blk_load_codes<kFull>(codes, len, blk);
@@ -149,13 +145,14 @@ inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pa
     const __m512i w = _mm512_permutexvar_epi16(u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab);
     x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_loadu_si512(pairs + 16 * u), (__m512bh)w);
   }
-  return _mm512_mul_ps(x, lane_scale);
+  return x;
 }
 // Block b of R rows at once (R independent dot-product chains, R concurrent weight streams, one
-// load of each activation pair vector for all R rows); scales_f32[i] is row i's fp32 scales.
+// load of each activation pair vector for all R rows): lanes[j] = fma(partial, scales, lanes[j]),
+// scales_f32[i] being row i's fp32 group scales.
 template <int R>
 inline void fp4_rows_block_pairs(const uint8_t* const* codes, int b, const uint32_t* pairs, const float* const* scales_f32,
-                                 float* const* out, const uint8_t* prefetch) {
+                                 Vec* lanes, const uint8_t* prefetch) {
   const __m512i tab = fp4_bf16_table();
   for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * (R * b + j)), _MM_HINT_T0);
   __m512i c[R];
@@ -171,8 +168,7 @@ inline void fp4_rows_block_pairs(const uint8_t* const* codes, int b, const uint3
       x[j] = _mm512_dpbf16_ps(x[j], a, (__m512bh)w);
     }
   }
-  for (int j = 0; j < R; ++j)
-    _mm512_storeu_ps(out[j] + 16 * b, _mm512_mul_ps(x[j], fp4_spread(_mm512_loadu_ps(scales_f32[j] + 4 * b), 0)));
+  for (int j = 0; j < R; ++j) lanes[j] = _mm512_fmadd_ps(x[j], fp4_spread(_mm512_loadu_ps(scales_f32[j] + 4 * b), 0), lanes[j]);
 }
 
 // The weight pairs of one block (len < 128: zero past the row), in the layout of the pairs above.
@@ -185,10 +181,12 @@ inline void fp4_blk_pairs(const uint8_t* codes, int len, uint32_t* out) {
     _mm512_storeu_si512(out + 16 * u, _mm512_permutexvar_epi16(
                                           u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab));
 }
-// 32 e4m3 weights of one chunk as the bf16 pairs of gemm.h (dword d = element d, element 16+d),
-// converted exactly: normal codes by shifting into place and rebiasing the exponent (+120),
-// the subnormal ones (exponent field 0) from a table. len = bytes left in the row (zeros past it).
-inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out) {
+// 32 e4m3 weights of one chunk, dequantised (times 2^exp_delta), as the bf16 pairs of gemm.h
+// (dword d = element d, element 16+d), converted exactly: normal codes by shifting into place and
+// rebiasing the exponent (+120), the subnormal ones (exponent field 0) from a table, then the
+// scale's exponent added to every nonzero word (the callers keep the results normal bf16s).
+// len = bytes left in the row (zeros past it).
+inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out, int exp_delta) {
   __m128i lo, hi;
   if (len >= 32) {
     lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
@@ -204,6 +202,8 @@ inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out) {
   __m512i bits = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(w, 4), _mm512_set1_epi16(0x07F0)),
                                   _mm512_set1_epi16(0x3C00));
   bits = _mm512_mask_permutexvar_epi16(bits, _mm512_testn_epi16_mask(w, _mm512_set1_epi16(0x78)), w, sub_tab);
+  bits = _mm512_mask_add_epi16(bits, _mm512_test_epi16_mask(bits, _mm512_set1_epi16(0x7FFF)), bits,
+                               _mm512_set1_epi16(static_cast<short>(exp_delta * 128)));
   bits = _mm512_or_si512(bits, _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16(static_cast<short>(0x8000))));
   _mm512_storeu_si512(out, bits);
 }
