@@ -30,6 +30,17 @@ TEST(Roofline, ReadLoopsAgreeWithScalar) {
   }
 }
 
+// The VDPBF16PS peak loop does the work it counts: 16 chains x 16 lanes, each adding
+// 1 * 2^-24 twice per iteration (exact in fp32 at this count).
+TEST(Roofline, DotLoopCountsItsWork) {
+  if (isa_supported(Isa::Avx512)) {  // (only the AVX-512 path, which needs AVX512_BF16, uses it)
+    float sink = 0;
+    const double flops = roofline_detail::dpbf16_loop_avx512(1000, &sink);
+    EXPECT_EQ(flops, 2.0 * 32 * 16 * 1000);
+    EXPECT_EQ(sink, 256.0f * 1000 * 0x1p-23f);
+  }
+}
+
 TEST(Roofline, MeasuresAGivenBuffer) {
   ThreadPool pool(2);
   std::vector<uint8_t> buf(size_t{8} << 20, 1);

@@ -1,7 +1,8 @@
 // `dsv4 bench`: walks a fixed token sequence to context frontiers and reports, at each, the
 // prefill speed of the newly added interval, the decode speed there, the state size and the
 // achieved weight-read bandwidth of decode; with --roofline every number also as a ratio of this
-// machine's measured read bandwidth / peak multiply-add throughput. Prints a table, writes CSV.
+// machine's measured read bandwidth / peak multiply-add throughput (of the instruction the prefill
+// GEMMs use). Prints a table, writes CSV.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -73,8 +74,10 @@ void register_bench(CLI::App& app) {
     Roofline roof;
     if (roofline) {
       roof = measure_roofline(m.pool(), read_bytes, 0.5, read_data);
-      std::printf("roofline: read %.1f GB/s (%s), peak FMA %.1f GFLOP/s (%s, all threads)\n", roof.read_gbs,
-                  use_head ? "over the mapped output head" : "fresh 1 GiB buffer", roof.fma_gflops, roof.isa);
+      std::printf("roofline: read %.1f GB/s (%s), peak FMA %.1f GFLOP/s", roof.read_gbs,
+                  use_head ? "over the mapped output head" : "fresh 1 GiB buffer", roof.fma_gflops);
+      if (roof.dot_gflops > 0) std::printf(", peak VDPBF16PS %.1f GFLOP/s", roof.dot_gflops);
+      std::printf(" (%s, all threads); prefill/peak is against the %s peak\n", roof.isa, roof.gemm_peak_name());
     }
     const double bytes_per_token = static_cast<double>(m.bytes_per_token());
     const double macs_per_token = m.prefill_macs_per_token();
@@ -88,8 +91,8 @@ void register_bench(CLI::App& app) {
       csv.open(csv_path);
       if (!csv) throw Error(csv_path + ": cannot create");
       csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
-             "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,decode_bw_ratio,prefill_gflops,"
-             "prefill_peak_ratio\n";
+             "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,peak_dot_gflops,decode_bw_ratio,"
+             "prefill_gflops,prefill_peak_ratio\n";
     }
     // A fixed pseudo-random token walk (same for every run and machine).
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -142,14 +145,14 @@ void register_bench(CLI::App& app) {
                   decode_gbs, state_mib, static_cast<long long>(n_prefill));
       if (roofline)
         std::printf(" %11.1f %11.1f%% %16.1f %12.1f%%", read_gbs, 100.0 * decode_gbs / read_gbs, prefill_gflops,
-                    100.0 * prefill_gflops / roof.fma_gflops);
+                    100.0 * prefill_gflops / roof.gemm_peak_gflops());
       std::printf("\n");
       std::fflush(stdout);
       if (csv)
         csv << f << ',' << n_prefill << ',' << prefill_s << ',' << prefill_tps << ',' << decode_tokens << ',' << decode_s
             << ',' << decode_tps << ',' << decode_gbs << ',' << st.bytes() << ',' << read_gbs << ','
-            << roof.fma_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ',' << prefill_gflops << ','
-            << (roofline ? prefill_gflops / roof.fma_gflops : 0) << '\n';
+            << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
+            << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << '\n';
     }
   });
 }

@@ -1,6 +1,7 @@
 // Machine limits measured in the same run as a benchmark, so results can be reported as ratios:
 // read bandwidth (STREAM-like sum over a buffer far larger than the caches, all threads) and
-// peak fp32 multiply-add throughput of the active ISA (independent FMA chains, all threads).
+// peak fp32 multiply-add throughput of the active ISA (independent FMA chains, all threads) and,
+// where the GEMMs use it (the AVX-512 path), of the bf16 dot-product instruction VDPBF16PS.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -12,7 +13,11 @@ namespace dsv4 {
 struct Roofline {
   double read_gbs = 0;       // GB/s (1e9 bytes)
   double fma_gflops = 0;     // GFLOP/s, counting a multiply-add as 2 flops
+  double dot_gflops = 0;     // VDPBF16PS GFLOP/s (32 multiply-adds per instruction); 0 if unused
   const char* isa = "";
+  // The peak of the instruction the prefill GEMMs run on (VDPBF16PS where used, else FMA).
+  double gemm_peak_gflops() const { return dot_gflops > 0 ? dot_gflops : fma_gflops; }
+  const char* gemm_peak_name() const { return dot_gflops > 0 ? "VDPBF16PS" : "FMA"; }
 };
 
 // bytes: size of the buffer read (default 1 GiB); seconds: minimum time per measurement.
@@ -30,6 +35,8 @@ namespace roofline_detail {
 double fma_loop_scalar(long iters, float* sink);
 double fma_loop_avx2(long iters, float* sink);
 double fma_loop_avx512(long iters, float* sink);
+// VDPBF16PS loop (AVX-512 BF16): `iters` iterations of independent chains; returns flops.
+double dpbf16_loop_avx512(long iters, float* sink);
 // Per-ISA read loops: XOR of all bytes of [p, p + len), len a multiple of 512.
 uint64_t read_xor_scalar(const uint8_t* p, size_t len);
 uint64_t read_xor_avx2(const uint8_t* p, size_t len);

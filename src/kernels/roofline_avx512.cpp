@@ -25,6 +25,20 @@ double fma_loop_avx512(long iters, float* sink) {
   return 2.0 * 16 * 10 * static_cast<double>(iters);
 }
 
+// 16 independent VDPBF16PS chains: enough to cover its latency on two pipes.
+double dpbf16_loop_avx512(long iters, float* sink) {
+  __m512 a[16];
+  for (auto& v : a) v = _mm512_setzero_ps();
+  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3F803F80), y = (__m512bh)_mm512_set1_epi32(0x33803380);
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) a[j] = _mm512_dpbf16_ps(a[j], x, y);
+  }
+  for (int j = 1; j < 16; ++j) a[0] = _mm512_add_ps(a[0], a[j]);
+  *sink = _mm512_reduce_add_ps(a[0]);
+  return 2.0 * 32 * 16 * static_cast<double>(iters);
+}
+
 // XOR of all 8-byte words of [p, p + len) (len a multiple of 512): eight independent loads in
 // flight per iteration, nothing but the loads on the critical path.
 uint64_t read_xor_avx512(const uint8_t* p, size_t len) {
