@@ -1,7 +1,15 @@
 // A persistent worker pool for the many small per-token operations of decoding:
 // no thread creation per op, the caller thread takes part in the work.
+//
+// A decode step makes a few hundred parallel_for calls of tens of microseconds each, so the
+// hand-off is what matters: between jobs, workers poll the job counter for a short while
+// before they sleep, and the caller polls the completion count before it sleeps. A job that
+// follows another within that window starts and ends without a system call or a sleeping
+// core's wake-up; an idle pool still sleeps (condition variables). Pools with more threads than
+// cores do not poll.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -29,11 +37,16 @@ class ThreadPool {
   void run_chunks();
 
   std::vector<std::thread> workers_;
+  std::chrono::microseconds spin_{0};  // polling time before sleeping (0: sleep at once)
   std::mutex mu_;
   std::condition_variable wake_, done_;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  int active_ = 0;
+  // Job hand-off (sequentially consistent: a sleeper count and the counter it waits on are
+  // checked in opposite orders by the two sides, so no wake-up is lost).
+  std::atomic<uint64_t> generation_{0};  // bumped once per job, after the job fields are set
+  std::atomic<int> active_{0};           // workers still running the current job
+  std::atomic<int> sleeping_workers_{0};
+  std::atomic<bool> caller_sleeping_{false};
+  std::atomic<bool> stop_{false};
   // Current job.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunk_ = 1;
