@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu_features.h"
@@ -67,13 +68,15 @@ struct Fp8Data {
   std::vector<uint8_t> w, s;
   Fp8Weight W;
 };
-Fp8Data make_fp8(std::mt19937& rng, int N, int K) {
+// Scales 2^-17 .. 2^6 by default; checkpoint-like ones (2^-15 .. 2^-8) with scale_lo = 112,
+// span = 8: there the small-M paths fold the scales into the activations (gemm.h fold_w_scale).
+Fp8Data make_fp8(std::mt19937& rng, int N, int K, int scale_lo = 110, int span = 24) {
   Fp8Data d;
   d.w.resize(static_cast<size_t>(N) * K);
   for (auto& c : d.w) c = rand_e4m3(rng);
   const int sr = (N + 127) / 128, sc = (K + 127) / 128;
   d.s.resize(static_cast<size_t>(sr) * sc);
-  for (auto& e : d.s) e = static_cast<uint8_t>(110 + rng() % 24);
+  for (auto& e : d.s) e = static_cast<uint8_t>(scale_lo + static_cast<int>(rng() % static_cast<uint32_t>(span)));
   d.W = {d.w.data(), d.s.data(), N, K};
   return d;
 }
@@ -154,12 +157,14 @@ void expect_close(const std::vector<float>& got, const std::vector<double>& ref,
 }
 
 const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 257, 384},
-                            {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512}};
+                            {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512},
+                            {6, 40, 2080}};  // (last: three chunks of the M >= 4 pairs path, the last one short)
 
 TEST(Gemm, Fp8AllPathsBitIdentical) {
   std::mt19937 rng(1);
+  for (const auto& [scale_lo, span] : {std::pair{110, 24}, std::pair{112, 8}})
   for (Shape s : kFp8Shapes) {
-    auto d = make_fp8(rng, s.N, s.K);
+    auto d = make_fp8(rng, s.N, s.K, scale_lo, span);
     const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
     const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp8", s),
                                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), s.M, d.W, out.data(), p); });
@@ -225,8 +230,9 @@ TEST(Gemm, Fp4AllPathsBitIdentical) {
 
 TEST(Gemm, Fp8AsBf16AllPathsBitIdentical) {
   std::mt19937 rng(3);
+  for (const auto& [scale_lo, span] : {std::pair{110, 24}, std::pair{112, 8}})
   for (Shape s : kFp8Shapes) {
-    auto d = make_fp8(rng, s.N, s.K);
+    auto d = make_fp8(rng, s.N, s.K, scale_lo, span);
     const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
     const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp8_as_bf16", s), [&](ThreadPool& p, std::vector<float>& out) {
       gemm_fp8_as_bf16(x.data(), s.M, d.W, out.data(), p);

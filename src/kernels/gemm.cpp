@@ -70,32 +70,59 @@ PaddedRows pad_rows(const float* x, int M, int K, int x_stride, int kp) {
 }
 
 // Runs rows [row_begin, row_end) in panels of kPanelRows, split over the pool.
-// simd_ok = false keeps the call on the scalar reference (weight scales outside the range the
-// SIMD decoders are exact for; no checkpoint has them).
-void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd_ok = true) {
-  if (p.M <= 0 || row_end <= row_begin) return;
+// One product ready to run: its problem (activations prepared) and the rows it computes.
+// simd_ok = false keeps it on the scalar reference (weight scales outside the range the SIMD
+// decoders are exact for; no checkpoint has them).
+struct Job {
+  gd::Problem p;
+  int row_begin = 0, row_end = 0;
+  bool simd_ok = true;
+};
+
+// Runs the jobs' rows in panels of kPanelRows, all in one pool job (one hand-off for a batch).
+void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
   // Buffers live per thread and only grow: a decode step makes hundreds of small GEMM calls.
-  thread_local std::vector<float> zero;
-  if (zero.size() < static_cast<size_t>(p.kp) + 32) zero.assign(static_cast<size_t>(p.kp) + 32, 0.0f);
-  p.zero_row = zero.data();
-  p.row0 = row_begin;
-  p.row_end = row_end;
-  const Isa isa = simd_ok ? active_isa() : Isa::Scalar;
-  const int64_t panels = (row_end - row_begin + gd::kPanelRows - 1) / gd::kPanelRows;
-  pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
+  // (Named through references below: a pool thread would see its own thread_locals.)
+  thread_local std::vector<float> zero_buf;
+  thread_local std::vector<int64_t> starts_buf;
+  std::vector<float>& zero = zero_buf;
+  std::vector<int64_t>& starts = starts_buf;
+  starts.assign(count + 1, 0);
+  size_t need = 0;
+  for (size_t i = 0; i < count; ++i) {
+    Job& j = jobs[i];
+    const bool empty = j.p.M <= 0 || j.row_end <= j.row_begin;
+    if (!empty && zero.size() < static_cast<size_t>(j.p.kp) + 32) zero.assign(static_cast<size_t>(j.p.kp) + 32, 0.0f);
+    j.p.row0 = j.row_begin;
+    j.p.row_end = j.row_end;
+    if (!j.simd_ok || active_isa() == Isa::Scalar) j.simd_ok = false;
+    if (!empty && j.simd_ok) need = std::max(need, static_cast<size_t>(gd::scratch_floats(j.p.M, j.p.nb)));
+    starts[i + 1] = starts[i] + (empty ? 0 : (j.row_end - j.row_begin + gd::kPanelRows - 1) / gd::kPanelRows);
+  }
+  for (size_t i = 0; i < count; ++i) jobs[i].p.zero_row = zero.data();
+  const Isa isa = active_isa();
+  pool.parallel_for(starts[count], [&](int64_t p0, int64_t p1) {
     thread_local std::vector<float> scratch;  // fully written before read by the back ends
-    const size_t need = isa != Isa::Scalar ? static_cast<size_t>(gd::scratch_floats(p.M, p.nb)) : 0;
     if (scratch.size() < need) scratch.resize(need);
+    size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.begin() + static_cast<ptrdiff_t>(count) + 1, p0) -
+                                   starts.begin()) - 1;
     for (int64_t pi = p0; pi < p1; ++pi) {
-      const int n0 = row_begin + static_cast<int>(pi) * gd::kPanelRows;
-      const int n1 = std::min(row_end, n0 + gd::kPanelRows);
-      switch (isa) {
-        case Isa::Avx512: gd::rows_avx512(p, n0, n1, scratch.data()); break;
-        case Isa::Avx2: gd::rows_avx2(p, n0, n1, scratch.data()); break;
-        default: gd::rows_scalar(p, n0, n1); break;
+      while (pi >= starts[i + 1]) ++i;
+      const Job& j = jobs[i];
+      const int n0 = j.row_begin + static_cast<int>(pi - starts[i]) * gd::kPanelRows;
+      const int n1 = std::min(j.row_end, n0 + gd::kPanelRows);
+      switch (j.simd_ok ? isa : Isa::Scalar) {
+        case Isa::Avx512: gd::rows_avx512(j.p, n0, n1, scratch.data()); break;
+        case Isa::Avx2: gd::rows_avx2(j.p, n0, n1, scratch.data()); break;
+        default: gd::rows_scalar(j.p, n0, n1); break;
       }
     }
   });
+}
+
+void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd_ok = true) {
+  Job j{p, row_begin, row_end, simd_ok};
+  run_jobs(&j, 1, pool);
 }
 
 // fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer, dequantised
@@ -120,6 +147,16 @@ void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q
       }
     }
   }, 8);
+}
+
+// Whether the small-M fp32 paths may fold the weight scales into the activations
+// (Problem::fold_w_scale): max |a| * 2^120 * sw_max < 2^127 and sw_min >= 2^-120.
+bool can_fold_w_scale(const float* a, int M, int K, int a_stride, int scale_lo, int scale_hi) {
+  if (M >= gd::kPairsMinM || scale_lo < 127 - 120) return false;
+  float amax = 0.0f;
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(a[static_cast<size_t>(m) * a_stride + k]));
+  return std::isfinite(amax) && std::ldexp(static_cast<double>(amax), 120 + scale_hi - 127) < 0x1p127;
 }
 
 // Smallest and largest ue8m0 byte of an FP8 weight's block scales (a few KB: checked per call).
@@ -214,25 +251,26 @@ void rows_scalar(const Problem& p, int n0, int n1) {
 }  // namespace gemm_detail
 
 // FP8 and FP4 GEMMs share everything but the weight decoding: quantise the activations, then run.
-static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
-                           float* y, ThreadPool& pool) {
-  gd::Problem p = base_problem(kind, M, k);
-  bool simd_ok = true, fp8_pairs = false;
+// FP8 and FP4 GEMMs share everything but the weight decoding: quantise the activations (into
+// q and pairs, which the job then points to), then run.
+static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
+                             float* y, std::vector<float>& q, std::vector<uint32_t>& pairs, ThreadPool& pool) {
+  Job job;
+  gd::Problem& p = job.p;
+  p = base_problem(kind, M, k);
+  bool fp8_pairs = false;
+  int scale_lo = 0, scale_hi = 0;
   if (kind == gd::Kind::Fp8) {
     const auto [lo, hi] = fp8_scale_range(ws, n, k);
-    simd_ok = hi <= gd::kFp8ScaleMaxByte;
+    scale_lo = lo, scale_hi = hi;
+    job.simd_ok = hi <= gd::kFp8ScaleMaxByte;
     // Many rows on AVX-512: the VDPBF16PS path, when it is exact for these scales.
-    fp8_pairs = simd_ok && lo >= gd::kFp8PairsMinByte && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
+    fp8_pairs = job.simd_ok && lo >= gd::kFp8PairsMinByte && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
   }
-  // Per calling thread and only grown: a forward pass makes hundreds of these calls. (Named
-  // through references: a lambda run on a pool thread would see that thread's thread_locals.)
-  thread_local std::vector<float> q_buf;
-  thread_local std::vector<uint32_t> pairs_buf;
-  std::vector<float>& q = q_buf;
-  std::vector<uint32_t>& pairs = pairs_buf;
   quantize_padded(x, p, q, pool);
   p.a = q.data();
   p.a_stride = p.kp;
+  if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.kp, scale_lo, scale_hi);
   if (kind == gd::Kind::Fp4) {  // q is permuted per block: vector t holds element 8d + kFp4Order[t]
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
@@ -254,35 +292,90 @@ static void quantized_gemm(gd::Kind kind, const float* x, int M, const uint8_t* 
   p.ws = ws;
   p.y = y;
   p.y_stride = n;
-  run(p, 0, n, pool, simd_ok);
+  job.row_begin = 0;
+  job.row_end = n;
+  return job;
+}
+
+template <class Weight>
+static void quantized_batch(gd::Kind kind, const GemmItem<Weight>* items, size_t count, ThreadPool& pool) {
+  // Per calling thread and only grown: a forward pass makes hundreds of these calls. (Named
+  // through references: a lambda run on a pool thread would see that thread's thread_locals.)
+  thread_local std::vector<std::vector<float>> q_bufs;
+  thread_local std::vector<std::vector<uint32_t>> pair_bufs;
+  thread_local std::vector<Job> job_buf;
+  std::vector<std::vector<float>>& qs = q_bufs;
+  std::vector<std::vector<uint32_t>>& prs = pair_bufs;
+  std::vector<Job>& jobs = job_buf;
+  if (qs.size() < count) qs.resize(count);
+  if (prs.size() < count) prs.resize(count);
+  jobs.clear();
+  for (size_t i = 0; i < count; ++i) {
+    const GemmItem<Weight>& it = items[i];
+    jobs.push_back(prepare_quantized(kind, it.x, it.M, it.W->w, it.W->scale, it.W->n, it.W->k, it.y, qs[i], prs[i], pool));
+  }
+  run_jobs(jobs.data(), jobs.size(), pool);
 }
 
 void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
-  quantized_gemm(gd::Kind::Fp8, x, M, W.w, W.scale, W.n, W.k, y, pool);
+  const GemmItem<Fp8Weight> item{x, M, &W, y};
+  quantized_batch(gd::Kind::Fp8, &item, 1, pool);
 }
 
 void gemm_fp4(const float* x, int M, const Fp4Weight& W, float* y, ThreadPool& pool) {
-  quantized_gemm(gd::Kind::Fp4, x, M, W.w, W.scale, W.n, W.k, y, pool);
+  const GemmItem<Fp4Weight> item{x, M, &W, y};
+  quantized_batch(gd::Kind::Fp4, &item, 1, pool);
+}
+
+void gemm_fp8_batch(std::span<const GemmItem<Fp8Weight>> items, ThreadPool& pool) {
+  quantized_batch(gd::Kind::Fp8, items.data(), items.size(), pool);
+}
+
+void gemm_fp4_batch(std::span<const GemmItem<Fp4Weight>> items, ThreadPool& pool) {
+  quantized_batch(gd::Kind::Fp4, items.data(), items.size(), pool);
+}
+
+void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool& pool) {
+  // Per calling thread and only grown (see quantized_batch).
+  thread_local std::vector<PaddedRows> pad_bufs;
+  thread_local std::vector<std::vector<uint32_t>> pair_bufs;
+  thread_local std::vector<Job> job_buf;
+  std::vector<PaddedRows>& pads = pad_bufs;
+  std::vector<std::vector<uint32_t>>& prs = pair_bufs;
+  std::vector<Job>& jobs = job_buf;
+  if (pads.size() < items.size()) pads.resize(items.size());
+  if (prs.size() < items.size()) prs.resize(items.size());
+  jobs.clear();
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Fp8RowsItem& it = items[i];
+    const Fp8Weight& W = *it.W;
+    Job job;
+    gd::Problem& p = job.p;
+    p = base_problem(gd::Kind::Fp8AsBf16, it.M, W.k);
+    pads[i] = pad_rows(it.x, it.M, W.k, it.x_stride, p.kp);
+    p.a = pads[i].a;
+    p.a_stride = pads[i].stride;
+    const auto [lo, hi] = fp8_scale_range(W.scale, W.n, W.k);
+    job.simd_ok = hi <= gd::kFp8ScaleMaxByte;
+    p.fold_w_scale = can_fold_w_scale(p.a, it.M, W.k, p.a_stride, lo, hi);
+    if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && it.M >= gd::kPairsMinM && active_isa() == Isa::Avx512 &&
+        fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool))
+      p.a_pairs = prs[i].data();
+    p.w = W.w;
+    p.ws = W.scale;
+    p.y = it.y;
+    p.y_stride = it.y_stride;
+    job.row_begin = it.row_begin;
+    job.row_end = it.row_end;
+    jobs.push_back(job);
+  }
+  run_jobs(jobs.data(), jobs.size(), pool);
 }
 
 void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight& W, int row_begin,
                            int row_end, float* y, int y_stride, ThreadPool& pool) {
-  gd::Problem p = base_problem(gd::Kind::Fp8AsBf16, M, W.k);
-  const PaddedRows a = pad_rows(x, M, W.k, x_stride, p.kp);
-  p.a = a.a;
-  p.a_stride = a.stride;
-  thread_local std::vector<uint32_t> pairs_buf;  // (see quantized_gemm)
-  std::vector<uint32_t>& pairs = pairs_buf;
-  const auto [lo, hi] = fp8_scale_range(W.scale, W.n, W.k);
-  const bool simd_ok = hi <= gd::kFp8ScaleMaxByte;
-  if (simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && M >= gd::kPairsMinM && active_isa() == Isa::Avx512 &&
-      fp8_act_pairs(x, M, W.k, x_stride, p.kp, true, pairs, pool))
-    p.a_pairs = pairs.data();
-  p.w = W.w;
-  p.ws = W.scale;
-  p.y = y;
-  p.y_stride = y_stride;
-  run(p, row_begin, row_end, pool, simd_ok);
+  const Fp8RowsItem item{x, M, x_stride, &W, row_begin, row_end, y, y_stride};
+  gemm_fp8_as_bf16_rows_batch({&item, 1}, pool);
 }
 
 void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {

@@ -38,6 +38,7 @@
 // (NaN weight codes are not supported by the SIMD decoders; checkpoints have none.)
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "core/thread_pool.h"
 #include "model/weights.h"
@@ -52,6 +53,19 @@ void gemm_fp8(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& p
 // "dequantise W and take one fp32 dot product" form that §4.8 allows. K must be a multiple of 32.
 void gemm_fp4(const float* x, int M, const Fp4Weight& W, float* y, ThreadPool& pool);
 
+// Several independent products of one kind in a single pool job (decode: the routed experts'
+// w1 and w3, then their w2): one hand-off for all instead of one per product. Each y is exactly
+// what the single call computes.
+template <class Weight>
+struct GemmItem {
+  const float* x = nullptr;
+  int M = 0;
+  const Weight* W = nullptr;
+  float* y = nullptr;
+};
+void gemm_fp8_batch(std::span<const GemmItem<Fp8Weight>> items, ThreadPool& pool);
+void gemm_fp4_batch(std::span<const GemmItem<Fp4Weight>> items, ThreadPool& pool);
+
 // bf16 activations times an FP8-stored weight used as bf16 (wo_a): no activation
 // quantisation; per 128-block part of x * w_e4m3, scale sw[n/128, b]; bf16 output.
 void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool);
@@ -61,6 +75,16 @@ void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, Threa
 // for the absolute n, so row_begin need not be a multiple of 128.
 void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight& W, int row_begin,
                            int row_end, float* y, int y_stride, ThreadPool& pool);
+// Several of those in one pool job (the output projection's groups).
+struct Fp8RowsItem {
+  const float* x = nullptr;
+  int M = 0, x_stride = 0;
+  const Fp8Weight* W = nullptr;
+  int row_begin = 0, row_end = 0;
+  float* y = nullptr;
+  int y_stride = 0;
+};
+void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool& pool);
 
 // x [M, K] times a BF16 weight [N, K] in fp32, fp32 output (gate, compressor, head, ...);
 // 128-block partials summed with scale 1.
@@ -92,6 +116,9 @@ struct Problem {
   int y_stride = 0, row0 = 0;  // y[m * y_stride + n - row0]
   int row_end = 0;             // rows [row0, row_end) are computed by this call (prefetch bound)
   bool round_bf16 = true;
+  // FP8 kinds, M < 4: the fp32 back ends may scale the activations by 2^120 sw instead of the
+  // weights (set where |a| * 2^120 sw stays finite and sw >= 2^-120, so a * 2^120 sw is exact).
+  bool fold_w_scale = false;
   // Decoding tables from numerics (passed in so that the ISA files need no shared inlines).
   const float* e4m3 = nullptr;  // [256]
   const float* e2m1 = nullptr;  // [16]
@@ -102,18 +129,21 @@ struct Problem {
 constexpr int kPairsMinM = 4;
 
 constexpr int kPanelRows = 16;  // rows n per work item
-constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 path)
+constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 fp32 path)
+// k columns per chunk of bf16 weight pairs (M >= 4 VDPBF16PS path): 16 rows x 1024 x 2 bytes
+// stay in L1 with a tile's activations.
+constexpr int kPairsChunkK = 1024;
 // Weight-scale bounds of the FP8 kinds (ue8m0 bytes): up to 2^7 the fp32 decoders are exact
 // (e4m3 * 2^-120 times 2^120 sw); from 2^-86 (2^-54 for FP8-as-BF16) VDPBF16PS is exact.
 constexpr int kFp8ScaleMaxByte = 127 + 7, kFp8PairsMinByte = 127 - 86, kFp8AsBf16PairsMinByte = 127 - 54;
 // Floats of scratch one work item needs.
 inline int64_t scratch_floats(int M, int nb) {
-  // wbuf (a decoded chunk, or all of K of the panel as FP4 pairs; also the FP4 small-M lane
-  // stash), lane vectors of every M >= 4 tile, FP4 lane scales (a chunk's, or the panel's),
-  // FP4 group scales of a small-M group (see Scratch in gemm_simd.inc).
-  const int64_t kp = int64_t{nb} * 128, blocks = nb > kChunkK / 128 ? nb : kChunkK / 128;
-  return int64_t{kPanelRows} * (kp > kChunkK ? kp : kChunkK) + int64_t{M + 4} * kPanelRows * 16 +
-         int64_t{kPanelRows} * blocks * 16 + int64_t{kPanelRows} * nb * 4 + 16 + 64;
+  // wbuf (a decoded chunk, or a chunk of bf16 pairs; also the FP4 small-M lane stash), lane
+  // vectors of every M >= 4 tile, FP4 lane scales of a chunk, FP4 group scales of a small-M
+  // group (see Scratch in gemm_simd.inc).
+  static_assert(kPairsChunkK >= kChunkK && kPairsChunkK >= 16 * 16, "wbuf sized by kPairsChunkK");
+  return int64_t{kPanelRows} * kPairsChunkK + int64_t{M + 4} * kPanelRows * 16 +
+         int64_t{kPanelRows} * (kPairsChunkK / 128) * 16 + int64_t{kPanelRows} * nb * 4 + 16 + 64;
 }
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds

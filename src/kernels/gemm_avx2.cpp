@@ -17,6 +17,7 @@ struct Vec {
 using Parts = __m128;
 constexpr int kGroup = 4;
 constexpr int kBigMR = 4, kBigNR = 1;
+constexpr int kDirectRows = 4;  // rows streamed at once by the small-M folded FP8 path (= kGroup)
 
 inline Vec vzero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 inline Vec vload(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }

@@ -19,6 +19,9 @@ using Vec = __m512;
 using Parts = __m512;
 constexpr int kGroup = 16;
 constexpr int kBigMR = 4, kBigNR = 4;
+// Rows streamed at once by the small-M BF16 and folded FP8 paths (measured: 8 streams beat 16
+// by 15-50 % from DRAM; 4 was close to 8).
+constexpr int kDirectRows = 8;
 
 inline Vec vzero() { return _mm512_setzero_ps(); }
 inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }

@@ -24,6 +24,9 @@ namespace dsv4 {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Up to this many routed (token, expert) rows per MoE call, all experts run in two batched pool
+// jobs (decode); above it, expert by expert.
+constexpr size_t kBatchedExpertRows = 64;
 
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
@@ -328,15 +331,17 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
 
   // Projections (§6.1).
   float* const qr = scratch_.qr.grown(N * c.q_lora_rank);
-  gemm_fp8(x, n, aw.wq_a, qr, *pool_);
+  std::vector<float> kv(N * Dh);
+  {  // both read x: one pool job
+    const GemmItem<Fp8Weight> items[] = {{x, n, &aw.wq_a, qr}, {x, n, &aw.wkv, kv.data()}};
+    gemm_fp8_batch(items, *pool_);
+  }
   parallel_each(*pool_, n, [&](int64_t t) {
     float* row = qr + static_cast<size_t>(t) * c.q_lora_rank;
     rms_norm(row, aw.q_norm.data(), c.q_lora_rank, eps, row);
   }, 8);
   float* const q = scratch_.q.grown(N * H * Dh);
-  std::vector<float> kv(N * Dh);
   gemm_fp8(qr, n, aw.wq_b, q, *pool_);
-  gemm_fp8(x, n, aw.wkv, kv.data(), *pool_);
   std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
   parallel_each(*pool_, n, [&](int64_t t) {
     rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
@@ -503,9 +508,11 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
   const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
   float* const u = scratch_.u.grown(N * G * R);
+  std::vector<Fp8RowsItem> groups;  // all groups in one pool job
   for (int g = 0; g < G; ++g)
-    gemm_fp8_as_bf16_rows(o + static_cast<size_t>(g) * gin, n, H * Dh, aw.wo_a, g * R, (g + 1) * R,
-                          u + static_cast<size_t>(g) * R, G * R, *pool_);
+    groups.push_back({o + static_cast<size_t>(g) * gin, n, H * Dh, &aw.wo_a, g * R, (g + 1) * R,
+                      u + static_cast<size_t>(g) * R, G * R});
+  gemm_fp8_as_bf16_rows_batch(groups, *pool_);
   gemm_fp8(u, n, aw.wo_b, out, *pool_);
 }
 
@@ -557,11 +564,58 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     }, 4);
   };
 
-  std::vector<double> unused;
   std::vector<float> y(N * D, 0.0f);
   std::vector<float> xe, g, up, hdn, oe, we;
   std::vector<int> rows;
-  for (int e = 0; e < E; ++e) {
+  // Few routed rows (decode): every active expert's w1 and w3 in one pool job, then every w2 in
+  // another, instead of three jobs per expert; each product and the scatter order are as below.
+  if (N * K <= kBatchedExpertRows) {
+    struct Active {
+      int e;
+      std::vector<int> rows;
+      std::vector<float> we, xe, g, up, hdn, oe;
+    };
+    std::vector<Active> act;
+    for (int e = 0; e < E; ++e) {
+      Active a{e, {}, {}, {}, {}, {}, {}, {}};
+      for (int t = 0; t < n; ++t)
+        for (int k = 0; k < K; ++k)
+          if (ids[static_cast<size_t>(t) * K + k] == e) {
+            a.rows.push_back(t);
+            a.we.push_back(wts[static_cast<size_t>(t) * K + k]);
+          }
+      if (a.rows.empty()) continue;
+      const size_t m = a.rows.size();
+      a.xe.resize(m * D);
+      for (size_t i = 0; i < m; ++i) std::copy_n(x + static_cast<size_t>(a.rows[i]) * D, D, &a.xe[i * D]);
+      a.g.resize(m * I);
+      a.up.resize(m * I);
+      a.hdn.resize(m * I);
+      a.oe.resize(m * D);
+      act.push_back(std::move(a));
+    }
+    std::vector<GemmItem<Fp4Weight>> items;
+    for (Active& a : act) {
+      const ExpertWeights& ew = mw.experts[static_cast<size_t>(a.e)];
+      const int m = static_cast<int>(a.rows.size());
+      items.push_back({a.xe.data(), m, &ew.w1, a.g.data()});
+      items.push_back({a.xe.data(), m, &ew.w3, a.up.data()});
+    }
+    gemm_fp4_batch(items, *pool_);
+    items.clear();
+    for (Active& a : act) {
+      const int m = static_cast<int>(a.rows.size());
+      swiglu(a.g.data(), a.up.data(), a.we.data(), m, a.hdn.data());
+      items.push_back({a.hdn.data(), m, &mw.experts[static_cast<size_t>(a.e)].w2, a.oe.data()});
+    }
+    gemm_fp4_batch(items, *pool_);
+    for (const Active& a : act)  // experts in increasing e, rows in order: the order of the loop below
+      for (size_t i = 0; i < a.rows.size(); ++i) {
+        float* yt = &y[static_cast<size_t>(a.rows[i]) * D];
+        for (int d = 0; d < D; ++d) yt[d] += a.oe[i * D + static_cast<size_t>(d)];
+      }
+  }
+  for (int e = 0; e < (N * K <= kBatchedExpertRows ? 0 : E); ++e) {
     rows.clear();
     we.clear();
     for (int t = 0; t < n; ++t)
@@ -599,8 +653,8 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     up.resize(N * I);
     hdn.resize(N * I);
     oe.resize(N * D);
-    gemm_fp8(x, n, mw.shared.w1, g.data(), *pool_);
-    gemm_fp8(x, n, mw.shared.w3, up.data(), *pool_);
+    const GemmItem<Fp8Weight> items[] = {{x, n, &mw.shared.w1, g.data()}, {x, n, &mw.shared.w3, up.data()}};
+    gemm_fp8_batch(items, *pool_);
     swiglu(g.data(), up.data(), nullptr, n, hdn.data());
     gemm_fp8(hdn.data(), n, mw.shared.w2, oe.data(), *pool_);
   }
