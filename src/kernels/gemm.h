@@ -5,8 +5,8 @@
 // Canonical summation order (identical, bit for bit, on every ISA path and thread count):
 //   * The operands are dequantised exactly first: a = q * sa (act_quant codes times their
 //     power-of-two scale; FP8-as-BF16 and BF16 take x as it is) and, for FP8 weights,
-//     w = e4m3 * sw[n/128, k/128] (a power of two: exact while e4m3 * sw is a normal float,
-//     which the callers check: weight scales in [2^-86, 2^7]).
+//     w = e4m3 * sw[n/128, k/128] (a power of two, so exact; the SIMD decoders need sw <= 2^7,
+//     else the call runs the scalar reference; no checkpoint has such scales).
 //   * Element k goes to lane (k mod 16) of 16 fp32 lanes that start at +0 and accumulate over
 //     all of K with fused multiply-add, lane = fma(a_k, w_k, lane), 32-wide chunks in increasing
 //     k; within a chunk c lane d takes element c+16+d, then element c+d. That is the order
