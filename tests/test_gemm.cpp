@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <initializer_list>
 #include <utility>
 #include <vector>
 
@@ -341,39 +342,39 @@ TEST(Gemm, Bf16TinyValuesKeepTheExactOrder) {
   run(x, d.W, "bf16 tiny weights");
 }
 
-// The FP8 order takes each chunk's high half first (gemm.h). Lane 5 gets +2^16 (element 21),
-// 2^-18 (element 5, lost), -2^16 (element 53), then 2^-9 (element 37): 2^-9 in that order, 0 in
-// increasing k (2^-9 is lost against 2^16 there). Every path and both GEMM forms, at M = 1 (decode) and M = 5 (VDPBF16PS on AVX-512).
-TEST(Gemm, Fp8LanesTakeTheHighHalfFirst) {
-  const int N = 20, K = 64;
-  std::vector<uint8_t> w(static_cast<size_t>(N) * K, 0x00), s(1, 127);
-  for (int n = 0; n < N; ++n) {
-    uint8_t* row = w.data() + static_cast<size_t>(n) * K;
-    row[5] = 0x01;   // 2^-9
-    row[21] = 0x78;  // 256
-    row[37] = 0x01;  // 2^-9
-    row[53] = 0xF8;  // -256
-  }
-  const Fp8Weight W{w.data(), s.data(), N, K};
+// An FP8 order check: every row of W holds the codes `w` (zero elsewhere) with scale 1, every
+// activation row the values `x` (including an amax of 448 per block, so activation scales are 1);
+// every output must be exactly 2^-9 on every path, for both GEMM forms, at M = 1 (decode) and
+// M = 5 (VDPBF16PS on AVX-512).
+void expect_fp8_order_gives_2m9(int K, std::initializer_list<std::pair<int, uint8_t>> w,
+                                std::initializer_list<std::pair<int, float>> x_vals, const std::string& what) {
+  const int N = 20;
+  std::vector<uint8_t> wb(static_cast<size_t>(N) * K, 0x00), s(static_cast<size_t>((K + 127) / 128), 127);
+  for (int n = 0; n < N; ++n)
+    for (const auto& [k, code] : w) wb[static_cast<size_t>(n) * K + k] = code;
+  const Fp8Weight W{wb.data(), s.data(), N, K};
   for (int M : {1, 5}) {
     std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
-    for (int m = 0; m < M; ++m) {
-      float* xr = x.data() + static_cast<size_t>(m) * K;
-      xr[5] = 0x1p-9f;
-      xr[21] = 256.0f;
-      xr[37] = 1.0f;
-      xr[53] = 256.0f;
-      xr[60] = 448.0f;  // amax 448: activation scale 1 (weight 0 there)
-    }
-    const auto plain = check_all_paths(static_cast<size_t>(M) * N, "fp8 order M=" + std::to_string(M),
+    for (int m = 0; m < M; ++m)
+      for (const auto& [k, v] : x_vals) x[static_cast<size_t>(m) * K + k] = v;
+    const std::string at = what + " M=" + std::to_string(M);
+    const auto plain = check_all_paths(static_cast<size_t>(M) * N, "fp8 " + at,
                                        [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, W, out.data(), p); });
-    const auto as_bf16 = check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 order M=" + std::to_string(M),
+    const auto as_bf16 = check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 " + at,
                                          [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, W, out.data(), p); });
     for (size_t i = 0; i < plain.size(); ++i) {
-      EXPECT_EQ(plain[i], 0x1p-9f) << "fp8 M=" << M << " at " << i;
-      EXPECT_EQ(as_bf16[i], 0x1p-9f) << "fp8_as_bf16 M=" << M << " at " << i;
+      EXPECT_EQ(plain[i], 0x1p-9f) << "fp8 " << at << " at " << i;
+      EXPECT_EQ(as_bf16[i], 0x1p-9f) << "fp8_as_bf16 " << at << " at " << i;
     }
   }
+}
+
+// The FP8 order takes each chunk's high half first (gemm.h). Lane 5 gets +2^16 (element 21),
+// 2^-18 (element 5, lost), -2^16 (element 53), then 2^-9 (element 37): 2^-9 in that order, 0 in
+// increasing k (2^-9 is lost against 2^16 there).
+TEST(Gemm, Fp8LanesTakeTheHighHalfFirst) {
+  expect_fp8_order_gives_2m9(64, {{5, 0x01}, {21, 0x78}, {37, 0x01}, {53, 0xF8}},  // 2^-9, 256, 2^-9, -256
+                             {{5, 0x1p-9f}, {21, 256.0f}, {37, 1.0f}, {53, 256.0f}, {60, 448.0f}}, "high half first");
 }
 
 // VDPBF16PS flushes denormals and reads bf16 only: activations below 2^-56, or ones that are not
@@ -445,37 +446,10 @@ TEST(Dot, AllPathsBitIdentical) {
 
 // Lanes run over all of K (gemm.h): lane 0 gets +2^16 (block 0, element 16), then in block 1
 // -2^16 (element 144, high half first) and 2^-9 (element 128). Over all of K that is 2^-9; with
-// a partial per block (-2^16 + 2^-9 rounds to -2^16) it would be 0. Every path, both GEMM forms,
-// M = 1 (decode) and M = 5 (VDPBF16PS on AVX-512).
+// a partial per block (-2^16 + 2^-9 rounds to -2^16) it would be 0.
 TEST(Gemm, Fp8LanesRunOverAllBlocks) {
-  const int N = 20, K = 256;
-  std::vector<uint8_t> w(static_cast<size_t>(N) * K, 0x00), s(2, 127);
-  for (int n = 0; n < N; ++n) {
-    uint8_t* row = w.data() + static_cast<size_t>(n) * K;
-    row[16] = 0x78;   // 256
-    row[144] = 0xF8;  // -256
-    row[128] = 0x01;  // 2^-9
-  }
-  const Fp8Weight W{w.data(), s.data(), N, K};
-  for (int M : {1, 5}) {
-    std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
-    for (int m = 0; m < M; ++m) {
-      float* xr = x.data() + static_cast<size_t>(m) * K;
-      xr[16] = 256.0f;
-      xr[144] = 256.0f;
-      xr[128] = 1.0f;
-      xr[200] = 448.0f;  // amax 448 in both blocks: activation scales 1 (weight 0 there)
-      xr[100] = 448.0f;
-    }
-    const auto plain = check_all_paths(static_cast<size_t>(M) * N, "fp8 blocks M=" + std::to_string(M),
-                                       [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, W, out.data(), p); });
-    const auto as_bf16 = check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 blocks M=" + std::to_string(M),
-                                         [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, W, out.data(), p); });
-    for (size_t i = 0; i < plain.size(); ++i) {
-      EXPECT_EQ(plain[i], 0x1p-9f) << "fp8 M=" << M << " at " << i;
-      EXPECT_EQ(as_bf16[i], 0x1p-9f) << "fp8_as_bf16 M=" << M << " at " << i;
-    }
-  }
+  expect_fp8_order_gives_2m9(256, {{16, 0x78}, {144, 0xF8}, {128, 0x01}},  // 256, -256, 2^-9
+                             {{16, 256.0f}, {144, 256.0f}, {128, 1.0f}, {100, 448.0f}, {200, 448.0f}}, "all blocks");
 }
 
 // Weight scales outside the range the SIMD decoders are exact for (gemm.h) must still give the
