@@ -474,5 +474,44 @@ TEST(Gemm, Fp8UnusualWeightScalesKeepTheExactOrder) {
   }
 }
 
+// FP4 scale bytes 0 (2^-127) and 255 (NaN) are not e << 23: a group holding one must not take
+// the AVX-512 decode that reads the bytes in place. Rows 0..15 have only 2^-127 scales (their
+// outputs are then tiny but not zero), rows 16..31 one such group among plain ones, rows
+// 32..47 only plain ones; the last row of the first group of a second call holds a 255.
+TEST(Gemm, Fp4SpecialScaleBytesKeepTheirValues) {
+  std::mt19937 rng(17);
+  const int N = 48, K = 512, groups = K / 32;
+  auto d = make_fp4(rng, N, K);
+  for (int n = 0; n < 16; ++n)
+    for (int g = 0; g < groups; ++g) d.s[size_t(n) * groups + g] = 0;
+  for (int n = 16; n < 32; ++n) d.s[size_t(n) * groups + (n % groups)] = 0;
+  for (int M : {1, 3}) {
+    const auto x = rand_act(rng, static_cast<size_t>(M) * K);
+    const auto y = check_all_paths(static_cast<size_t>(M) * N, "fp4 scale byte 0 M=" + std::to_string(M),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), M, d.W, out.data(), p); });
+    int tiny = 0;
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < 16; ++n) {
+        const float v = std::fabs(y[size_t(m) * N + n]);
+        EXPECT_LT(v, 0x1p-90f) << "row " << n;
+        tiny += v > 0.0f;
+      }
+    EXPECT_GT(tiny, 8 * M) << "2^-127 scales read as zero";
+  }
+  d.s[15 * groups + 3] = 255;
+  IsaGuard g;
+  const auto x = rand_act(rng, K);
+  std::vector<Isa> isas = simd_isas();
+  isas.push_back(Isa::Scalar);
+  for (Isa isa : isas) {
+    force_isa(isa);
+    ThreadPool p(1);
+    std::vector<float> out(N);
+    gemm_fp4(x.data(), 1, d.W, out.data(), p);
+    EXPECT_TRUE(std::isnan(out[15])) << isa_name(isa);
+    EXPECT_FALSE(std::isnan(out[14])) << isa_name(isa);
+  }
+}
+
 }  // namespace
 }  // namespace dsv4

@@ -102,6 +102,27 @@ inline Vec fp4_scales16(const uint8_t* scales, int n) {
 inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {
   for (int i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, fp4_scales16(scales + i, imin16(n - i)));
 }
+// True when all n scale bytes are in 1..254, the bytes whose 2^(e-127) is just e << 23 (so
+// fp4_block_scale_raw may read them in place); 0 and 255 need e8m0_to_f32's special values.
+inline bool fp4_scales_plain(const uint8_t* scales, int n) {
+  __mmask64 special = 0;
+  for (int i = 0; i < n; i += 64) {
+    const __mmask64 live = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1;
+    const __m512i e = _mm512_maskz_loadu_epi8(live, scales + i);
+    special |= _mm512_mask_cmpeq_epi8_mask(live, e, _mm512_setzero_si512()) |
+               _mm512_mask_cmpeq_epi8_mask(live, e, _mm512_set1_epi8(static_cast<char>(255)));
+  }
+  return special == 0;
+}
+// Lane scales of 128-block b straight from a row's scale bytes (all in 1..254): lane d takes
+// group 4b + d/4, i.e. byte d/4 of the block's 4 bytes, moved to the fp32 exponent field.
+inline Vec fp4_block_scale_raw(const uint8_t* scales, int b) {
+  uint32_t four;
+  std::memcpy(&four, scales + 4 * b, 4);
+  const __m512i to_top = _mm512_setr_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
+  const __m512i top = _mm512_sllv_epi32(_mm512_set1_epi32(static_cast<int>(four)), to_top);  // byte d/4 in bits 24..31
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_srli_epi32(top, 1), _mm512_set1_epi32(0x7F800000)));
+}
 // Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
 inline Vec fp4_spread(Vec s16, int j) {
   const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * j),
@@ -152,10 +173,11 @@ inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pa
 }
 // Block b of R rows at once (R independent dot-product chains, R concurrent weight streams, one
 // load of each activation pair vector for all R rows): lanes[j] = fma(partial, scales, lanes[j]),
-// scales_f32[i] being row i's fp32 group scales.
-template <int R>
+// scales_f32[i] being row i's fp32 group scales, or with kRawScales scales_raw[i] its scale
+// bytes (all plain: fp4_scales_plain), decoded here instead of from a converted copy.
+template <int R, bool kRawScales>
 inline void fp4_rows_block_pairs(const uint8_t* const* codes, int b, const uint32_t* pairs, const float* const* scales_f32,
-                                 Vec* lanes, const uint8_t* prefetch) {
+                                 const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* prefetch) {
   const __m512i tab = fp4_bf16_table();
   for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * (R * b + j)), _MM_HINT_T0);
   __m512i c[R];
@@ -171,7 +193,10 @@ inline void fp4_rows_block_pairs(const uint8_t* const* codes, int b, const uint3
       x[j] = _mm512_dpbf16_ps(x[j], a, (__m512bh)w);
     }
   }
-  for (int j = 0; j < R; ++j) lanes[j] = _mm512_fmadd_ps(x[j], fp4_spread(_mm512_loadu_ps(scales_f32[j] + 4 * b), 0), lanes[j]);
+  for (int j = 0; j < R; ++j) {
+    const Vec scale = kRawScales ? fp4_block_scale_raw(scales_raw[j], b) : fp4_spread(_mm512_loadu_ps(scales_f32[j] + 4 * b), 0);
+    lanes[j] = _mm512_fmadd_ps(x[j], scale, lanes[j]);
+  }
 }
 
 // The weight pairs of one block (len < 128: zero past the row), in the layout of the pairs above.
