@@ -6,7 +6,9 @@
 // weights so M = 1 runs from cache: the kernel's compute ceiling, to compare with the DRAM run.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <random>
@@ -32,11 +34,15 @@ ThreadPool& pool() {
 // e4m3 codes as a checkpoint has them: values of a block scaled so that the largest is near 448,
 // here normal with sigma 448/5. About 1 code in 7000 is subnormal (|v| < 2^-6), i.e. about 1
 // in 110 runs of 64 codes holds one; uniform random bytes would make every 16th code subnormal.
+// Only the first 4 MiB are drawn; the rest repeats them (a weight stream's speed does not depend
+// on what it reads, and drawing 256 MiB took most of a run).
 std::vector<uint8_t> rand_bytes(size_t n, uint32_t seed, bool e4m3) {
   std::vector<uint8_t> v(n);
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 448.0f / 5.0f);
-  for (auto& b : v) b = e4m3 ? encode_e4m3(round_to_e4m3_clamped(nd(rng))) : static_cast<uint8_t>(rng());
+  const size_t drawn = std::min(n, size_t{4} << 20);
+  for (size_t i = 0; i < drawn; ++i) v[i] = e4m3 ? encode_e4m3(round_to_e4m3_clamped(nd(rng))) : static_cast<uint8_t>(rng());
+  for (size_t i = drawn; i < n; i += drawn) std::memcpy(&v[i], v.data(), std::min(drawn, n - i));
   return v;
 }
 std::vector<float> rand_x(size_t n) {
