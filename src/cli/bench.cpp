@@ -3,6 +3,7 @@
 // achieved weight-read bandwidth of decode; with --roofline every number also as a ratio of this
 // machine's measured read bandwidth / peak multiply-add throughput (of the instruction the prefill
 // GEMMs use). Prints a table, writes CSV.
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/stage_profile.h"
 #include "kernels/cpu_features.h"
 #include "kernels/roofline.h"
 #include "model/demo.h"
@@ -25,13 +27,46 @@ namespace {
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
+
+// Per stage: weight MB read per token, then at each frontier the decode ms per token and the
+// GB/s that stage's weight reads achieved. "other" is the step time outside every stage (greedy
+// pick, state bookkeeping).
+void print_decode_profile(const StageBytes& bytes, const std::vector<int64_t>& frontiers,
+                          const std::vector<std::array<int64_t, StageProfile::kStages>>& stage_ns,
+                          const std::vector<double>& decode_seconds, int decode_tokens) {
+  std::printf("\ndecode profile (ms per token, and the stage's weight GB/s, at each context)\n%-18s %9s", "stage",
+              "MB/token");
+  for (int64_t f : frontiers) std::printf(" %9lld ms %6s", static_cast<long long>(f), "GB/s");
+  std::printf("\n");
+  auto row = [&](const char* name, double mb, auto&& ms_at) {
+    std::printf("%-18s %9.1f", name, mb);
+    for (size_t i = 0; i < frontiers.size(); ++i) {
+      const double ms = ms_at(i);
+      if (mb > 0 && ms > 0) std::printf(" %12.3f %6.1f", ms, mb / ms);
+      else std::printf(" %12.3f %6s", ms, "-");
+    }
+    std::printf("\n");
+  };
+  for (int s = 0; s < StageProfile::kStages; ++s)
+    row(stage_name(static_cast<Stage>(s)), static_cast<double>(bytes[static_cast<size_t>(s)]) / 1e6,
+        [&](size_t i) { return static_cast<double>(stage_ns[i][static_cast<size_t>(s)]) / 1e6 / decode_tokens; });
+  auto in_stages = [&](size_t i) {
+    int64_t sum = 0;
+    for (int64_t v : stage_ns[i]) sum += v;
+    return static_cast<double>(sum) / 1e6 / decode_tokens;
+  };
+  row("other", 0.0, [&](size_t i) { return decode_seconds[i] * 1e3 / decode_tokens - in_stages(i); });
+  double total_mb = 0;
+  for (size_t b : bytes) total_mb += static_cast<double>(b) / 1e6;
+  row("total", total_mb, [&](size_t i) { return decode_seconds[i] * 1e3 / decode_tokens; });
+}
 }  // namespace
 
 void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Measure prefill/decode speed at context frontiers");
   static std::string model_dir, csv_path, frontiers_arg = "512,2048,8192";
   static int decode_tokens = 8, threads = 0, chunk = 512;
-  static bool roofline = false;
+  static bool roofline = false, profile = false;
   cmd->add_option("--model", model_dir, "Model directory (default: the built-in demo model)");
   cmd->add_option("--frontiers", frontiers_arg, "Comma-separated context lengths")->capture_default_str();
   cmd->add_option("--decode", decode_tokens, "Greedy decode steps timed at each frontier")->capture_default_str()->check(CLI::Range(1, 100000));
@@ -39,6 +74,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-t,--threads", threads, "Worker threads (0 = all cores)");
   cmd->add_option("--csv", csv_path, "Also write the table as CSV to this file");
   cmd->add_flag("--roofline", roofline, "Measure read bandwidth and peak FMA throughput in the same run");
+  cmd->add_flag("--profile", profile, "Also print where decode time goes, stage by stage, with each stage's weight bytes");
   cmd->callback([] {
     std::vector<int64_t> frontiers;
     {
@@ -103,6 +139,8 @@ void register_bench(CLI::App& app) {
     SequenceState st = m.new_state();
     std::vector<float> logits(static_cast<size_t>(c.vocab_size));
     std::vector<int32_t> buf;
+    std::vector<std::array<int64_t, StageProfile::kStages>> stage_ns;  // per frontier, over its decode steps
+    std::vector<double> decode_seconds;
     for (int64_t f : frontiers) {
       const int64_t n_prefill = f - st.pos;
       const auto t0 = std::chrono::steady_clock::now();
@@ -127,6 +165,8 @@ void register_bench(CLI::App& app) {
       if (tty && last_report > 0.0) std::fputs("\r\033[K", stderr);
       const double prefill_s = seconds_since(t0);
       const double read_gbs = roofline ? measure_read_gbs(m.pool(), read_bytes, 0.3, read_data) : 0.0;
+      StageProfile::reset();
+      StageProfile::enable(profile);
       const auto t1 = std::chrono::steady_clock::now();
       for (int i = 0; i < decode_tokens; ++i) {
         int32_t best = 0;  // greedy
@@ -135,6 +175,9 @@ void register_bench(CLI::App& app) {
         m.forward(st, &best, 1, logits.data());
       }
       const double decode_s = seconds_since(t1);
+      StageProfile::enable(false);
+      stage_ns.push_back(StageProfile::totals());
+      decode_seconds.push_back(decode_s);
       const double prefill_tps = n_prefill > 0 ? static_cast<double>(n_prefill) / prefill_s : 0;
       const double decode_tps = decode_tokens / decode_s;
       const double decode_gbs = bytes_per_token * decode_tps / 1e9;
@@ -154,6 +197,7 @@ void register_bench(CLI::App& app) {
             << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
             << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << '\n';
     }
+    if (profile) print_decode_profile(m.bytes_per_token_by_stage(), frontiers, stage_ns, decode_seconds, decode_tokens);
   });
 }
 

@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/stage_profile.h"
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
 #include "kernels/index_score.h"
@@ -74,14 +75,29 @@ void hc_mix_dots(const float* fn, int mix, int HD, const float* x, float* out) {
   for (; j < mix; ++j) rows(j, std::integral_constant<int, 1>{});
 }
 
-void hc_pre_token(const ModelConfig& c, const HcWeights& hw, const float* x, float* a, float* post, float* comb) {
+// HC_PRE's reductions over one token's streams x [hc*D] come in parts, so that a decode step
+// (one token) can spread them over the pool: part 0 is the sum of squares, part 1 + i the mix
+// rows [8i, 8i+8). Each is the same serial sum as in one pass, so the split changes no bit.
+constexpr int kHcMixRowsPerPart = 8;
+int hc_pre_parts(const HcWeights& hw) { return 1 + (hw.mix + kHcMixRowsPerPart - 1) / kHcMixRowsPerPart; }
+void hc_pre_part(const HcWeights& hw, int HD, const float* x, int part, float* ss, float* mix) {
+  if (part == 0) {
+    float acc = 0.0f;
+    for (int i = 0; i < HD; ++i) acc += x[i] * x[i];
+    *ss = acc;
+    return;
+  }
+  const int j0 = (part - 1) * kHcMixRowsPerPart;
+  hc_mix_dots(hw.fn + static_cast<size_t>(j0) * HD, std::min(kHcMixRowsPerPart, hw.mix - j0), HD, x, mix + j0);
+}
+
+// The rest of HC_PRE from those sums: pre/post gates, the Sinkhorn-normalised comb [hc][hc] and
+// the block input a [D] = bf16(sum_j pre_j * x_j), rms-normalised with `norm`.
+void hc_pre_finish(const ModelConfig& c, const HcWeights& hw, const float* x, float ss, float* mix, const float* norm,
+                   float* a, float* post, float* comb) {
   const int hc = c.hc_mult, D = c.dim, HD = hc * D;
   const float eps = static_cast<float>(c.hc_eps);
-  float ss = 0.0f;
-  for (int i = 0; i < HD; ++i) ss += x[i] * x[i];
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
-  float mix[64];
-  hc_mix_dots(hw.fn, hw.mix, HD, x, mix);
   for (int j = 0; j < hw.mix; ++j) mix[j] *= r;
   float pre[16];
   for (int j = 0; j < hc; ++j) {
@@ -119,25 +135,36 @@ void hc_pre_token(const ModelConfig& c, const HcWeights& hw, const float* x, flo
     row_norm();
     col_norm();
   }
-  for (int d = 0; d < D; ++d) {
-    float acc = 0.0f;
-    for (int j = 0; j < hc; ++j) acc += pre[j] * x[j * D + d];
-    a[d] = bf16_round(acc);
+  // Stream by stream over all d (vectorisable); per element still pre_0 x_0 + pre_1 x_1 + ...
+  std::fill(a, a + D, 0.0f);
+  for (int j = 0; j < hc; ++j) {
+    const float pj = pre[j];
+    const float* xj = x + static_cast<size_t>(j) * D;
+    for (int d = 0; d < D; ++d) a[d] += pj * xj[d];
   }
+  for (int d = 0; d < D; ++d) a[d] = bf16_round(a[d]);
+  rms_norm(a, norm, D, static_cast<float>(c.norm_eps), a);
 }
 
-// HC_POST (spec §5.2): h[k] = bf16(post_k * f + sum_j C[j][k] * h[j]) for one token.
-void hc_post_token(const ModelConfig& c, const float* f, const float* post, const float* comb, float* h) {
-  const int hc = c.hc_mult, D = c.dim;
-  float out[16];
-  for (int d = 0; d < D; ++d) {
-    for (int k = 0; k < hc; ++k) {
-      float s = 0.0f;
-      for (int j = 0; j < hc; ++j) s += comb[j * hc + k] * h[j * D + d];
-      out[k] = post[k] * f[d] + s;
+// HC_POST (spec §5.2) for elements [d0, d1) of one token:
+// h[k][d] = bf16(post_k * f[d] + sum_j C[j][k] * h[j][d]). The new streams go through `tmp`
+// ([hc][d1 - d0]) because every output reads all old streams; loops run over d innermost
+// (vectorisable) with each element's operations in the order above.
+void hc_post_range(const ModelConfig& c, const float* f, const float* post, const float* comb, float* h, int d0, int d1,
+                   float* tmp) {
+  const int hc = c.hc_mult, D = c.dim, len = d1 - d0;
+  for (int k = 0; k < hc; ++k) {
+    float* o = tmp + static_cast<size_t>(k) * len;
+    std::fill(o, o + len, 0.0f);
+    for (int j = 0; j < hc; ++j) {
+      const float cjk = comb[j * hc + k];
+      const float* hj = h + static_cast<size_t>(j) * D + d0;
+      for (int d = 0; d < len; ++d) o[d] += cjk * hj[d];
     }
-    for (int k = 0; k < hc; ++k) h[k * D + d] = bf16_round(out[k]);
+    const float pk = post[k];
+    for (int d = 0; d < len; ++d) o[d] = bf16_round(pk * f[d0 + d] + o[d]);
   }
+  for (int k = 0; k < hc; ++k) std::copy_n(tmp + static_cast<size_t>(k) * len, len, h + static_cast<size_t>(k) * D + d0);
 }
 
 float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
@@ -248,6 +275,7 @@ void Model::compress(const CompressorWeights& cw, CompressorState& cs, const flo
                      bool indexer, LayerState& ls) {
   const int D = cfg_.dim, r = cw.ratio, Dc = cw.out_dim, width = cs.width;
   const bool overlap = cw.overlap();
+  StageTimer timer(Stage::kCompressor);
   std::vector<float> a(static_cast<size_t>(n) * width), z(static_cast<size_t>(n) * width);
   gemm_bf16_f32(x, n, cw.wkv, a.data(), *pool_);
   gemm_bf16_f32(x, n, cw.wgate, z.data(), *pool_);
@@ -330,6 +358,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   const size_t N = static_cast<size_t>(n);
 
   // Projections (§6.1).
+  StageTimer project_timer(Stage::kAttnProject);
   float* const qr = scratch_.qr.grown(N * c.q_lora_rank);
   std::vector<float> kv(N * Dh);
   {  // both read x: one pool job
@@ -363,6 +392,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     }
   });
 
+  project_timer.stop();
   // Compressors emit every row completed inside this chunk (§6.3); visibility is by position.
   if (r > 0) compress(aw.compressor, ls.compressor, x, n, start, false, ls);
 
@@ -372,6 +402,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   std::vector<int> topk_count(N, 0);
   if (r == 4) {
     compress(aw.idx_compressor, ls.index_compressor, x, n, start, true, ls);
+    StageTimer indexer_timer(Stage::kIndexer);
     const int IH = c.index_n_heads, ID = c.index_head_dim;
     std::vector<float> qi(N * IH * ID), wts(N * IH);
     gemm_fp8(qr, n, aw.idx_wq_b, qi.data(), *pool_);
@@ -426,6 +457,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   }
 
   // Window rows: earlier positions come from the ring, this chunk's from the fresh kv.
+  StageTimer core_timer(Stage::kAttnCore);
   const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
   const int64_t nwin = start + n - wstart;
   std::vector<float> win(static_cast<size_t>(nwin) * Dh);
@@ -505,7 +537,9 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     ls.window.set(p % W, &kv_codes[t * Dn], &kv_scales[t * (Dn / 64)], &kv[t * Dh + Dn]);
   }
 
+  core_timer.stop();
   // Grouped low-rank output projection (§6.5): wo_a per group as bf16, then wo_b as FP8.
+  StageTimer out_timer(Stage::kAttnOut);
   const int G = c.o_groups, R = c.o_lora_rank, gin = H / G * Dh;
   float* const u = scratch_.u.grown(N * G * R);
   std::vector<Fp8RowsItem> groups;  // all groups in one pool job
@@ -521,6 +555,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   const ModelConfig& c = cfg_;
   const int E = c.n_routed_experts, K = c.n_activated_experts, D = c.dim, I = c.moe_inter_dim;
   const size_t N = static_cast<size_t>(n);
+  StageTimer gate_timer(Stage::kMoeGate);
   std::vector<float> logits(N * E);
   gemm_bf16_f32(x, n, mw.gate, logits.data(), *pool_);
   std::vector<int32_t> ids(N * K);
@@ -547,6 +582,8 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     probe->expert_weights.insert(probe->expert_weights.end(), wts.begin(), wts.end());
   }
 
+  gate_timer.stop();
+  StageTimer experts_timer(Stage::kExperts);
   const float limit = static_cast<float>(c.swiglu_limit);
   // SwiGLU with clamps (§8.2); `weight` (routed experts) is applied before the down projection.
   auto swiglu = [&](const float* g, const float* up, const float* weight, int m, float* hdn) {
@@ -648,6 +685,8 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
       }
     }, std::max(256, (1 << 16) / m));
   }
+  experts_timer.stop();
+  StageTimer shared_timer(Stage::kSharedExpert);
   if (mw.has_shared) {
     g.resize(N * I);
     up.resize(N * I);
@@ -671,23 +710,41 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
   const int D = c.dim, hc = c.hc_mult;
   const size_t N = static_cast<size_t>(n);
   std::vector<float> a(N * D), post(N * hc), comb(N * hc * hc), f(N * D);
+  std::vector<float> ss(N), mix;
   auto site = [&](const HcWeights& hw, const std::vector<float>& norm, auto&& body, std::vector<float>* in_probe,
                   std::vector<float>* out_probe) {
-    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* at = &a[static_cast<size_t>(t) * D];
-        hc_pre_token(c, hw, h + static_cast<size_t>(t) * hc * D, at, &post[static_cast<size_t>(t) * hc],
-                     &comb[static_cast<size_t>(t) * hc * hc]);
-        rms_norm(at, norm.data(), D, static_cast<float>(c.norm_eps), at);
+    StageTimer pre_timer(Stage::kHyperConn);
+    const int parts = hc_pre_parts(hw), M = hw.mix;
+    mix.resize(N * static_cast<size_t>(M));
+    // Token x part items: a decode step's one token still keeps every thread busy.
+    pool_->parallel_for(static_cast<int64_t>(n) * parts, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = i / parts;
+        hc_pre_part(hw, hc * D, h + static_cast<size_t>(t) * hc * D, static_cast<int>(i % parts), &ss[static_cast<size_t>(t)],
+                    &mix[static_cast<size_t>(t) * M]);
       }
     });
+    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        hc_pre_finish(c, hw, h + static_cast<size_t>(t) * hc * D, ss[static_cast<size_t>(t)], &mix[static_cast<size_t>(t) * M],
+                      norm.data(), &a[static_cast<size_t>(t) * D], &post[static_cast<size_t>(t) * hc],
+                      &comb[static_cast<size_t>(t) * hc * hc]);
+    });
+    pre_timer.stop();
     if (in_probe) in_probe->insert(in_probe->end(), a.begin(), a.end());
     body();
     if (out_probe) out_probe->insert(out_probe->end(), f.begin(), f.end());
-    pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        hc_post_token(c, &f[static_cast<size_t>(t) * D], &post[static_cast<size_t>(t) * hc],
-                      &comb[static_cast<size_t>(t) * hc * hc], h + static_cast<size_t>(t) * hc * D);
+    StageTimer post_timer(Stage::kHyperConn);
+    constexpr int kPostSpan = 1024;  // elements per item: a decode step's token spread over the pool
+    const int spans = (D + kPostSpan - 1) / kPostSpan;
+    pool_->parallel_for(static_cast<int64_t>(n) * spans, [&](int64_t i0, int64_t i1) {
+      std::vector<float> tmp(static_cast<size_t>(hc) * kPostSpan);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = i / spans;
+        const int d0 = static_cast<int>(i % spans) * kPostSpan, d1 = std::min(D, d0 + kPostSpan);
+        hc_post_range(c, &f[static_cast<size_t>(t) * D], &post[static_cast<size_t>(t) * hc],
+                      &comb[static_cast<size_t>(t) * hc * hc], h + static_cast<size_t>(t) * hc * D, d0, d1, tmp.data());
+      }
     });
   };
   site(bw.hc_attn, bw.attn_norm, [&] { attention(bw, ls, a.data(), n, start, f.data(), probe); },
@@ -700,6 +757,7 @@ void Model::head(const float* streams, const HcWeights& hc_head, const std::vect
                  float* normed_out) {
   const ModelConfig& c = cfg_;
   const int hc = c.hc_mult, D = c.dim, HD = hc * D;
+  StageTimer timer(Stage::kHead);
   float ss = 0.0f;
   for (int i = 0; i < HD; ++i) ss += streams[i] * streams[i];
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
@@ -734,11 +792,13 @@ void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("forward: state does not belong to this model");
   const int D = cfg_.dim, hc = cfg_.hc_mult;
   std::vector<float> h(static_cast<size_t>(n) * hc * D);
+  StageTimer embed_timer(Stage::kEmbed);
   parallel_each(*pool_, n, [&](int64_t t) {
     const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
     for (int j = 0; j < hc; ++j)
       for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
   }, 8);
+  embed_timer.stop();
   for (int l = 0; l < cfg_.n_layers; ++l)
     run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
   st.pos += n;
@@ -793,34 +853,45 @@ struct WeightCost {
 }  // namespace
 
 template <class Cost>
-size_t Model::weights_per_token(const Cost& cost) const {
+StageBytes Model::weights_per_token(const Cost& cost) const {
   const ModelConfig& c = cfg_;
-  size_t total = 0;
-  auto block = [&](const BlockWeights& b) {
+  StageBytes by{};
+  auto add = [&](Stage s, size_t v) { by[static_cast<size_t>(s)] += v; };
+  for (const BlockWeights& b : w_.layers) {
     const AttentionWeights& a = b.attn;
-    size_t s = cost(a.wq_a) + cost(a.wq_b) + cost(a.wkv) + cost(a.wo_a) + cost(a.wo_b);
-    s += 2 * static_cast<size_t>(b.hc_attn.mix) * c.hc_mult * c.dim * (cost.macs ? 1 : 4);  // fp32 mHC mixes
-    if (a.compressor.ratio > 0) s += cost(a.compressor.wkv) + cost(a.compressor.wgate);
-    if (a.compressor.ratio == 4)
-      s += cost(a.idx_wq_b) + cost(a.idx_weights_proj) + cost(a.idx_compressor.wkv) + cost(a.idx_compressor.wgate);
-    s += cost(b.moe.gate);
+    add(Stage::kAttnProject, cost(a.wq_a) + cost(a.wq_b) + cost(a.wkv));
+    add(Stage::kAttnOut, cost(a.wo_a) + cost(a.wo_b));
+    add(Stage::kHyperConn, 2 * static_cast<size_t>(b.hc_attn.mix) * c.hc_mult * c.dim * (cost.macs ? 1 : 4));  // fp32 mHC mixes
+    if (a.compressor.ratio > 0) add(Stage::kCompressor, cost(a.compressor.wkv) + cost(a.compressor.wgate));
+    if (a.compressor.ratio == 4) {
+      add(Stage::kCompressor, cost(a.idx_compressor.wkv) + cost(a.idx_compressor.wgate));
+      add(Stage::kIndexer, cost(a.idx_wq_b) + cost(a.idx_weights_proj));
+    }
+    add(Stage::kMoeGate, cost(b.moe.gate));
     if (!b.moe.experts.empty()) {
       const ExpertWeights& e = b.moe.experts[0];
-      s += static_cast<size_t>(c.n_activated_experts) * (cost(e.w1) + cost(e.w2) + cost(e.w3));
+      add(Stage::kExperts, static_cast<size_t>(c.n_activated_experts) * (cost(e.w1) + cost(e.w2) + cost(e.w3)));
     }
-    if (b.moe.has_shared) s += cost(b.moe.shared.w1) + cost(b.moe.shared.w2) + cost(b.moe.shared.w3);
-    return s;
-  };
-  for (const BlockWeights& b : w_.layers) total += block(b);
-  return total;
+    if (b.moe.has_shared) add(Stage::kSharedExpert, cost(b.moe.shared.w1) + cost(b.moe.shared.w2) + cost(b.moe.shared.w3));
+  }
+  return by;
 }
 
+StageBytes Model::bytes_per_token_by_stage() const {
+  StageBytes by = weights_per_token(WeightCost{false});
+  by[static_cast<size_t>(Stage::kEmbed)] += static_cast<size_t>(cfg_.dim) * 2;  // one embedding row
+  by[static_cast<size_t>(Stage::kHead)] += WeightCost{false}(w_.head);
+  return by;
+}
 
 size_t Model::bytes_per_token() const {
-  return weights_per_token(WeightCost{false}) + static_cast<size_t>(cfg_.dim) * 2 +
-         WeightCost{false}(w_.head);  // embedding row + LM head
+  const StageBytes by = bytes_per_token_by_stage();
+  return std::accumulate(by.begin(), by.end(), size_t{0});
 }
 
-double Model::prefill_macs_per_token() const { return static_cast<double>(weights_per_token(WeightCost{true})); }
+double Model::prefill_macs_per_token() const {
+  const StageBytes macs = weights_per_token(WeightCost{true});
+  return static_cast<double>(std::accumulate(macs.begin(), macs.end(), size_t{0}));
+}
 
 }  // namespace dsv4

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "core/stage_profile.h"
 #include "core/thread_pool.h"
 #include "model/config.h"
 #include "model/state.h"
@@ -66,8 +67,10 @@ class Model {
   void head(const float* streams, const HcWeights& hc_head, const std::vector<float>& norm, float* logits,
             float* normed_out = nullptr);
 
-  // Weight bytes read to decode one token (attention + K routed + shared experts + head).
+  // Weight bytes read to decode one token (attention + K routed + shared experts + head), in all
+  // and split by the forward-pass stage that reads them (`dsv4 bench --profile`).
   size_t bytes_per_token() const;
+  StageBytes bytes_per_token_by_stage() const;
   // Multiply-adds of the weight products of one prefill token (the same weights, but no head:
   // prefill computes logits for the last position only). The attention over the context is not
   // counted, so MACs / time is a lower bound of the GEMMs' own rate.
@@ -81,7 +84,7 @@ class Model {
 
  private:
   template <class Cost>
-  size_t weights_per_token(const Cost& cost) const;  // the layers' part of both measures above
+  StageBytes weights_per_token(const Cost& cost) const;  // the layers' part of both measures above
   void compress(const CompressorWeights& cw, CompressorState& cs, const float* x, int n, int64_t start,
                 bool indexer, LayerState& ls);
   const RopeTable& rope_for(int layer_id) const;
