@@ -418,6 +418,36 @@ TEST(Gemm, Fp8EveryCodeDecodes) {
   }
 }
 
+// The batched form: every row's result equals dot_f32's on every path, for row counts that
+// leave each path's tail (1..3 rows after the groups of 4 / 2).
+TEST(Dot, RowsMatchSingleDots) {
+  IsaGuard g;
+  std::mt19937 rng(11);
+  for (int n : {1, 15, 16, 33, 512}) {
+    const auto a = rand_act(rng, n);
+    std::vector<std::vector<float>> rows;
+    for (int r = 0; r < 7; ++r) rows.push_back(rand_act(rng, n));
+    std::vector<const float*> ptr;
+    for (const auto& r : rows) ptr.push_back(r.data());
+    force_isa(Isa::Scalar);
+    std::vector<float> ref;
+    for (const auto& r : rows) ref.push_back(dot_f32(a.data(), r.data(), n));
+    std::vector<Isa> isas = simd_isas();
+    isas.push_back(Isa::Scalar);
+    for (Isa isa : isas) {
+      force_isa(isa);
+      for (int count : {0, 1, 2, 3, 4, 5, 7}) {
+        std::vector<float> out(8, -1.0f);
+        dot_f32_rows(a.data(), ptr.data(), count, n, out.data());
+        for (int r = 0; r < count; ++r)
+          EXPECT_EQ(f32_bits(out[static_cast<size_t>(r)]), f32_bits(ref[static_cast<size_t>(r)]))
+              << isa_name(isa) << " n=" << n << " count=" << count << " row " << r;
+        EXPECT_EQ(out[static_cast<size_t>(count)], -1.0f) << "wrote past count";
+      }
+    }
+  }
+}
+
 TEST(Dot, AllPathsBitIdentical) {
   IsaGuard g;
   std::mt19937 rng(6);

@@ -30,6 +30,16 @@ float dot_f32(const float* a, const float* b, int n) {
   }
 }
 
+void dot_f32_rows(const float* a, const float* const* rows, int count, int n, float* out) {
+  switch (active_isa()) {
+    case Isa::Avx512: dot_detail::dot_rows_avx512(a, rows, count, n, out); break;
+    case Isa::Avx2: dot_detail::dot_rows_avx2(a, rows, count, n, out); break;
+    default:
+      for (int r = 0; r < count; ++r) out[r] = dot_detail::dot_scalar(a, rows[r], n);
+      break;
+  }
+}
+
 void axpy_f32(float alpha, const float* x, float* y, int n) {
   switch (active_isa()) {
     case Isa::Avx512: dot_detail::axpy_avx512(alpha, x, y, n); break;

@@ -7,11 +7,16 @@ namespace dsv4 {
 
 // sum_i a[i] * b[i] in the canonical order.
 float dot_f32(const float* a, const float* b, int n);
+// out[r] = dot_f32(a, rows[r], n) for r < count: several rows' chains at once (one chain is
+// bound by the fma latency), each result bit-identical to dot_f32's.
+void dot_f32_rows(const float* a, const float* const* rows, int count, int n, float* out);
 // y[i] = fma(alpha, x[i], y[i]).
 void axpy_f32(float alpha, const float* x, float* y, int n);
 
 namespace dot_detail {
 float dot_scalar(const float* a, const float* b, int n);
+void dot_rows_avx2(const float* a, const float* const* rows, int count, int n, float* out);
+void dot_rows_avx512(const float* a, const float* const* rows, int count, int n, float* out);
 void axpy_scalar(float alpha, const float* x, float* y, int n);
 float dot_avx2(const float* a, const float* b, int n);
 void axpy_avx2(float alpha, const float* x, float* y, int n);

@@ -5,27 +5,49 @@
 
 namespace dsv4::dot_detail {
 
-float dot_avx2(const float* a, const float* b, int n) {
-  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+namespace {
+// R rows against a, each two ymm accumulators (lanes 0-7, 8-15): 2R independent chains.
+template <int R>
+inline void dot_rows(const float* a, const float* const* rows, int n, float* out) {
+  __m256 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
   int i = 0;
   for (; i + 16 <= n; i += 16) {
-    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), lo);
-    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), hi);
+    const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
+    for (int r = 0; r < R; ++r) {
+      lo[r] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(rows[r] + i), lo[r]);
+      hi[r] = _mm256_fmadd_ps(a1, _mm256_loadu_ps(rows[r] + i + 8), hi[r]);
+    }
   }
   if (i < n) {  // zero-padded tail step (a lane is never -0, so padding changes nothing)
     alignas(32) float ta[16] = {}, tb[16] = {};
-    for (int j = 0; j < n - i; ++j) {
-      ta[j] = a[i + j];
-      tb[j] = b[i + j];
+    for (int j = 0; j < n - i; ++j) ta[j] = a[i + j];
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < n - i; ++j) tb[j] = rows[r][i + j];
+      lo[r] = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), lo[r]);
+      hi[r] = _mm256_fmadd_ps(_mm256_load_ps(ta + 8), _mm256_load_ps(tb + 8), hi[r]);
     }
-    lo = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), lo);
-    hi = _mm256_fmadd_ps(_mm256_load_ps(ta + 8), _mm256_load_ps(tb + 8), hi);
   }
-  const __m256 s8 = _mm256_add_ps(lo, hi);
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-  return _mm_cvtss_f32(s1);
+  for (int r = 0; r < R; ++r) {
+    const __m256 s8 = _mm256_add_ps(lo[r], hi[r]);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    out[r] = _mm_cvtss_f32(s1);
+  }
+}
+}  // namespace
+
+float dot_avx2(const float* a, const float* b, int n) {
+  float out;
+  dot_rows<1>(a, &b, n, &out);
+  return out;
+}
+
+void dot_rows_avx2(const float* a, const float* const* rows, int count, int n, float* out) {
+  int r = 0;
+  for (; r + 2 <= count; r += 2) dot_rows<2>(a, rows + r, n, out + r);
+  for (; r < count; ++r) dot_rows<1>(a, rows + r, n, out + r);
 }
 
 void axpy_avx2(float alpha, const float* x, float* y, int n) {

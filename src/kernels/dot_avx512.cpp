@@ -10,20 +10,45 @@
 
 namespace dsv4::dot_detail {
 
-float dot_avx512(const float* a, const float* b, int n) {
-  __m512 acc = _mm512_setzero_ps();
-  int i = 0;
-  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  if (i < n) {  // zero padding leaves the lanes unchanged (a lane is never -0)
-    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), acc);
-  }
-  // Tree: l += l+8, +4, +2, +1.
+namespace {
+// Tree: l += l+8, +4, +2, +1.
+inline float reduce16(__m512 acc) {
   __m256 s8 = _mm256_add_ps(_mm512_extractf32x8_ps(acc, 0), _mm512_extractf32x8_ps(acc, 1));
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
   __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
   return _mm_cvtss_f32(s1);
+}
+
+// R rows against a: R independent chains sharing the loads of a.
+template <int R>
+inline void dot_rows(const float* a, const float* const* rows, int n, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 va = _mm512_loadu_ps(a + i);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(va, _mm512_loadu_ps(rows[r] + i), acc[r]);
+  }
+  if (i < n) {  // zero padding leaves the lanes unchanged (a lane is never -0)
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 va = _mm512_maskz_loadu_ps(k, a + i);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, rows[r] + i), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = reduce16(acc[r]);
+}
+}  // namespace
+
+float dot_avx512(const float* a, const float* b, int n) {
+  float out;
+  dot_rows<1>(a, &b, n, &out);
+  return out;
+}
+
+void dot_rows_avx512(const float* a, const float* const* rows, int count, int n, float* out) {
+  int r = 0;
+  for (; r + 4 <= count; r += 4) dot_rows<4>(a, rows + r, n, out + r);
+  for (; r < count; ++r) dot_rows<1>(a, rows + r, n, out + r);
 }
 
 void axpy_avx512(float alpha, const float* x, float* y, int n) {

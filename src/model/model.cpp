@@ -461,13 +461,18 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
   const int64_t nwin = start + n - wstart;
   std::vector<float> win(static_cast<size_t>(nwin) * Dh);
-  for (int64_t p = wstart; p < start; ++p) ls.window.load(p % W, &win[static_cast<size_t>(p - wstart) * Dh]);
+  // (row decodes are independent: split over the pool, as the selected rows below)
+  pool_->parallel_for(start - wstart, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) ls.window.load((wstart + i) % W, &win[static_cast<size_t>(i) * Dh]);
+  }, 32);
   std::copy(kv.begin(), kv.end(), win.begin() + static_cast<ptrdiff_t>((start - wstart) * Dh));
   // HCA attends to every visible compressed row: decode them once per call.
   std::vector<float> comp_rows;
   if (r == 128) {
     comp_rows.resize(static_cast<size_t>(ls.compressed.rows()) * Dh);
-    for (int64_t j = 0; j < ls.compressed.rows(); ++j) ls.compressed.load(j, &comp_rows[static_cast<size_t>(j) * Dh]);
+    pool_->parallel_for(ls.compressed.rows(), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) ls.compressed.load(j, &comp_rows[static_cast<size_t>(j) * Dh]);
+    }, 32);
   }
 
   // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
@@ -495,40 +500,51 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     }
     const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
     const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
+    // Row blocks outside, heads inside: a block of 64 rows (128 KiB) stays in cache while every
+    // head of this thread takes it, instead of each head streaming all rows again (640 rows are
+    // 1.3 MiB, more than L2). Each head's operations and their order are unchanged.
+    const int64_t heads_per_thread = (H + pool_->size() - 1) / pool_->size();
     pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
-      std::vector<float> acc(static_cast<size_t>(Dh)), z(64);
-      for (int64_t h = h0; h < h1; ++h) {
-        const float* qh = q + (static_cast<size_t>(t) * H + h) * Dh;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float m = kNegInf, den = 0.0f;
-        for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
-          const size_t b1 = std::min(rows.size(), b0 + 64);
+      const size_t nh = static_cast<size_t>(h1 - h0);
+      std::vector<float> acc(nh * Dh, 0.0f), z(64), m(nh, kNegInf), den(nh, 0.0f);
+      std::vector<const float*> live(64);
+      for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
+        const size_t b1 = std::min(rows.size(), b0 + 64);
+        int nlive = 0;  // the block's present rows, in order
+        for (size_t e = b0; e < b1; ++e)
+          if (rows[e]) live[static_cast<size_t>(nlive++)] = rows[e];
+        for (size_t i = 0; i < nh; ++i) {
+          const float* qh = q + (static_cast<size_t>(t) * H + h0 + static_cast<int64_t>(i)) * Dh;
+          float* ah = &acc[i * Dh];
           float bm = kNegInf;
-          for (size_t e = b0; e < b1; ++e) {
-            if (!rows[e]) continue;
-            z[e - b0] = dot_f32(qh, rows[e], Dh) * scale;
-            bm = std::max(bm, z[e - b0]);
+          dot_f32_rows(qh, live.data(), nlive, Dh, z.data());
+          for (int e = 0, li = 0; e < static_cast<int>(b1 - b0); ++e) {
+            if (!rows[b0 + static_cast<size_t>(e)]) continue;
+            const float v = z[static_cast<size_t>(li++)] * scale;
+            bm = std::max(bm, v);
           }
           if (bm == kNegInf) continue;
-          const float m_new = std::max(m, bm);
-          const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
-          den *= alpha;
-          for (float& v : acc) v *= alpha;
-          for (size_t e = b0; e < b1; ++e) {
-            if (!rows[e]) continue;
-            const float pe = std::exp(z[e - b0] - m_new);
-            den += pe;
+          const float m_new = std::max(m[i], bm);
+          const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
+          den[i] *= alpha;
+          for (int k = 0; k < Dh; ++k) ah[k] *= alpha;
+          for (int li = 0; li < nlive; ++li) {
+            const float pe = std::exp(z[static_cast<size_t>(li)] * scale - m_new);
+            den[i] += pe;
             const float pb = bf16_round(pe);
-            axpy_f32(pb, rows[e], acc.data(), Dh);
+            axpy_f32(pb, live[static_cast<size_t>(li)], ah, Dh);
           }
-          m = m_new;
+          m[i] = m_new;
         }
-        den += std::exp(aw.sink[h] - m);
+      }
+      for (size_t i = 0; i < nh; ++i) {
+        const int64_t h = h0 + static_cast<int64_t>(i);
+        const float d = den[i] + std::exp(aw.sink[h] - m[i]);
         float* oh = o + (static_cast<size_t>(t) * H + h) * Dh;
-        for (int k = 0; k < Dh; ++k) oh[k] = bf16_round(acc[static_cast<size_t>(k)] / den);
+        for (int k = 0; k < Dh; ++k) oh[k] = bf16_round(acc[i * Dh + static_cast<size_t>(k)] / d);
         apply_rope(oh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
       }
-    });
+    }, heads_per_thread);
   }
 
   // The ring keeps the last W positions (written after attending, see the ring hazard in §7.3).
