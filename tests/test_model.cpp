@@ -12,6 +12,7 @@
 #include "core/safetensors.h"
 #include "model/model.h"
 #include "model/synth.h"
+#include "temp_dir.h"
 
 using namespace dsv4;
 namespace fs = std::filesystem;
@@ -20,15 +21,15 @@ namespace {
 
 // A tiny model with every attention kind (SWA, CSA, HCA) and a small vocabulary.
 const std::string& test_model_dir() {
-  static const std::string dir = [] {
-    const fs::path d = fs::temp_directory_path() / ("dsv4_test_model_" + std::to_string(::getpid()));
+  static const test_support::TempDir dir("dsv4_test_model");
+  static const std::string path = [] {
     ModelConfig c = synth_config("tiny", 0, 0);
     c.vocab_size = 1024;
     c.compress_ratios = {0, 4, 128, 4, 0};
-    synthesize_model(c, 42, d.string());
-    return d.string();
+    synthesize_model(c, 42, dir.str());
+    return dir.str();
   }();
-  return dir;
+  return path;
 }
 
 std::vector<int32_t> tokens(int n) {
@@ -130,8 +131,8 @@ TEST(Model, RejectsBadTokensAndOverflow) {
 
 TEST(Model, LoaderNamesMissingWrongAndUnknownTensors) {
   const fs::path src = test_model_dir();
-  const fs::path d = fs::temp_directory_path() / ("dsv4_test_badmodel_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  const test_support::TempDir bad("dsv4_test_badmodel");
+  const fs::path& d = bad.path();
   fs::create_directories(d);
   fs::copy_file(src / "config.json", d / "config.json");
   TensorStore s = TensorStore::open_dir(src.string());

@@ -2,31 +2,30 @@
 // forward pass's time lands in its stages; the per-stage weight bytes add up to the total.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <numeric>
 #include <thread>
 
 #include "core/stage_profile.h"
 #include "model/model.h"
 #include "model/synth.h"
+#include "temp_dir.h"
 
 using namespace dsv4;
-namespace fs = std::filesystem;
 
 namespace {
 
 int64_t sum(const std::array<int64_t, StageProfile::kStages>& t) { return std::accumulate(t.begin(), t.end(), int64_t{0}); }
 
 const std::string& profile_model_dir() {
-  static const std::string dir = [] {
-    const fs::path d = fs::temp_directory_path() / ("dsv4_profile_model_" + std::to_string(::getpid()));
+  static const test_support::TempDir dir("dsv4_profile_model");
+  static const std::string path = [] {
     ModelConfig c = synth_config("tiny", 0, 0);
     c.vocab_size = 512;
     c.compress_ratios = {0, 4, 128, 4, 0};
-    synthesize_model(c, 7, d.string());
-    return d.string();
+    synthesize_model(c, 7, dir.str());
+    return dir.str();
   }();
-  return dir;
+  return path;
 }
 
 }  // namespace
