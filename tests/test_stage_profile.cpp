@@ -74,6 +74,9 @@ TEST(StageProfile, StageBytesAddUpToTheDecodeBytes) {
   EXPECT_EQ(by[static_cast<size_t>(Stage::kHead)], static_cast<size_t>(c.vocab_size) * c.dim * 2);
   EXPECT_EQ(by[static_cast<size_t>(Stage::kEmbed)], static_cast<size_t>(c.dim) * 2);
   EXPECT_EQ(by[static_cast<size_t>(Stage::kAttnCore)], 0u);  // reads state, not weights
+  const StageBytes macs = m.prefill_macs_by_stage();
+  EXPECT_EQ(static_cast<double>(std::accumulate(macs.begin(), macs.end(), size_t{0})), m.prefill_macs_per_token());
+  EXPECT_EQ(macs[static_cast<size_t>(Stage::kHead)], 0u);  // prefill projects only the last position
   for (Stage st : {Stage::kAttnProject, Stage::kAttnOut, Stage::kCompressor, Stage::kIndexer, Stage::kExperts})
     EXPECT_GT(by[static_cast<size_t>(st)], 0u) << stage_name(st);
 }

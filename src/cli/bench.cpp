@@ -28,37 +28,44 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// Per stage: weight MB read per token, then at each frontier the decode ms per token and the
-// GB/s that stage's weight reads achieved. "other" is the step time outside every stage (greedy
-// pick, state bookkeeping).
-void print_decode_profile(const StageBytes& bytes, const std::vector<int64_t>& frontiers,
-                          const std::vector<std::array<int64_t, StageProfile::kStages>>& stage_ns,
-                          const std::vector<double>& decode_seconds, int decode_tokens) {
-  std::printf("\ndecode profile (ms per token, and the stage's weight GB/s, at each context)\n%-18s %9s", "stage",
-              "MB/token");
-  for (int64_t f : frontiers) std::printf(" %9lld ms %6s", static_cast<long long>(f), "GB/s");
+// One profile table: per stage, an amount per token (weight MB, or M multiply-adds), then at
+// each context the ms per token and the stage's rate (amount x rate_factor / ms: GB/s, or GFLOP/s
+// with factor 2). "other" is the time outside every stage (greedy pick, bookkeeping).
+struct ProfileRun {
+  std::array<int64_t, StageProfile::kStages> ns{};
+  double seconds = 0;
+  int64_t tokens = 0;
+};
+void print_profile(const char* title, const char* amount_name, const char* rate_name, double rate_factor,
+                   const StageBytes& amount, double amount_unit, const std::vector<int64_t>& frontiers,
+                   const std::vector<ProfileRun>& runs) {
+  std::printf("\n%s\n%-18s %10s", title, "stage", amount_name);
+  for (int64_t f : frontiers) std::printf(" %9lld ms %7s", static_cast<long long>(f), rate_name);
   std::printf("\n");
-  auto row = [&](const char* name, double mb, auto&& ms_at) {
-    std::printf("%-18s %9.1f", name, mb);
+  auto row = [&](const char* name, double amt, auto&& ms_at) {
+    std::printf("%-18s %10.1f", name, amt);
     for (size_t i = 0; i < frontiers.size(); ++i) {
       const double ms = ms_at(i);
-      if (mb > 0 && ms > 0) std::printf(" %12.3f %6.1f", ms, mb / ms);
-      else std::printf(" %12.3f %6s", ms, "-");
+      if (amt > 0 && ms > 0) std::printf(" %12.3f %7.1f", ms, amt * rate_factor / ms);
+      else std::printf(" %12.3f %7s", ms, "-");
     }
     std::printf("\n");
   };
-  for (int s = 0; s < StageProfile::kStages; ++s)
-    row(stage_name(static_cast<Stage>(s)), static_cast<double>(bytes[static_cast<size_t>(s)]) / 1e6,
-        [&](size_t i) { return static_cast<double>(stage_ns[i][static_cast<size_t>(s)]) / 1e6 / decode_tokens; });
+  auto per_token = [&](size_t i, double ns) { return runs[i].tokens > 0 ? ns / 1e6 / static_cast<double>(runs[i].tokens) : 0.0; };
+  double total = 0;
+  for (int s = 0; s < StageProfile::kStages; ++s) {
+    const double amt = static_cast<double>(amount[static_cast<size_t>(s)]) / amount_unit;
+    total += amt;
+    row(stage_name(static_cast<Stage>(s)), amt,
+        [&](size_t i) { return per_token(i, static_cast<double>(runs[i].ns[static_cast<size_t>(s)])); });
+  }
   auto in_stages = [&](size_t i) {
     int64_t sum = 0;
-    for (int64_t v : stage_ns[i]) sum += v;
-    return static_cast<double>(sum) / 1e6 / decode_tokens;
+    for (int64_t v : runs[i].ns) sum += v;
+    return per_token(i, static_cast<double>(sum));
   };
-  row("other", 0.0, [&](size_t i) { return decode_seconds[i] * 1e3 / decode_tokens - in_stages(i); });
-  double total_mb = 0;
-  for (size_t b : bytes) total_mb += static_cast<double>(b) / 1e6;
-  row("total", total_mb, [&](size_t i) { return decode_seconds[i] * 1e3 / decode_tokens; });
+  row("other", 0.0, [&](size_t i) { return per_token(i, runs[i].seconds * 1e9) - in_stages(i); });
+  row("total", total, [&](size_t i) { return per_token(i, runs[i].seconds * 1e9); });
 }
 }  // namespace
 
@@ -139,10 +146,11 @@ void register_bench(CLI::App& app) {
     SequenceState st = m.new_state();
     std::vector<float> logits(static_cast<size_t>(c.vocab_size));
     std::vector<int32_t> buf;
-    std::vector<std::array<int64_t, StageProfile::kStages>> stage_ns;  // per frontier, over its decode steps
-    std::vector<double> decode_seconds;
+    std::vector<ProfileRun> prefill_runs, decode_runs;  // per frontier
     for (int64_t f : frontiers) {
       const int64_t n_prefill = f - st.pos;
+      StageProfile::reset();
+      StageProfile::enable(profile);
       const auto t0 = std::chrono::steady_clock::now();
       // Long intervals (minutes at 64K) report progress on stderr: in place on a terminal, a line
       // every 30 s otherwise; the table on stdout stays clean.
@@ -164,6 +172,8 @@ void register_bench(CLI::App& app) {
       }
       if (tty && last_report > 0.0) std::fputs("\r\033[K", stderr);
       const double prefill_s = seconds_since(t0);
+      StageProfile::enable(false);
+      prefill_runs.push_back({StageProfile::totals(), prefill_s, n_prefill});
       const double read_gbs = roofline ? measure_read_gbs(m.pool(), read_bytes, 0.3, read_data) : 0.0;
       StageProfile::reset();
       StageProfile::enable(profile);
@@ -176,8 +186,7 @@ void register_bench(CLI::App& app) {
       }
       const double decode_s = seconds_since(t1);
       StageProfile::enable(false);
-      stage_ns.push_back(StageProfile::totals());
-      decode_seconds.push_back(decode_s);
+      decode_runs.push_back({StageProfile::totals(), decode_s, decode_tokens});
       const double prefill_tps = n_prefill > 0 ? static_cast<double>(n_prefill) / prefill_s : 0;
       const double decode_tps = decode_tokens / decode_s;
       const double decode_gbs = bytes_per_token * decode_tps / 1e9;
@@ -197,7 +206,12 @@ void register_bench(CLI::App& app) {
             << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
             << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << '\n';
     }
-    if (profile) print_decode_profile(m.bytes_per_token_by_stage(), frontiers, stage_ns, decode_seconds, decode_tokens);
+    if (profile) {
+      print_profile("decode profile (ms per token, and the GB/s of the stage's weight reads, at each context)",
+                    "MB/token", "GB/s", 1.0, m.bytes_per_token_by_stage(), 1e6, frontiers, decode_runs);
+      print_profile("prefill profile (ms per token of each interval, and the GFLOP/s of the stage's weight products)",
+                    "MMAC/token", "GFLOP/s", 2.0, m.prefill_macs_by_stage(), 1e6, frontiers, prefill_runs);
+    }
   });
 }
 

@@ -905,8 +905,10 @@ size_t Model::bytes_per_token() const {
   return std::accumulate(by.begin(), by.end(), size_t{0});
 }
 
+StageBytes Model::prefill_macs_by_stage() const { return weights_per_token(WeightCost{true}); }
+
 double Model::prefill_macs_per_token() const {
-  const StageBytes macs = weights_per_token(WeightCost{true});
+  const StageBytes macs = prefill_macs_by_stage();
   return static_cast<double>(std::accumulate(macs.begin(), macs.end(), size_t{0}));
 }
 

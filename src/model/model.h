@@ -75,6 +75,7 @@ class Model {
   // prefill computes logits for the last position only). The attention over the context is not
   // counted, so MACs / time is a lower bound of the GEMMs' own rate.
   double prefill_macs_per_token() const;
+  StageBytes prefill_macs_by_stage() const;  // the same, split by stage (`dsv4 bench --profile`)
 
   // The two sub-blocks on their normalised inputs x [n, D] (exposed for teacher-forced checks).
   void attention(const BlockWeights& bw, LayerState& ls, const float* x, int n, int64_t start, float* out,
