@@ -34,7 +34,7 @@ echo "== golden runners as commands"
 
 echo "== demo model smoke run"
 DSV4_DEMO_DIR="$PWD/build/demo-model" ./build/dsv4 generate -p "Hello" -n 8 --seed 1 >/dev/null
-DSV4_DEMO_DIR="$PWD/build/demo-model" ./build/dsv4 bench --frontiers 64,160 --decode 2 >/dev/null
+DSV4_DEMO_DIR="$PWD/build/demo-model" ./build/dsv4 bench --frontiers 64,160 --decode 2 --profile >/dev/null
 
 echo "== Release suite (unit + golden conformance)"
 ctest --test-dir build --output-on-failure -j"$jobs"
