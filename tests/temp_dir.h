@@ -22,10 +22,11 @@ class TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   const std::filesystem::path& path() const { return path_; }
-  std::string str() const { return path_.string(); }
+  const std::string& str() const { return str_; }
 
  private:
   std::filesystem::path path_;
+  std::string str_ = path_.string();
 };
 
 }  // namespace dsv4::test_support

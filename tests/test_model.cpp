@@ -13,23 +13,17 @@
 #include "model/model.h"
 #include "model/synth.h"
 #include "temp_dir.h"
+#include "tiny_model.h"
 
 using namespace dsv4;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A tiny model with every attention kind (SWA, CSA, HCA) and a small vocabulary.
+// The shared tiny model (tiny_model.h) with a 1024-token vocabulary.
 const std::string& test_model_dir() {
-  static const test_support::TempDir dir("dsv4_test_model");
-  static const std::string path = [] {
-    ModelConfig c = synth_config("tiny", 0, 0);
-    c.vocab_size = 1024;
-    c.compress_ratios = {0, 4, 128, 4, 0};
-    synthesize_model(c, 42, dir.str());
-    return dir.str();
-  }();
-  return path;
+  static const test_support::TinyModelDir dir("dsv4_test_model", 1024, 42);
+  return dir.str();
 }
 
 std::vector<int32_t> tokens(int n) {

@@ -7,8 +7,7 @@
 
 #include "core/stage_profile.h"
 #include "model/model.h"
-#include "model/synth.h"
-#include "temp_dir.h"
+#include "tiny_model.h"
 
 using namespace dsv4;
 
@@ -17,15 +16,8 @@ namespace {
 int64_t sum(const std::array<int64_t, StageProfile::kStages>& t) { return std::accumulate(t.begin(), t.end(), int64_t{0}); }
 
 const std::string& profile_model_dir() {
-  static const test_support::TempDir dir("dsv4_profile_model");
-  static const std::string path = [] {
-    ModelConfig c = synth_config("tiny", 0, 0);
-    c.vocab_size = 512;
-    c.compress_ratios = {0, 4, 128, 4, 0};
-    synthesize_model(c, 7, dir.str());
-    return dir.str();
-  }();
-  return path;
+  static const test_support::TinyModelDir dir("dsv4_profile_model", 512, 7);
+  return dir.str();
 }
 
 }  // namespace
