@@ -6,12 +6,19 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "temp_dir.h"
 
 using namespace dsv4;
 namespace fs = std::filesystem;
 
 namespace {
-fs::path tmp_file(const std::string& name) { return fs::temp_directory_path() / ("dsv4_test_" + name); }
+// Every file of this test program lives in one folder that is removed at exit.
+const fs::path& scratch() {
+  static const test_support::TempDir dir("dsv4_test_safetensors");
+  fs::create_directories(dir.path());
+  return dir.path();
+}
+fs::path tmp_file(const std::string& name) { return scratch() / name; }
 
 std::string error_of(const std::string& path) {
   try {
@@ -75,8 +82,7 @@ TEST(Safetensors, RejectsCorruptFiles) {
 }
 
 TEST(Safetensors, ShardedDirectory) {
-  const fs::path d = fs::temp_directory_path() / "dsv4_test_sharded";
-  fs::remove_all(d);
+  const fs::path d = tmp_file("sharded");
   fs::create_directories(d);
   write_safetensors((d / "s1.safetensors").string(), {{"x", DType::U8, {2}, {1, 2}}});
   write_safetensors((d / "s2.safetensors").string(), {{"y", DType::U8, {1}, {3}}});
