@@ -197,7 +197,8 @@ TEST(Gemm, Fp8AllPathsBitIdentical) {
 
 TEST(Gemm, Fp4AllPathsBitIdentical) {
   std::mt19937 rng(2);
-  const Shape shapes[] = {{1, 300, 1024}, {2, 129, 96}, {3, 17, 160}, {17, 65, 4096}, {4, 31, 32}, {6, 50, 288}};
+  const Shape shapes[] = {{1, 300, 1024}, {2, 129, 96}, {3, 17, 160}, {17, 65, 4096}, {4, 31, 32}, {6, 50, 288},
+                          {1, 33, 640}, {2, 20, 928}};  // (runs of 4 blocks cut short: 5 and 7 full blocks)
   for (Shape s : shapes) {
     auto d = make_fp4(rng, s.N, s.K);
     const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
@@ -426,7 +427,7 @@ TEST(Dot, RowsMatchSingleDots) {
   for (int n : {1, 15, 16, 33, 512}) {
     const auto a = rand_act(rng, n);
     std::vector<std::vector<float>> rows;
-    for (int r = 0; r < 7; ++r) rows.push_back(rand_act(rng, n));
+    for (int r = 0; r < 13; ++r) rows.push_back(rand_act(rng, n));
     std::vector<const float*> ptr;
     for (const auto& r : rows) ptr.push_back(r.data());
     force_isa(Isa::Scalar);
@@ -436,13 +437,47 @@ TEST(Dot, RowsMatchSingleDots) {
     isas.push_back(Isa::Scalar);
     for (Isa isa : isas) {
       force_isa(isa);
-      for (int count : {0, 1, 2, 3, 4, 5, 7}) {
-        std::vector<float> out(8, -1.0f);
+      for (int count : {0, 1, 2, 3, 4, 5, 7, 8, 9, 13}) {
+        std::vector<float> out(14, -1.0f);
         dot_f32_rows(a.data(), ptr.data(), count, n, out.data());
         for (int r = 0; r < count; ++r)
           EXPECT_EQ(f32_bits(out[static_cast<size_t>(r)]), f32_bits(ref[static_cast<size_t>(r)]))
               << isa_name(isa) << " n=" << n << " count=" << count << " row " << r;
         EXPECT_EQ(out[static_cast<size_t>(count)], -1.0f) << "wrote past count";
+      }
+    }
+  }
+}
+
+// axpy_f32_rows is count axpy_f32 calls in order, bit for bit, on every path; y past n untouched.
+TEST(Dot, AxpyRowsMatchSingleAxpys) {
+  IsaGuard g;
+  std::mt19937 rng(12);
+  for (int n : {1, 7, 15, 16, 33, 130, 512}) {
+    std::vector<std::vector<float>> rows;
+    std::vector<float> alpha;
+    for (int r = 0; r < 9; ++r) {
+      rows.push_back(rand_act(rng, n));
+      alpha.push_back(bf16_round(std::uniform_real_distribution<float>(0.0f, 1.0f)(rng)));
+    }
+    std::vector<const float*> ptr;
+    for (const auto& r : rows) ptr.push_back(r.data());
+    const auto y0 = rand_act(rng, n);
+    std::vector<Isa> isas = simd_isas();
+    isas.push_back(Isa::Scalar);
+    for (int count : {0, 1, 2, 5, 9}) {
+      force_isa(Isa::Scalar);
+      auto ref = y0;
+      for (int r = 0; r < count; ++r) axpy_f32(alpha[static_cast<size_t>(r)], ptr[static_cast<size_t>(r)], ref.data(), n);
+      for (Isa isa : isas) {
+        force_isa(isa);
+        auto y = y0;
+        y.push_back(-1.0f);
+        axpy_f32_rows(alpha.data(), ptr.data(), count, y.data(), n);
+        for (int i = 0; i < n; ++i)
+          ASSERT_EQ(f32_bits(y[static_cast<size_t>(i)]), f32_bits(ref[static_cast<size_t>(i)]))
+              << isa_name(isa) << " n=" << n << " count=" << count << " element " << i;
+        EXPECT_EQ(y[static_cast<size_t>(n)], -1.0f) << "wrote past n";
       }
     }
   }

@@ -48,4 +48,14 @@ void axpy_f32(float alpha, const float* x, float* y, int n) {
   }
 }
 
+void axpy_f32_rows(const float* alpha, const float* const* rows, int count, float* y, int n) {
+  switch (active_isa()) {
+    case Isa::Avx512: dot_detail::axpy_rows_avx512(alpha, rows, count, y, n); break;
+    case Isa::Avx2: dot_detail::axpy_rows_avx2(alpha, rows, count, y, n); break;
+    default:
+      for (int r = 0; r < count; ++r) dot_detail::axpy_scalar(alpha[r], rows[r], y, n);
+      break;
+  }
+}
+
 }  // namespace dsv4

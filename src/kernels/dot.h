@@ -12,12 +12,17 @@ float dot_f32(const float* a, const float* b, int n);
 void dot_f32_rows(const float* a, const float* const* rows, int count, int n, float* out);
 // y[i] = fma(alpha, x[i], y[i]).
 void axpy_f32(float alpha, const float* x, float* y, int n);
+// axpy_f32(alpha[r], rows[r], y, n) for r = 0 .. count-1 in turn, in one pass over y: every
+// element takes the same fma chain, but y is loaded and stored once instead of count times.
+void axpy_f32_rows(const float* alpha, const float* const* rows, int count, float* y, int n);
 
 namespace dot_detail {
 float dot_scalar(const float* a, const float* b, int n);
 void dot_rows_avx2(const float* a, const float* const* rows, int count, int n, float* out);
 void dot_rows_avx512(const float* a, const float* const* rows, int count, int n, float* out);
 void axpy_scalar(float alpha, const float* x, float* y, int n);
+void axpy_rows_avx2(const float* alpha, const float* const* rows, int count, float* y, int n);
+void axpy_rows_avx512(const float* alpha, const float* const* rows, int count, float* y, int n);
 float dot_avx2(const float* a, const float* b, int n);
 void axpy_avx2(float alpha, const float* x, float* y, int n);
 float dot_avx512(const float* a, const float* b, int n);

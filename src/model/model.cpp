@@ -506,7 +506,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     const int64_t heads_per_thread = (H + pool_->size() - 1) / pool_->size();
     pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
       const size_t nh = static_cast<size_t>(h1 - h0);
-      std::vector<float> acc(nh * Dh, 0.0f), z(64), m(nh, kNegInf), den(nh, 0.0f);
+      std::vector<float> acc(nh * Dh, 0.0f), z(64), pb(64), m(nh, kNegInf), den(nh, 0.0f);
       std::vector<const float*> live(64);
       for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
         const size_t b1 = std::min(rows.size(), b0 + 64);
@@ -531,9 +531,9 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
           for (int li = 0; li < nlive; ++li) {
             const float pe = std::exp(z[static_cast<size_t>(li)] * scale - m_new);
             den[i] += pe;
-            const float pb = bf16_round(pe);
-            axpy_f32(pb, live[static_cast<size_t>(li)], ah, Dh);
+            pb[static_cast<size_t>(li)] = bf16_round(pe);
           }
+          axpy_f32_rows(pb.data(), live.data(), nlive, ah, Dh);  // the rows in order, as nlive axpys
           m[i] = m_new;
         }
       }
