@@ -129,8 +129,8 @@ inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*) { return vz
 constexpr bool kBf16Pairs = false;
 inline bool fp4_scales_plain(const uint8_t*, int) { return false; }
 template <int R, bool kRawScales>
-inline void fp4_rows_block_pairs(const uint8_t* const*, int, const uint32_t*, const float* const*, const uint8_t* const*, Vec*,
-                                 const uint8_t*) {}
+inline void fp4_rows_pairs(const uint8_t* const*, int, const uint32_t*, const float* const*, const uint8_t* const*, Vec*,
+                           const uint8_t*) {}
 
 #include "kernels/gemm_simd.inc"
 

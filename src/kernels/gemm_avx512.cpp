@@ -103,7 +103,7 @@ inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {
   for (int i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, fp4_scales16(scales + i, imin16(n - i)));
 }
 // True when all n scale bytes are in 1..254, the bytes whose 2^(e-127) is just e << 23 (so
-// fp4_block_scale_raw may read them in place); 0 and 255 need e8m0_to_f32's special values.
+// fp4_rows_pairs may read them in place); 0 and 255 need e8m0_to_f32's special values.
 inline bool fp4_scales_plain(const uint8_t* scales, int n) {
   __mmask64 special = 0;
   for (int i = 0; i < n; i += 64) {
@@ -113,15 +113,6 @@ inline bool fp4_scales_plain(const uint8_t* scales, int n) {
                _mm512_mask_cmpeq_epi8_mask(live, e, _mm512_set1_epi8(static_cast<char>(255)));
   }
   return special == 0;
-}
-// Lane scales of 128-block b straight from a row's scale bytes (all in 1..254): lane d takes
-// group 4b + d/4, i.e. byte d/4 of the block's 4 bytes, moved to the fp32 exponent field.
-inline Vec fp4_block_scale_raw(const uint8_t* scales, int b) {
-  uint32_t four;
-  std::memcpy(&four, scales + 4 * b, 4);
-  const __m512i to_top = _mm512_setr_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
-  const __m512i top = _mm512_sllv_epi32(_mm512_set1_epi32(static_cast<int>(four)), to_top);  // byte d/4 in bits 24..31
-  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_srli_epi32(top, 1), _mm512_set1_epi32(0x7F800000)));
 }
 // Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
 inline Vec fp4_spread(Vec s16, int j) {
@@ -171,31 +162,45 @@ inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pa
   }
   return x;
 }
-// Block b of R rows at once (R independent dot-product chains, R concurrent weight streams, one
-// load of each activation pair vector for all R rows): lanes[j] = fma(partial, scales, lanes[j]),
-// scales_f32[i] being row i's fp32 group scales, or with kRawScales scales_raw[i] its scale
-// bytes (all plain: fp4_scales_plain), decoded here instead of from a converted copy.
+// Blocks 0 .. full-1 of R rows at once (R independent dot-product chains, R concurrent weight
+// streams, one load of each activation pair vector for all R rows): per block,
+// lanes[j] = fma(partial, lane scales, lanes[j]). The group scales come 16 at a time (a run of 4
+// blocks): from scales_f32[j], row j's converted fp32 scales, or with kRawScales from its scale
+// bytes scales_raw[j] (all plain: fp4_scales_plain), so that a block costs one permute for them.
+// prefetch: the code bytes to ask for meanwhile (R lines per block).
 template <int R, bool kRawScales>
-inline void fp4_rows_block_pairs(const uint8_t* const* codes, int b, const uint32_t* pairs, const float* const* scales_f32,
-                                 const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* prefetch) {
+inline void fp4_rows_pairs(const uint8_t* const* codes, int full, const uint32_t* pairs, const float* const* scales_f32,
+                           const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* prefetch) {
   const __m512i tab = fp4_bf16_table();
-  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * (R * b + j)), _MM_HINT_T0);
-  __m512i c[R];
-  __m512 x[R];
-  for (int j = 0; j < R; ++j) {
-    c[j] = _mm512_loadu_si512(codes[j] + 64 * b);
-    x[j] = _mm512_setzero_ps();
-  }
-  for (int u = 0; u < 4; ++u) {
-    const __m512bh a = (__m512bh)_mm512_loadu_si512(pairs + 64 * b + 16 * u);
+  for (int b0 = 0; b0 < full; b0 += 4) {
+    const int run = full - b0 < 4 ? full - b0 : 4;
+    Vec s16[R];
     for (int j = 0; j < R; ++j) {
-      const __m512i w = _mm512_permutexvar_epi16(u == 0 ? c[j] : _mm512_srli_epi16(c[j], static_cast<unsigned>(4 * u)), tab);
-      x[j] = _mm512_dpbf16_ps(x[j], a, (__m512bh)w);
+      if constexpr (kRawScales) {  // plain bytes: 2^(e-127) is e << 23
+        const __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (4 * run)) - 1), scales_raw[j] + 4 * b0));
+        s16[j] = _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+      } else {
+        s16[j] = _mm512_loadu_ps(scales_f32[j] + 4 * b0);  // (Scratch::row_scales has 16 floats of slack)
+      }
     }
-  }
-  for (int j = 0; j < R; ++j) {
-    const Vec scale = kRawScales ? fp4_block_scale_raw(scales_raw[j], b) : fp4_spread(_mm512_loadu_ps(scales_f32[j] + 4 * b), 0);
-    lanes[j] = _mm512_fmadd_ps(x[j], scale, lanes[j]);
+    for (int bb = 0; bb < run; ++bb) {
+      const int b = b0 + bb;
+      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * (R * b + j)), _MM_HINT_T0);
+      __m512i c[R];
+      __m512 x[R];
+      for (int j = 0; j < R; ++j) {
+        c[j] = _mm512_loadu_si512(codes[j] + 64 * b);
+        x[j] = _mm512_setzero_ps();
+      }
+      for (int u = 0; u < 4; ++u) {
+        const __m512bh a = (__m512bh)_mm512_loadu_si512(pairs + 64 * b + 16 * u);
+        for (int j = 0; j < R; ++j) {
+          const __m512i w = _mm512_permutexvar_epi16(u == 0 ? c[j] : _mm512_srli_epi16(c[j], static_cast<unsigned>(4 * u)), tab);
+          x[j] = _mm512_dpbf16_ps(x[j], a, (__m512bh)w);
+        }
+      }
+      for (int j = 0; j < R; ++j) lanes[j] = _mm512_fmadd_ps(x[j], fp4_spread(s16[j], bb), lanes[j]);
+    }
   }
 }
 
