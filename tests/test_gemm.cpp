@@ -3,14 +3,17 @@
 // reference up to fp32 reassociation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <initializer_list>
 #include <utility>
 #include <vector>
 
+#include "kernels/act_quant.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
@@ -445,6 +448,40 @@ TEST(Dot, RowsMatchSingleDots) {
           EXPECT_EQ(f32_bits(out[static_cast<size_t>(r)]), f32_bits(ref[static_cast<size_t>(r)]))
               << isa_name(isa) << " n=" << n << " count=" << count << " row " << r;
         EXPECT_EQ(out[static_cast<size_t>(count)], -1.0f) << "wrote past count";
+      }
+    }
+  }
+}
+
+// The row quantiser gives act_quant_block's dequantised values on every path, bit for bit:
+// ragged last blocks, tiny blocks (amax floor), e4m3 subnormals, saturation, an inf in a block
+// (the scalar fallback), and nothing written past K.
+TEST(ActQuant, RowsMatchScalarOnEveryPath) {
+  IsaGuard g;
+  std::mt19937 rng(13);
+  for (int K : {1, 17, 128, 130, 300, 4096}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      auto x = rand_act(rng, static_cast<size_t>(K));
+      if (variant == 1)
+        for (auto& v : x) v *= 1e-7f;  // below the amax floor: fixed scale, e4m3 subnormals
+      if (variant == 2 && K > 5) x[5] = 3e38f;  // one huge value: the rest of the block underflows
+      if (variant == 3) x[static_cast<size_t>(K) / 2] = std::numeric_limits<float>::infinity();
+      std::vector<float> ref(static_cast<size_t>(K));
+      for (int k0 = 0; k0 < K; k0 += 128) {
+        const int len = std::min(128, K - k0);
+        const float s = act_quant_block(x.data() + k0, len, ref.data() + k0);
+        for (int i = 0; i < len; ++i) ref[static_cast<size_t>(k0 + i)] *= s;
+      }
+      std::vector<Isa> isas = simd_isas();
+      isas.push_back(Isa::Scalar);
+      for (Isa isa : isas) {
+        force_isa(isa);
+        std::vector<float> out(static_cast<size_t>(K) + 1, -7.0f);
+        quantize_row_dequantized(x.data(), K, out.data());
+        for (int k = 0; k < K; ++k)
+          ASSERT_EQ(f32_bits(out[static_cast<size_t>(k)]), f32_bits(ref[static_cast<size_t>(k)]))
+              << isa_name(isa) << " K=" << K << " variant " << variant << " element " << k << " x=" << x[static_cast<size_t>(k)];
+        EXPECT_EQ(out[static_cast<size_t>(K)], -7.0f) << "wrote past K";
       }
     }
   }

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/act_quant.h"
 #include "kernels/cpu_features.h"
 #include "kernels/numerics.h"
 
@@ -134,17 +135,14 @@ void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q
   pool.parallel_for(p.M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       std::fill(q.begin() + m * p.kp + p.K, q.begin() + (m + 1) * p.kp, 0.0f);
-      for (int b = 0; b < p.nb; ++b) {
-        const int k0 = b * 128, len = std::min(128, p.K - k0);
-        float* qb = q.data() + static_cast<size_t>(m) * p.kp + k0;
-        const float sa = act_quant_block(x + static_cast<size_t>(m) * p.K + k0, len, qb);
-        for (int i = 0; i < len; ++i) qb[i] *= sa;
-        if (p.kind == gd::Kind::Fp4) {
+      float* qm = q.data() + static_cast<size_t>(m) * p.kp;
+      quantize_row_dequantized(x + static_cast<size_t>(m) * p.K, p.K, qm);
+      if (p.kind == gd::Kind::Fp4)
+        for (int k0 = 0; k0 < p.K; k0 += 128) {
           float blk[128] = {};
-          for (int r = 0; r < len; ++r) blk[gd::fp4_permuted_pos(r)] = qb[r];
-          std::copy(blk, blk + 128, qb);
+          for (int r = 0; r < std::min(128, p.K - k0); ++r) blk[gd::fp4_permuted_pos(r)] = qm[k0 + r];
+          std::copy(blk, blk + 128, qm + k0);
         }
-      }
     }
   }, 8);
 }
