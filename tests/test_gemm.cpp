@@ -437,6 +437,8 @@ TEST(Dot, RowsMatchSingleDots) {
     force_isa(Isa::Scalar);
     std::vector<float> ref;
     for (const auto& r : rows) ref.push_back(dot_f32(a.data(), r.data(), n));
+    std::vector<float> ref2;  // the first row as the query
+    for (const auto& r : rows) ref2.push_back(dot_f32(rows[0].data(), r.data(), n));
     std::vector<Isa> isas = simd_isas();
     isas.push_back(Isa::Scalar);
     for (Isa isa : isas) {
@@ -448,6 +450,16 @@ TEST(Dot, RowsMatchSingleDots) {
           EXPECT_EQ(f32_bits(out[static_cast<size_t>(r)]), f32_bits(ref[static_cast<size_t>(r)]))
               << isa_name(isa) << " n=" << n << " count=" << count << " row " << r;
         EXPECT_EQ(out[static_cast<size_t>(count)], -1.0f) << "wrote past count";
+        // Two queries at once: a, and the first row as a second query.
+        std::vector<float> o0(14, -1.0f), o1(14, -1.0f);
+        dot_f32_rows2(a.data(), ptr[0], ptr.data(), count, n, o0.data(), o1.data());
+        for (int r = 0; r < count; ++r) {
+          const size_t ri = static_cast<size_t>(r);
+          EXPECT_EQ(f32_bits(o0[ri]), f32_bits(ref[ri])) << isa_name(isa) << " pair n=" << n << " count=" << count << " row " << r;
+          EXPECT_EQ(f32_bits(o1[ri]), f32_bits(ref2[ri])) << isa_name(isa) << " pair n=" << n << " count=" << count << " row " << r;
+        }
+        EXPECT_EQ(o0[static_cast<size_t>(count)], -1.0f);
+        EXPECT_EQ(o1[static_cast<size_t>(count)], -1.0f);
       }
     }
   }
@@ -500,13 +512,15 @@ TEST(Dot, AxpyRowsMatchSingleAxpys) {
     }
     std::vector<const float*> ptr;
     for (const auto& r : rows) ptr.push_back(r.data());
+    const std::vector<float> alpha_rev(alpha.rbegin(), alpha.rend());
     const auto y0 = rand_act(rng, n);
     std::vector<Isa> isas = simd_isas();
     isas.push_back(Isa::Scalar);
     for (int count : {0, 1, 2, 5, 9}) {
       force_isa(Isa::Scalar);
-      auto ref = y0;
+      auto ref = y0, ref_rev = y0;
       for (int r = 0; r < count; ++r) axpy_f32(alpha[static_cast<size_t>(r)], ptr[static_cast<size_t>(r)], ref.data(), n);
+      for (int r = 0; r < count; ++r) axpy_f32(alpha_rev[static_cast<size_t>(r)], ptr[static_cast<size_t>(r)], ref_rev.data(), n);
       for (Isa isa : isas) {
         force_isa(isa);
         auto y = y0;
@@ -516,6 +530,18 @@ TEST(Dot, AxpyRowsMatchSingleAxpys) {
           ASSERT_EQ(f32_bits(y[static_cast<size_t>(i)]), f32_bits(ref[static_cast<size_t>(i)]))
               << isa_name(isa) << " n=" << n << " count=" << count << " element " << i;
         EXPECT_EQ(y[static_cast<size_t>(n)], -1.0f) << "wrote past n";
+        // Two outputs at once: y0 as above, and a second one with the alphas reversed.
+        auto ya = y0, yb = y0;
+        ya.push_back(-1.0f);
+        yb.push_back(-1.0f);
+        axpy_f32_rows2(alpha.data(), alpha_rev.data(), ptr.data(), count, ya.data(), yb.data(), n);
+        for (int i = 0; i < n; ++i) {
+          const size_t ii = static_cast<size_t>(i);
+          ASSERT_EQ(f32_bits(ya[ii]), f32_bits(ref[ii])) << isa_name(isa) << " pair n=" << n << " count=" << count << " element " << i;
+          ASSERT_EQ(f32_bits(yb[ii]), f32_bits(ref_rev[ii])) << isa_name(isa) << " pair n=" << n << " count=" << count << " element " << i;
+        }
+        EXPECT_EQ(ya[static_cast<size_t>(n)], -1.0f);
+        EXPECT_EQ(yb[static_cast<size_t>(n)], -1.0f);
       }
     }
   }

@@ -58,4 +58,23 @@ void axpy_f32_rows(const float* alpha, const float* const* rows, int count, floa
   }
 }
 
+void dot_f32_rows2(const float* a0, const float* a1, const float* const* rows, int count, int n, float* out0, float* out1) {
+  if (active_isa() == Isa::Avx512) {
+    dot_detail::dot_rows2_avx512(a0, a1, rows, count, n, out0, out1);
+  } else {  // (no fused form: the two single-query calls)
+    dot_f32_rows(a0, rows, count, n, out0);
+    dot_f32_rows(a1, rows, count, n, out1);
+  }
+}
+
+void axpy_f32_rows2(const float* alpha0, const float* alpha1, const float* const* rows, int count, float* y0, float* y1,
+                    int n) {
+  if (active_isa() == Isa::Avx512) {
+    dot_detail::axpy_rows2_avx512(alpha0, alpha1, rows, count, y0, y1, n);
+  } else {
+    axpy_f32_rows(alpha0, rows, count, y0, n);
+    axpy_f32_rows(alpha1, rows, count, y1, n);
+  }
+}
+
 }  // namespace dsv4
