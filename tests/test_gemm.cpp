@@ -35,6 +35,25 @@ std::vector<Isa> simd_isas() {
   return v;
 }
 
+// Every path, the scalar reference last.
+std::vector<Isa> all_isas() {
+  std::vector<Isa> v = simd_isas();
+  v.push_back(Isa::Scalar);
+  return v;
+}
+
+// got[0, count) carries want's bits and got[count] still holds the sentinel (nothing written past
+// the end); reports the first difference only.
+void expect_bits_then_sentinel(const std::vector<float>& got, const std::vector<float>& want, int count, float sentinel,
+                               const std::string& what) {
+  for (size_t i = 0; i < static_cast<size_t>(count); ++i)
+    if (f32_bits(got[i]) != f32_bits(want[i])) {
+      ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", want " << want[i];
+      return;
+    }
+  EXPECT_EQ(got[static_cast<size_t>(count)], sentinel) << what << ": wrote past the end";
+}
+
 TEST(CpuFeatures, ReportsIsas) {
   std::string tested = "scalar";
   for (Isa i : simd_isas()) tested += std::string(" ") + isa_name(i);
@@ -439,27 +458,18 @@ TEST(Dot, RowsMatchSingleDots) {
     for (const auto& r : rows) ref.push_back(dot_f32(a.data(), r.data(), n));
     std::vector<float> ref2;  // the first row as the query
     for (const auto& r : rows) ref2.push_back(dot_f32(rows[0].data(), r.data(), n));
-    std::vector<Isa> isas = simd_isas();
-    isas.push_back(Isa::Scalar);
-    for (Isa isa : isas) {
+    for (Isa isa : all_isas()) {
       force_isa(isa);
       for (int count : {0, 1, 2, 3, 4, 5, 7, 8, 9, 13}) {
+        const std::string what = std::string(isa_name(isa)) + " n=" + std::to_string(n) + " count=" + std::to_string(count);
         std::vector<float> out(14, -1.0f);
         dot_f32_rows(a.data(), ptr.data(), count, n, out.data());
-        for (int r = 0; r < count; ++r)
-          EXPECT_EQ(f32_bits(out[static_cast<size_t>(r)]), f32_bits(ref[static_cast<size_t>(r)]))
-              << isa_name(isa) << " n=" << n << " count=" << count << " row " << r;
-        EXPECT_EQ(out[static_cast<size_t>(count)], -1.0f) << "wrote past count";
+        expect_bits_then_sentinel(out, ref, count, -1.0f, what);
         // Two queries at once: a, and the first row as a second query.
         std::vector<float> o0(14, -1.0f), o1(14, -1.0f);
         dot_f32_rows2(a.data(), ptr[0], ptr.data(), count, n, o0.data(), o1.data());
-        for (int r = 0; r < count; ++r) {
-          const size_t ri = static_cast<size_t>(r);
-          EXPECT_EQ(f32_bits(o0[ri]), f32_bits(ref[ri])) << isa_name(isa) << " pair n=" << n << " count=" << count << " row " << r;
-          EXPECT_EQ(f32_bits(o1[ri]), f32_bits(ref2[ri])) << isa_name(isa) << " pair n=" << n << " count=" << count << " row " << r;
-        }
-        EXPECT_EQ(o0[static_cast<size_t>(count)], -1.0f);
-        EXPECT_EQ(o1[static_cast<size_t>(count)], -1.0f);
+        expect_bits_then_sentinel(o0, ref, count, -1.0f, what + " pair, first");
+        expect_bits_then_sentinel(o1, ref2, count, -1.0f, what + " pair, second");
       }
     }
   }
@@ -484,16 +494,12 @@ TEST(ActQuant, RowsMatchScalarOnEveryPath) {
         const float s = act_quant_block(x.data() + k0, len, ref.data() + k0);
         for (int i = 0; i < len; ++i) ref[static_cast<size_t>(k0 + i)] *= s;
       }
-      std::vector<Isa> isas = simd_isas();
-      isas.push_back(Isa::Scalar);
-      for (Isa isa : isas) {
+      for (Isa isa : all_isas()) {
         force_isa(isa);
         std::vector<float> out(static_cast<size_t>(K) + 1, -7.0f);
         quantize_row_dequantized(x.data(), K, out.data());
-        for (int k = 0; k < K; ++k)
-          ASSERT_EQ(f32_bits(out[static_cast<size_t>(k)]), f32_bits(ref[static_cast<size_t>(k)]))
-              << isa_name(isa) << " K=" << K << " variant " << variant << " element " << k << " x=" << x[static_cast<size_t>(k)];
-        EXPECT_EQ(out[static_cast<size_t>(K)], -7.0f) << "wrote past K";
+        expect_bits_then_sentinel(out, ref, K, -7.0f,
+                                  std::string(isa_name(isa)) + " K=" + std::to_string(K) + " variant " + std::to_string(variant));
       }
     }
   }
@@ -514,34 +520,25 @@ TEST(Dot, AxpyRowsMatchSingleAxpys) {
     for (const auto& r : rows) ptr.push_back(r.data());
     const std::vector<float> alpha_rev(alpha.rbegin(), alpha.rend());
     const auto y0 = rand_act(rng, n);
-    std::vector<Isa> isas = simd_isas();
-    isas.push_back(Isa::Scalar);
     for (int count : {0, 1, 2, 5, 9}) {
       force_isa(Isa::Scalar);
       auto ref = y0, ref_rev = y0;
       for (int r = 0; r < count; ++r) axpy_f32(alpha[static_cast<size_t>(r)], ptr[static_cast<size_t>(r)], ref.data(), n);
       for (int r = 0; r < count; ++r) axpy_f32(alpha_rev[static_cast<size_t>(r)], ptr[static_cast<size_t>(r)], ref_rev.data(), n);
-      for (Isa isa : isas) {
+      for (Isa isa : all_isas()) {
         force_isa(isa);
+        const std::string what = std::string(isa_name(isa)) + " n=" + std::to_string(n) + " count=" + std::to_string(count);
         auto y = y0;
         y.push_back(-1.0f);
         axpy_f32_rows(alpha.data(), ptr.data(), count, y.data(), n);
-        for (int i = 0; i < n; ++i)
-          ASSERT_EQ(f32_bits(y[static_cast<size_t>(i)]), f32_bits(ref[static_cast<size_t>(i)]))
-              << isa_name(isa) << " n=" << n << " count=" << count << " element " << i;
-        EXPECT_EQ(y[static_cast<size_t>(n)], -1.0f) << "wrote past n";
+        expect_bits_then_sentinel(y, ref, n, -1.0f, what);
         // Two outputs at once: y0 as above, and a second one with the alphas reversed.
         auto ya = y0, yb = y0;
         ya.push_back(-1.0f);
         yb.push_back(-1.0f);
         axpy_f32_rows2(alpha.data(), alpha_rev.data(), ptr.data(), count, ya.data(), yb.data(), n);
-        for (int i = 0; i < n; ++i) {
-          const size_t ii = static_cast<size_t>(i);
-          ASSERT_EQ(f32_bits(ya[ii]), f32_bits(ref[ii])) << isa_name(isa) << " pair n=" << n << " count=" << count << " element " << i;
-          ASSERT_EQ(f32_bits(yb[ii]), f32_bits(ref_rev[ii])) << isa_name(isa) << " pair n=" << n << " count=" << count << " element " << i;
-        }
-        EXPECT_EQ(ya[static_cast<size_t>(n)], -1.0f);
-        EXPECT_EQ(yb[static_cast<size_t>(n)], -1.0f);
+        expect_bits_then_sentinel(ya, ref, n, -1.0f, what + " pair, first");
+        expect_bits_then_sentinel(yb, ref_rev, n, -1.0f, what + " pair, second");
       }
     }
   }
@@ -630,9 +627,7 @@ TEST(Gemm, Fp4SpecialScaleBytesKeepTheirValues) {
   d.s[15 * groups + 3] = 255;
   IsaGuard g;
   const auto x = rand_act(rng, K);
-  std::vector<Isa> isas = simd_isas();
-  isas.push_back(Isa::Scalar);
-  for (Isa isa : isas) {
+  for (Isa isa : all_isas()) {
     force_isa(isa);
     ThreadPool p(1);
     std::vector<float> out(N);

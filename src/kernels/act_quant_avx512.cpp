@@ -8,27 +8,15 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/act_quant.h"
 #include "kernels/numerics.h"
 
 namespace dsv4::act_quant_detail {
 
+// Bit casts are __builtin_bit_cast, not numerics.h's inline helpers: an out-of-line copy of
+// those compiled here with AVX-512 flags could be picked by the linker for baseline code.
 namespace {
-// Local bit casts: header inlines compiled here with AVX-512 flags could be picked by the linker
-// for baseline code.
-inline uint32_t bits_of(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float float_of(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 // round_to_e4m3_clamped (numerics.cpp) of 16 lanes.
 inline __m512 round_e4m3(__m512 x) {
   const __m512i u = _mm512_castps_si512(x);
@@ -52,7 +40,7 @@ void quantize_row_dequantized_avx512(const float* x, int K, float* out) {
     const int len = K - k0 < 128 ? K - k0 : 128;
     __m512 v[8];
     __mmask16 live[8];
-    __m512i amax = _mm512_set1_epi32(static_cast<int>(bits_of(kActQuantAmaxFloor)));
+    __m512i amax = _mm512_set1_epi32(static_cast<int>(__builtin_bit_cast(uint32_t, kActQuantAmaxFloor)));
     for (int j = 0; j < 8; ++j) {
       const int n = len - 16 * j;
       live[j] = n >= 16 ? __mmask16{0xFFFF} : n <= 0 ? __mmask16{0} : static_cast<__mmask16>((1u << n) - 1);
@@ -61,14 +49,14 @@ void quantize_row_dequantized_avx512(const float* x, int K, float* out) {
     }
     // s = pow2ceil(amax / 448); 1/s a normal power of two, i.e. exponent <= 126, is the usual
     // case; anything else (an inf or NaN in the block) takes the scalar code.
-    const uint32_t p = bits_of(float_of(_mm512_reduce_max_epu32(amax)) * (1.0f / kFp8Max));
+    const uint32_t p = __builtin_bit_cast(uint32_t, __builtin_bit_cast(float, _mm512_reduce_max_epu32(amax)) * (1.0f / kFp8Max));
     const int e = static_cast<int>((p >> 23) & 0xFF) - 127 + ((p & 0x7FFFFFu) != 0 ? 1 : 0);
     if (e > 126) {
       quantize_row_dequantized_scalar(x + k0, len, out + k0);
       continue;
     }
-    const __m512 s = _mm512_set1_ps(float_of(static_cast<uint32_t>(e + 127) << 23));
-    const __m512 inv = _mm512_set1_ps(float_of(static_cast<uint32_t>(127 - e) << 23));
+    const __m512 s = _mm512_set1_ps(__builtin_bit_cast(float, static_cast<uint32_t>(e + 127) << 23));
+    const __m512 inv = _mm512_set1_ps(__builtin_bit_cast(float, static_cast<uint32_t>(127 - e) << 23));
     for (int j = 0; j < 8 && live[j]; ++j) {
       // std::clamp(x * inv, -448, 448), a NaN passing through (min/max return their second
       // operand when one is NaN).
