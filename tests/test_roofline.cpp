@@ -41,6 +41,22 @@ TEST(Roofline, DotLoopCountsItsWork) {
   }
 }
 
+// Prefill is reported against the faster multiply-add instruction, whichever it is on this CPU.
+TEST(Roofline, GemmPeakIsTheFasterInstruction) {
+  Roofline zen5;
+  zen5.fma_gflops = 430, zen5.dot_gflops = 863;
+  EXPECT_EQ(zen5.gemm_peak_gflops(), 863);
+  EXPECT_STREQ(zen5.gemm_peak_name(), "VDPBF16PS");
+  Roofline xeon;
+  xeon.fma_gflops = 470, xeon.dot_gflops = 170;
+  EXPECT_EQ(xeon.gemm_peak_gflops(), 470);
+  EXPECT_STREQ(xeon.gemm_peak_name(), "FMA");
+  Roofline avx2;  // no VDPBF16PS path
+  avx2.fma_gflops = 200;
+  EXPECT_EQ(avx2.gemm_peak_gflops(), 200);
+  EXPECT_STREQ(avx2.gemm_peak_name(), "FMA");
+}
+
 TEST(Roofline, MeasuresAGivenBuffer) {
   ThreadPool pool(2);
   std::vector<uint8_t> buf(size_t{8} << 20, 1);

@@ -120,7 +120,7 @@ void register_bench(CLI::App& app) {
       std::printf("roofline: read %.1f GB/s (%s), peak FMA %.1f GFLOP/s", roof.read_gbs,
                   use_head ? "over the mapped output head" : "fresh 1 GiB buffer", roof.fma_gflops);
       if (roof.dot_gflops > 0) std::printf(", peak VDPBF16PS %.1f GFLOP/s", roof.dot_gflops);
-      std::printf(" (%s, all threads); prefill/peak is against the %s peak\n", roof.isa, roof.gemm_peak_name());
+      std::printf(" (%s, all threads); prefill/peak is against the faster of the two, %s\n", roof.isa, roof.gemm_peak_name());
     }
     const double bytes_per_token = static_cast<double>(m.bytes_per_token());
     const double macs_per_token = m.prefill_macs_per_token();
