@@ -18,7 +18,7 @@ struct Roofline {
   // The peak prefill is measured against: the faster of the multiply-add instructions the GEMMs
   // have a path for. Both paths give the same bits (gemm.h), so the slower instruction's peak
   // would flatter a kernel that leaves the faster one unused: VDPBF16PS does 32 multiply-adds to
-  // FMA's 16, yet measured 863 vs 430 GFLOP/s on a Zen 5 VM and 170 vs 470 on a Xeon VM.
+  // FMA's 16, yet measured 863 vs 544 GFLOP/s on a Zen 5 VM and 170 vs 470 on a Xeon VM.
   bool dot_is_peak() const { return dot_gflops > fma_gflops; }
   double gemm_peak_gflops() const { return dot_is_peak() ? dot_gflops : fma_gflops; }
   const char* gemm_peak_name() const { return dot_is_peak() ? "VDPBF16PS" : "FMA"; }
