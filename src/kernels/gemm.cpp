@@ -131,11 +131,12 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd
 // pool too (it is a visible cost at M = 512).
 void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, ThreadPool& pool) {
   // Every element is written below (the padding too), so the buffer is only grown, not cleared.
-  if (q.size() < static_cast<size_t>(p.M) * p.kp) q.resize(static_cast<size_t>(p.M) * p.kp);
+  const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
+  if (q.size() < static_cast<size_t>(p.M) * stride) q.resize(static_cast<size_t>(p.M) * stride);
   pool.parallel_for(p.M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      std::fill(q.begin() + m * p.kp + p.K, q.begin() + (m + 1) * p.kp, 0.0f);
-      float* qm = q.data() + static_cast<size_t>(m) * p.kp;
+      float* qm = q.data() + static_cast<size_t>(m) * stride;
+      std::fill(qm + p.K, qm + stride, 0.0f);
       quantize_row_dequantized(x + static_cast<size_t>(m) * p.K, p.K, qm);
       if (p.kind == gd::Kind::Fp4)
         for (int k0 = 0; k0 < p.K; k0 += 128) {
@@ -267,14 +268,16 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   }
   quantize_padded(x, p, q, pool);
   p.a = q.data();
-  p.a_stride = p.kp;
-  if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.kp, scale_lo, scale_hi);
-  if (kind == gd::Kind::Fp4) {  // q is permuted per block: vector t holds element 8d + kFp4Order[t]
+  p.a_stride = gd::act_stride(p.kp);
+  if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.a_stride, scale_lo, scale_hi);
+  // FP4 pairs: only the AVX-512 back end reads them. (q is permuted per block: vector t holds
+  // element 8d + kFp4Order[t].)
+  if (kind == gd::Kind::Fp4 && active_isa() == Isa::Avx512) {
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
         for (int b = 0; b < p.nb; ++b) {
-          const float* qb = q.data() + static_cast<size_t>(m) * p.kp + b * 128;
+          const float* qb = q.data() + static_cast<size_t>(m) * p.a_stride + b * 128;
           uint32_t* out = pairs.data() + (static_cast<size_t>(m) * p.nb + b) * 64;
           for (int u = 0; u < 4; ++u)
             for (int d = 0; d < 16; ++d)  // e4m3 values times 2^e are exact in bf16: the high halves
@@ -283,7 +286,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     }, 8);
     p.a_pairs = pairs.data();
   } else if (fp8_pairs) {  // dequantised e4m3 values are bf16s >= 2^-31: always usable
-    fp8_act_pairs(q.data(), M, k, p.kp, p.kp, false, pairs, pool);
+    fp8_act_pairs(q.data(), M, k, p.a_stride, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();
   }
   p.w = w;
@@ -384,7 +387,8 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
   // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
   // FMA back ends, bf16 words in natural order for the VDPBF16PS one.
-  std::vector<float> perm(static_cast<size_t>(M) * p.kp, 0.0f);
+  const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
+  std::vector<float> perm(static_cast<size_t>(M) * stride, 0.0f);
   std::vector<uint32_t> pairs(static_cast<size_t>(M) * p.kp / 2, 0u);
   uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
   std::vector<char> row_ok(static_cast<size_t>(M), 1);
@@ -392,14 +396,14 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
     for (int64_t m = m0; m < m1; ++m) {
       for (int k = 0; k < W.k; ++k) {
         const float v = x[static_cast<size_t>(m) * W.k + k];
-        perm[static_cast<size_t>(m) * p.kp + gd::bf16_permuted_pos(k)] = v;
+        perm[static_cast<size_t>(m) * stride + gd::bf16_permuted_pos(k)] = v;
         words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(v) >> 16);
       }
       row_ok[static_cast<size_t>(m)] = bf16_dp_exact(words + static_cast<size_t>(m) * p.kp, static_cast<size_t>(p.kp));
     }
   }, 8);
   p.a = perm.data();
-  p.a_stride = p.kp;
+  p.a_stride = static_cast<int>(stride);
   if (W.dp_exact && std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; })) p.a_pairs = pairs.data();
   p.w = reinterpret_cast<const uint8_t*>(W.w);
   p.y = y;

@@ -129,22 +129,41 @@ struct Problem {
 constexpr int kPairsMinM = 4;
 
 constexpr int kPanelRows = 16;  // rows n per work item
-constexpr int kChunkK = 256;    // k columns per decoded weight chunk (M >= 4 fp32 path)
+// M >= 4 fp32 path: the panel's weights are decoded once over all of K; blocks of kMBlock
+// activation rows then run over them kChunkK columns at a time, so that a chunk of the weights,
+// the block's activation rows and the lane vectors of its tiles share L1.
+constexpr int kChunkK = 256;
+constexpr int kMBlock = 8;
+// Row stride (floats) of the activation buffers the GEMMs prepare and of the decoded weights:
+// kp plus one chunk. With a stride that is a multiple of 4 KiB (every K of V4 gives one) the
+// rows of a tile fall into the same L1 sets and evict each other; one chunk (1 KiB) past it, the
+// chunks of four rows cover the 64 sets once. (One core of the Xeon VM, a 4 x 4 tile over rows
+// 16 KiB apart: 67 GFLOP/s; 16 KiB + 64 B apart: 114.)
+inline int act_stride(int kp) { return kp + kChunkK; }
 // k columns per chunk of bf16 weight pairs (M >= 4 VDPBF16PS path): 16 rows x 1024 x 2 bytes
 // (32 KB) stay in L1 while the tiles run over them (512 measured slower, 2048 the same).
 constexpr int kPairsChunkK = 1024;
 // Weight-scale bounds of the FP8 kinds (ue8m0 bytes): up to 2^7 the fp32 decoders are exact
 // (e4m3 * 2^-120 times 2^120 sw); from 2^-86 (2^-54 for FP8-as-BF16) VDPBF16PS is exact.
 constexpr int kFp8ScaleMaxByte = 127 + 7, kFp8PairsMinByte = 127 - 86, kFp8AsBf16PairsMinByte = 127 - 54;
-// Floats of scratch one work item needs.
-inline int64_t scratch_floats(int M, int nb) {
-  // wbuf (a decoded chunk, or a chunk of bf16 pairs; also the FP4 small-M lane stash), lane
-  // vectors of every M >= 4 tile, FP4 lane scales of a chunk, FP4 group scales of a small-M
-  // group (see Scratch in gemm_simd.inc).
-  static_assert(kPairsChunkK >= kChunkK && kPairsChunkK >= 16 * 16, "wbuf sized by kPairsChunkK");
-  return int64_t{kPanelRows} * kPairsChunkK + int64_t{M + 4} * kPanelRows * 16 +
-         int64_t{kPanelRows} * (kPairsChunkK / 128) * 16 + int64_t{kPanelRows} * nb * 4 + 16 + 64;
+// The scratch of one work item, in floats (see Scratch in gemm_simd.inc): wbuf (the panel's
+// decoded weights, rows act_stride(kp) apart, or a chunk of bf16 pairs; also the FP4 small-M lane
+// stash), the lane vectors of the M >= 4 tiles, FP4 lane scales, the FP4 group scales of a
+// small-M group.
+struct ScratchLayout {  // offsets (wbuf is at 0) and the total
+  int64_t lanes = 0, lsc = 0, row_scales = 0, total = 0;
+};
+inline ScratchLayout scratch_layout(int M, int nb) {
+  static_assert(kPairsChunkK >= 16 * 16, "the FP4 lane stash lives in wbuf");
+  const auto max = [](int64_t a, int64_t b) { return a > b ? a : b; };
+  ScratchLayout l;
+  l.lanes = kPanelRows * max(kPairsChunkK, act_stride(nb * 128));
+  l.lsc = l.lanes + int64_t{kPanelRows} * 16 * max(M + 4, kMBlock);
+  l.row_scales = l.lsc + int64_t{kPanelRows} * 16 * max(kPairsChunkK / 128, nb);
+  l.total = l.row_scales + int64_t{kPanelRows} * nb * 4 + 16 + 64;
+  return l;
 }
+inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).total; }
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds
 // element 8 d + kFp4Order[t], so that lane vector t meets the t-th element of every lane.
