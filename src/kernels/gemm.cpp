@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "kernels/act_quant.h"
 #include "kernels/cpu_features.h"
 #include "kernels/numerics.h"
@@ -50,7 +51,7 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
 // Activations the back ends can read in 32-wide steps: the caller's rows when K is a multiple
 // of 32, else a zero-padded copy.
 struct PaddedRows {
-  std::vector<float> buf;
+  AlignedVector<float> buf;
   const float* a = nullptr;
   int stride = 0;
 };
@@ -84,9 +85,9 @@ struct Job {
 void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
   // Buffers live per thread and only grow: a decode step makes hundreds of small GEMM calls.
   // (Named through references below: a pool thread would see its own thread_locals.)
-  thread_local std::vector<float> zero_buf;
+  thread_local AlignedVector<float> zero_buf;
   thread_local std::vector<int64_t> starts_buf;
-  std::vector<float>& zero = zero_buf;
+  AlignedVector<float>& zero = zero_buf;
   std::vector<int64_t>& starts = starts_buf;
   starts.assign(count + 1, 0);
   size_t need = 0;
@@ -103,7 +104,7 @@ void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
   for (size_t i = 0; i < count; ++i) jobs[i].p.zero_row = zero.data();
   const Isa isa = active_isa();
   pool.parallel_for(starts[count], [&](int64_t p0, int64_t p1) {
-    thread_local std::vector<float> scratch;  // fully written before read by the back ends
+    thread_local AlignedVector<float> scratch;  // fully written before read by the back ends
     if (scratch.size() < need) scratch.resize(need);
     size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.begin() + static_cast<ptrdiff_t>(count) + 1, p0) -
                                    starts.begin()) - 1;
@@ -129,7 +130,7 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd
 // fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer, dequantised
 // (q * sa: exact, the scale is a power of two). Rows are independent, so this is split over the
 // pool too (it is a visible cost at M = 512).
-void quantize_padded(const float* x, const gd::Problem& p, std::vector<float>& q, ThreadPool& pool) {
+void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>& q, ThreadPool& pool) {
   // Every element is written below (the padding too), so the buffer is only grown, not cleared.
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
   if (q.size() < static_cast<size_t>(p.M) * stride) q.resize(static_cast<size_t>(p.M) * stride);
@@ -171,7 +172,7 @@ std::pair<int, int> fp8_scale_range(const uint8_t* ws, int n, int k) {
 // written). With `check`, returns false (and leaves `out` unusable) if a value is not a bf16, or
 // is a nonzero below 2^-56 (bf16_dp_exact): then the fp32 back ends must run. Quantised
 // activations (e4m3 values) need no check.
-bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, bool check, std::vector<uint32_t>& out,
+bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, bool check, AlignedVector<uint32_t>& out,
                    ThreadPool& pool) {
   if (out.size() < static_cast<size_t>(M) * kp / 2) out.resize(static_cast<size_t>(M) * kp / 2);
   std::vector<char> row_ok(static_cast<size_t>(M), 1);
@@ -253,7 +254,7 @@ void rows_scalar(const Problem& p, int n0, int n1) {
 // FP8 and FP4 GEMMs share everything but the weight decoding: quantise the activations (into
 // q and pairs, which the job then points to), then run.
 static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
-                             float* y, std::vector<float>& q, std::vector<uint32_t>& pairs, ThreadPool& pool) {
+                             float* y, AlignedVector<float>& q, AlignedVector<uint32_t>& pairs, ThreadPool& pool) {
   Job job;
   gd::Problem& p = job.p;
   p = base_problem(kind, M, k);
@@ -302,11 +303,11 @@ template <class Weight>
 static void quantized_batch(gd::Kind kind, const GemmItem<Weight>* items, size_t count, ThreadPool& pool) {
   // Per calling thread and only grown: a forward pass makes hundreds of these calls. (Named
   // through references: a lambda run on a pool thread would see that thread's thread_locals.)
-  thread_local std::vector<std::vector<float>> q_bufs;
-  thread_local std::vector<std::vector<uint32_t>> pair_bufs;
+  thread_local std::vector<AlignedVector<float>> q_bufs;
+  thread_local std::vector<AlignedVector<uint32_t>> pair_bufs;
   thread_local std::vector<Job> job_buf;
-  std::vector<std::vector<float>>& qs = q_bufs;
-  std::vector<std::vector<uint32_t>>& prs = pair_bufs;
+  std::vector<AlignedVector<float>>& qs = q_bufs;
+  std::vector<AlignedVector<uint32_t>>& prs = pair_bufs;
   std::vector<Job>& jobs = job_buf;
   if (qs.size() < count) qs.resize(count);
   if (prs.size() < count) prs.resize(count);
@@ -339,10 +340,10 @@ void gemm_fp4_batch(std::span<const GemmItem<Fp4Weight>> items, ThreadPool& pool
 void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool& pool) {
   // Per calling thread and only grown (see quantized_batch).
   thread_local std::vector<PaddedRows> pad_bufs;
-  thread_local std::vector<std::vector<uint32_t>> pair_bufs;
+  thread_local std::vector<AlignedVector<uint32_t>> pair_bufs;
   thread_local std::vector<Job> job_buf;
   std::vector<PaddedRows>& pads = pad_bufs;
-  std::vector<std::vector<uint32_t>>& prs = pair_bufs;
+  std::vector<AlignedVector<uint32_t>>& prs = pair_bufs;
   std::vector<Job>& jobs = job_buf;
   if (pads.size() < items.size()) pads.resize(items.size());
   if (prs.size() < items.size()) prs.resize(items.size());
@@ -388,8 +389,8 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
   // FMA back ends, bf16 words in natural order for the VDPBF16PS one.
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
-  std::vector<float> perm(static_cast<size_t>(M) * stride, 0.0f);
-  std::vector<uint32_t> pairs(static_cast<size_t>(M) * p.kp / 2, 0u);
+  AlignedVector<float> perm(static_cast<size_t>(M) * stride, 0.0f);
+  AlignedVector<uint32_t> pairs(static_cast<size_t>(M) * p.kp / 2, 0u);
   uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
   std::vector<char> row_ok(static_cast<size_t>(M), 1);
   pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
