@@ -4,6 +4,7 @@
 // reports FLOP/s (2*M*N*K). Args: {M, isa (0 scalar, 1 avx2, 2 avx512)}.
 // Environment: DSV4_BENCH_THREADS=N (default: all cores); DSV4_BENCH_HOT=1 keeps one copy of the
 // weights so M = 1 runs from cache: the kernel's compute ceiling, to compare with the DRAM run.
+// DSV4_GEMM_TILES=dp|fma picks the AVX-512 tiles of the M = 512 runs (default: chosen at start-up).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu_features.h"
@@ -99,7 +101,10 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
   st.counters["bytes_per_second"] =
       benchmark::Counter(double(wbytes + sbytes), benchmark::Counter::kIsIterationInvariantRate);
   st.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
-  st.SetLabel(isa_name(want));
+  // (on AVX-512 the M >= 4 products run in the tiles chosen at start-up: env DSV4_GEMM_TILES)
+  st.SetLabel(want == Isa::Avx512 && M >= gemm_detail::kPairsMinM
+                  ? std::string(isa_name(want)) + " " + gemm_tiles_name(active_gemm_tiles())
+                  : std::string(isa_name(want)));
   force_isa(saved);
 }
 

@@ -138,10 +138,18 @@ void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b,
   EXPECT_EQ(bad, 0u) << what << ": first difference at " << first << ": " << a[first] << " vs " << b[first];
 }
 
-// Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads.
+// Restores the GEMM tile choice when a test is done.
+struct TilesGuard {
+  GemmTiles saved = active_gemm_tiles();
+  ~TilesGuard() { force_gemm_tiles(saved); }
+};
+
+// Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads; on
+// AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
   IsaGuard g;
+  TilesGuard tg;
   ThreadPool p1(1), p2(2);
   std::vector<float> ref(out_size, -7.0f);
   force_isa(Isa::Scalar);
@@ -151,14 +159,18 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
     f(p2, y);
     expect_bits_equal(ref, y, what + " scalar 2 threads");
   }
-  for (Isa isa : simd_isas()) {
-    force_isa(isa);
-    for (ThreadPool* p : {&p1, &p2}) {
-      std::vector<float> y(out_size, -7.0f);
-      f(*p, y);
-      expect_bits_equal(ref, y, what + " " + isa_name(isa) + " " + std::to_string(p->size()) + " threads");
+  for (Isa isa : simd_isas())
+    for (GemmTiles tiles : {GemmTiles::Dp, GemmTiles::Fma}) {
+      if (isa != Isa::Avx512 && tiles == GemmTiles::Fma) continue;  // (only AVX-512 has both)
+      force_isa(isa);
+      force_gemm_tiles(tiles);
+      for (ThreadPool* p : {&p1, &p2}) {
+        std::vector<float> y(out_size, -7.0f);
+        f(*p, y);
+        expect_bits_equal(ref, y, what + " " + isa_name(isa) + (isa == Isa::Avx512 ? std::string(" ") + gemm_tiles_name(tiles) : "") +
+                                      " " + std::to_string(p->size()) + " threads");
+      }
     }
-  }
   return ref;
 }
 
@@ -182,6 +194,17 @@ void expect_close(const std::vector<float>& got, const std::vector<double>& ref,
 const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 257, 384},
                             {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512},
                             {6, 40, 2080}};  // (last: three chunks of the M >= 4 pairs path, the last one short)
+
+TEST(Gemm, TileChoiceCanBeForcedAndRestored) {
+  TilesGuard tg;
+  const GemmTiles before = active_gemm_tiles();
+  EXPECT_EQ(force_gemm_tiles(GemmTiles::Fma), before);
+  EXPECT_EQ(active_gemm_tiles(), GemmTiles::Fma);
+  EXPECT_EQ(force_gemm_tiles(GemmTiles::Dp), GemmTiles::Fma);
+  EXPECT_EQ(active_gemm_tiles(), GemmTiles::Dp);
+  EXPECT_STREQ(gemm_tiles_name(GemmTiles::Fma), "fma");
+  EXPECT_STREQ(gemm_tiles_name(GemmTiles::Dp), "dp");
+}
 
 TEST(Gemm, Fp8AllPathsBitIdentical) {
   std::mt19937 rng(1);

@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -10,6 +14,7 @@
 #include "kernels/act_quant.h"
 #include "kernels/cpu_features.h"
 #include "kernels/numerics.h"
+#include "kernels/roofline.h"
 
 namespace dsv4 {
 
@@ -25,6 +30,44 @@ void quantize_rows_fp8(const float* x, int M, int K, float* q, float* s) {
 }
 
 namespace {
+
+// FMA tiles when FMA's measured rate is this many times VDPBF16PS's (flops counted alike). The
+// fp32 tiles load a weight vector per 16 products where the pair tiles load one per 32, so a
+// plain "faster instruction" rule would pick them too early. (Zen 5 VM: 0.63; Xeon VM: 2.7.)
+constexpr double kFmaTilesRatio = 1.5;
+
+GemmTiles measure_gemm_tiles() {
+  if (detected_isa() != Isa::Avx512) return GemmTiles::Dp;  // (only there are both kinds)
+  float sink[2] = {};
+  auto best_rate = [&](double (*loop)(long, float*), long iters, float* out) {
+    double best = 0;
+    for (int round = 0; round < 3; ++round) {  // best of three: a VM's neighbours come and go
+      const auto t0 = std::chrono::steady_clock::now();
+      const double flops = loop(iters, out);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (s > 0) best = std::max(best, flops / s);
+    }
+    return best;
+  };
+  const double fma = best_rate(roofline_detail::fma_loop_avx512, 100'000, &sink[0]);
+  const double dp = best_rate(roofline_detail::dpbf16_loop_avx512, 50'000, &sink[1]);
+  return fma > kFmaTilesRatio * dp ? GemmTiles::Fma : GemmTiles::Dp;
+}
+
+GemmTiles tiles_from_env() {
+  const char* e = std::getenv("DSV4_GEMM_TILES");
+  if (e && !std::strcmp(e, "dp")) return GemmTiles::Dp;
+  if (e && !std::strcmp(e, "fma")) return GemmTiles::Fma;
+  return measure_gemm_tiles();
+}
+
+std::atomic<int> g_tiles{-1};  // -1: not yet chosen
+
+// Whether an M-row product on the active path runs through the VDPBF16PS tiles (its activations
+// are then prepared as bf16 pairs as well).
+bool pair_tiles(int M) {
+  return M >= gd::kPairsMinM && active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp;
+}
 
 const float* e8m0_table() {
   static const std::array<float, 256> t = [] {
@@ -265,7 +308,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     scale_lo = lo, scale_hi = hi;
     job.simd_ok = hi <= gd::kFp8ScaleMaxByte;
     // Many rows on AVX-512: the VDPBF16PS path, when it is exact for these scales.
-    fp8_pairs = job.simd_ok && lo >= gd::kFp8PairsMinByte && M >= gd::kPairsMinM && active_isa() == Isa::Avx512;
+    fp8_pairs = job.simd_ok && lo >= gd::kFp8PairsMinByte && pair_tiles(M);
   }
   quantize_padded(x, p, q, pool);
   p.a = q.data();
@@ -273,7 +316,9 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.a_stride, scale_lo, scale_hi);
   // FP4 pairs: only the AVX-512 back end reads them. (q is permuted per block: vector t holds
   // element 8d + kFp4Order[t].)
-  if (kind == gd::Kind::Fp4 && active_isa() == Isa::Avx512) {
+  // FP4 pairs: only the AVX-512 back end reads them, at small M and in the pair tiles. (q is
+  // permuted per block: vector t holds element 8d + kFp4Order[t].)
+  if (kind == gd::Kind::Fp4 && active_isa() == Isa::Avx512 && (M < gd::kPairsMinM || pair_tiles(M))) {
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
@@ -360,7 +405,7 @@ void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool&
     const auto [lo, hi] = fp8_scale_range(W.scale, W.n, W.k);
     job.simd_ok = hi <= gd::kFp8ScaleMaxByte;
     p.fold_w_scale = can_fold_w_scale(p.a, it.M, W.k, p.a_stride, lo, hi);
-    if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && it.M >= gd::kPairsMinM && active_isa() == Isa::Avx512 &&
+    if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && pair_tiles(it.M) &&
         fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool))
       p.a_pairs = prs[i].data();
     p.w = W.w;
@@ -384,6 +429,25 @@ void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, Threa
   gemm_fp8_as_bf16_rows(x, M, W.k, W, 0, W.n, y, W.n, pool);
 }
 
+GemmTiles active_gemm_tiles() {
+  int v = g_tiles.load(std::memory_order_relaxed);
+  if (v < 0) {
+    static const GemmTiles chosen = tiles_from_env();  // (measured once, thread-safely)
+    v = static_cast<int>(chosen);
+    int expected = -1;  // a force_gemm_tiles() in the meantime wins
+    if (!g_tiles.compare_exchange_strong(expected, v, std::memory_order_relaxed)) v = expected;
+  }
+  return static_cast<GemmTiles>(v);
+}
+
+GemmTiles force_gemm_tiles(GemmTiles tiles) {
+  const GemmTiles before = active_gemm_tiles();
+  g_tiles.store(static_cast<int>(tiles), std::memory_order_relaxed);
+  return before;
+}
+
+const char* gemm_tiles_name(GemmTiles tiles) { return tiles == GemmTiles::Fma ? "fma" : "dp"; }
+
 void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
   // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
@@ -405,7 +469,9 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   }, 8);
   p.a = perm.data();
   p.a_stride = static_cast<int>(stride);
-  if (W.dp_exact && std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; })) p.a_pairs = pairs.data();
+  if (W.dp_exact && (M < gd::kPairsMinM || pair_tiles(M)) &&
+      std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; }))
+    p.a_pairs = pairs.data();
   p.w = reinterpret_cast<const uint8_t*>(W.w);
   p.y = y;
   p.y_stride = W.n;

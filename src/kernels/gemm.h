@@ -94,6 +94,18 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
 // s the power-of-two scale per 128 columns.
 void quantize_rows_fp8(const float* x, int M, int K, float* q, float* s);
 
+// Register tiles of the M >= 4 products on the AVX-512 path: VDPBF16PS (32 multiply-adds per
+// instruction) or fp32 FMA (16). Both give the same bits (the canonical order below), so the
+// choice changes speed only, and which is faster depends on the CPU: VDPBF16PS measured 863
+// against FMA's 544 GFLOP/s on a Zen 5 VM, but 170 against 470 on a Xeon VM, where it occupies
+// the vector ports as long as four FMAs. Chosen once from the two instructions' measured rates
+// (a few ms, on first use); env DSV4_GEMM_TILES=dp|fma, or force_gemm_tiles(), overrides that.
+enum class GemmTiles { Dp, Fma };
+GemmTiles active_gemm_tiles();
+// For tests and benchmarks; returns the previous choice. Not while GEMMs run on other threads.
+GemmTiles force_gemm_tiles(GemmTiles tiles);
+const char* gemm_tiles_name(GemmTiles tiles);
+
 namespace gemm_detail {
 
 // One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
