@@ -16,7 +16,7 @@ struct CacheLineAllocator {
   template <class U>
   CacheLineAllocator(const CacheLineAllocator<U>&) {}
   T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
-  void deallocate(T* p, std::size_t n) { ::operator delete(p, n * sizeof(T), kAlign); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }  // (unsized: clang declares no sized form by default)
   template <class U>
   bool operator==(const CacheLineAllocator<U>&) const { return true; }
 };
