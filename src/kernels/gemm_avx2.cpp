@@ -76,10 +76,21 @@ inline __m256 e8m0_8(__m128i bytes8) {  // e8m0_to_f32 of 8 bytes
   return _mm256_castsi256_ps(bits);
 }
 // e8m0_to_f32 of 16 scale bytes as a Vec (n < 16: the rest read as 0 and are never used).
+// (Not through a stack buffer: a 16-byte reload of a few bytes just stored cannot be forwarded,
+// and one block's four scales are loaded for every FP4 block decoded.)
 inline Vec fp4_scales16(const uint8_t* scales, int n) {
-  alignas(16) uint8_t buf[16] = {};
-  std::memcpy(buf, scales, static_cast<size_t>(n < 16 ? n : 16));
-  const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+  __m128i b;
+  if (n >= 16) {
+    b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
+  } else if (n == 4) {
+    uint32_t u;
+    std::memcpy(&u, scales, 4);
+    b = _mm_cvtsi32_si128(static_cast<int>(u));
+  } else {
+    uint64_t half[2] = {0, 0};
+    for (int i = 0; i < n; ++i) half[i / 8] |= static_cast<uint64_t>(scales[i]) << (8 * (i % 8));
+    b = _mm_set_epi64x(static_cast<long long>(half[1]), static_cast<long long>(half[0]));
+  }
   return {e8m0_8(b), e8m0_8(_mm_srli_si128(b, 8))};
 }
 // Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
