@@ -130,6 +130,7 @@ void BM_wq_a_fp8_4096x1024(benchmark::State& st) { run_bench(st, WKind::Fp8, 102
 void BM_wq_b_fp8_1024x32768(benchmark::State& st) { run_bench(st, WKind::Fp8, 32768, 1024); }
 void BM_wo_b_fp8_8192x4096(benchmark::State& st) { run_bench(st, WKind::Fp8, 4096, 8192); }
 void BM_shared_w1_fp8_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp8, 2048, 4096); }
+void BM_shared_w2_fp8_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp8, 4096, 2048); }
 void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4, 2048, 4096); }
 void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
 // A 16384-row slice of the output head (129280 x 4096 bf16, 1 GB: the largest single read per token).
@@ -138,6 +139,7 @@ BENCHMARK(BM_wq_a_fp8_4096x1024)->Apply(ArgsWithScalar512);
 BENCHMARK(BM_wq_b_fp8_1024x32768)->Apply(Args);
 BENCHMARK(BM_wo_b_fp8_8192x4096)->Apply(Args);
 BENCHMARK(BM_shared_w1_fp8_4096x2048)->Apply(Args);
+BENCHMARK(BM_shared_w2_fp8_2048x4096)->Apply(Args);
 BENCHMARK(BM_expert_w1_fp4_4096x2048)->Apply(ExpertArgs);
 BENCHMARK(BM_expert_w2_fp4_2048x4096)->Apply(ExpertArgs);
 BENCHMARK(BM_head_bf16_4096x16384)->Apply(Args);
