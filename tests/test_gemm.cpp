@@ -276,6 +276,87 @@ TEST(Gemm, Fp4AllPathsBitIdentical) {
   }
 }
 
+// Small-M FP4 on AVX-512 sums a 128-block's lanes in integers where the activations have an
+// exact int16 form (gemm.h, fp4_int_activations). The activations of rand_act span 18 binades,
+// so nearly every lane there takes the fp32 route; these are mostly integer lanes, with blocks
+// broken on purpose (a tiny element, a value the lane's unit does not divide).
+TEST(Gemm, Fp4SmallMIntegerBlocksKeepTheCanonicalOrder) {
+  std::mt19937 rng(12);
+  const Shape shapes[] = {{1, 64, 4096}, {2, 40, 2048}, {3, 33, 640}, {1, 20, 1056}};
+  for (Shape s : shapes) {
+    auto d = make_fp4(rng, s.N, s.K);
+    std::vector<float> x(static_cast<size_t>(s.M) * s.K);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto& v : x) v = bf16_round(nd(rng));
+    for (size_t k = 0; k < x.size(); k += 384) x[k] = bf16_round(x[k] * 0x1p-16f);  // every third block
+    const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp4 int", s),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), s.M, d.W, out.data(), p); });
+    // Both kinds of blocks did occur: the GEMM's own activations, quantised and permuted.
+    const int nb = (s.K + 127) / 128;
+    std::vector<float> q(static_cast<size_t>(s.M) * s.K), sa(static_cast<size_t>(s.M) * nb);
+    quantize_rows_fp8(x.data(), s.M, s.K, q.data(), sa.data());
+    int ok_blocks = 0;
+    for (int m = 0; m < s.M; ++m) {
+      std::vector<float> a(static_cast<size_t>(nb) * 128, 0.0f);
+      for (int k = 0; k < s.K; ++k)
+        a[static_cast<size_t>(k / 128 * 128 + gemm_detail::fp4_permuted_pos(k % 128))] = q[size_t(m) * s.K + k] * sa[size_t(m) * nb + k / 128];
+      std::vector<uint32_t> words(static_cast<size_t>(nb) * 64);
+      std::vector<float> unit(static_cast<size_t>(nb) * 16);
+      std::vector<uint8_t> ok(static_cast<size_t>(nb));
+      gemm_detail::fp4_int_activations(a.data(), nb, words.data(), unit.data(), ok.data());
+      for (uint8_t o : ok) ok_blocks += o;
+    }
+    EXPECT_GT(ok_blocks, 0) << name("fp4 int", s);
+    EXPECT_LT(ok_blocks, s.M * nb) << name("fp4 int", s);
+    ASSERT_FALSE(y.empty());
+  }
+}
+
+// The integer form itself: which blocks have one, and that it gives back the values exactly.
+TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
+  constexpr int nb = 9;
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> a(nb * 128);
+  for (auto& v : a) v = round_to_e4m3_clamped(nd(rng) * 64.0f) * 0x1p-6f;  // e4m3 values times a block scale
+  auto lane0 = [&](int b, int t) -> float& { return a[static_cast<size_t>(b) * 128 + 16 * t]; };
+  lane0(1, 3) = 0x1p-24f;                                  // 1: spans more than int16 (refused)
+  lane0(2, 0) = std::numeric_limits<float>::quiet_NaN();  // 2: NaN (refused)
+  std::fill(a.begin() + 3 * 128, a.begin() + 4 * 128, 0.0f);  // 3: all zeros (taken)
+  for (int i = 0; i < 128; ++i) a[4 * 128 + i] = std::ldexp(static_cast<float>(i % 7) - 3.0f, -113);  // 4: units below 2^-125 (refused)
+  for (int i = 0; i < 128; ++i) a[5 * 128 + i] = static_cast<float>(32767 - 2 * i);  // 5: odd integers up to 2^15 - 1 (taken)
+  for (int i = 0; i < 128; ++i) a[6 * 128 + i] = static_cast<float>(32769 - 2 * i);  // 6: 32769 > 2^15: unit 2 (refused)
+  lane0(7, 5) = std::numeric_limits<float>::infinity();  // 7: infinity (refused)
+  a[8 * 128 + 16 * 2 + 9] = -0.0f;                       // 8: a negative zero (taken)
+  const uint8_t want[nb] = {1, 0, 0, 1, 0, 1, 0, 0, 1};
+  std::vector<uint32_t> words(nb * 64);
+  std::vector<float> unit(nb * 16);
+  std::vector<uint8_t> ok(nb);
+  gemm_detail::fp4_int_activations(a.data(), nb, words.data(), unit.data(), ok.data());
+  for (int b = 0; b < nb; ++b) {
+    EXPECT_EQ(ok[b], want[b]) << "block " << b;
+    if (!ok[b]) continue;
+    for (int u = 0; u < 4; ++u)
+      for (int d = 0; d < 16; ++d) {  // dword d of vector u: (element 8d+u, element 8d+4+u), i.e. t = 2u+1, 2u
+        const uint32_t w = words[b * 64 + 16 * u + d];
+        const float lo = static_cast<float>(static_cast<int16_t>(w & 0xFFFF)), hi = static_cast<float>(static_cast<int16_t>(w >> 16));
+        EXPECT_EQ(lo * unit[b * 16 + d] * 2.0f, a[b * 128 + 16 * (2 * u + 1) + d]) << "block " << b;
+        EXPECT_EQ(hi * unit[b * 16 + d] * 2.0f, a[b * 128 + 16 * (2 * u) + d]) << "block " << b;
+      }
+  }
+  if (!isa_supported(Isa::Avx512)) return;  // (the AVX-512 version must agree with this one)
+  std::vector<uint32_t> words2(nb * 64);
+  std::vector<float> unit2(nb * 16);
+  std::vector<uint8_t> ok2(nb);
+  gemm_detail::fp4_int_activations_avx512(a.data(), nb, words2.data(), unit2.data(), ok2.data());
+  for (int b = 0; b < nb; ++b) {
+    EXPECT_EQ(ok2[b], ok[b]) << "block " << b;
+    if (!ok[b]) continue;
+    for (int i = 0; i < 64; ++i) EXPECT_EQ(words2[b * 64 + i], words[b * 64 + i]) << "block " << b;
+    for (int i = 0; i < 16; ++i) EXPECT_EQ(f32_bits(unit2[b * 16 + i]), f32_bits(unit[b * 16 + i])) << "block " << b;
+  }
+}
+
 TEST(Gemm, Fp8AsBf16AllPathsBitIdentical) {
   std::mt19937 rng(3);
   for (const auto& [scale_lo, span] : {std::pair{110, 24}, std::pair{112, 8}})

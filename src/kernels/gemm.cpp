@@ -173,6 +173,13 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd
 // fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer, dequantised
 // (q * sa: exact, the scale is a power of two). Rows are independent, so this is split over the
 // pool too (it is a visible cost at M = 512).
+// fp4_permuted_pos of each element of a block, once.
+constexpr std::array<uint8_t, 128> kFp4Positions = [] {
+  std::array<uint8_t, 128> pos{};
+  for (int r = 0; r < 128; ++r) pos[static_cast<size_t>(r)] = static_cast<uint8_t>(gd::fp4_permuted_pos(r));
+  return pos;
+}();
+
 void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>& q, ThreadPool& pool) {
   // Every element is written below (the padding too), so the buffer is only grown, not cleared.
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
@@ -185,7 +192,7 @@ void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>&
       if (p.kind == gd::Kind::Fp4)
         for (int k0 = 0; k0 < p.K; k0 += 128) {
           float blk[128] = {};
-          for (int r = 0; r < std::min(128, p.K - k0); ++r) blk[gd::fp4_permuted_pos(r)] = qm[k0 + r];
+          for (int r = 0; r < std::min(128, p.K - k0); ++r) blk[kFp4Positions[r]] = qm[k0 + r];
           std::copy(blk, blk + 128, qm + k0);
         }
     }
@@ -291,10 +298,38 @@ void rows_scalar(const Problem& p, int n0, int n1) {
   }
 }
 
+void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
+  for (int b = 0; b < nb; ++b) {
+    const float* ab = a + b * 128;  // position 16 t + d: lane d's t-th element
+    int32_t ints[128];
+    bool good = true;
+    for (int d = 0; d < 16; ++d) {
+      uint32_t top = 0;  // the largest |value|'s bits (a NaN's are larger than any number's)
+      for (int t = 0; t < 8; ++t) top = std::max(top, f32_bits(ab[16 * t + d]) & 0x7FFFFFFFu);
+      const int e = static_cast<int>(top >> 23);  // biased exponent of the largest value
+      // u = 2^(e - 127 - 14); 1 / u and u / 2 as bit patterns (an all-zero lane takes u = 1).
+      const bool zero = top == 0;
+      good = good && (zero || (e >= 16 && e <= 254));
+      const float inv_u = zero || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(268 - e) << 23);
+      unit[b * 16 + d] = zero || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(e - 15) << 23);
+      for (int t = 0; t < 8; ++t) {
+        const float v = ab[16 * t + d] * inv_u;  // exact: a power of two, in the normal range
+        const float r = std::nearbyint(v);       // |v| < 2^15
+        good = good && r == v;
+        ints[16 * t + d] = static_cast<int32_t>(r);
+      }
+    }
+    ok[b] = good;
+    for (int u = 0; u < 4; ++u)
+      for (int d = 0; d < 16; ++d)  // dword d of vector u: (element 8d+u, element 8d+4+u), as a_pairs
+        words[b * 64 + 16 * u + d] = (static_cast<uint32_t>(ints[16 * (2 * u + 1) + d]) & 0xFFFFu) |
+                                     (static_cast<uint32_t>(ints[16 * (2 * u) + d]) << 16);
+  }
+}
+
 }  // namespace gemm_detail
 
-// FP8 and FP4 GEMMs share everything but the weight decoding: quantise the activations, then run.
-// FP8 and FP4 GEMMs share everything but the weight decoding: quantise the activations (into
+// FP8 GEMMs share everything but the weight decoding: quantise the activations (into
 // q and pairs, which the job then points to), then run.
 static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t* w, const uint8_t* ws, int n, int k,
                              float* y, AlignedVector<float>& q, AlignedVector<uint32_t>& pairs, ThreadPool& pool) {
@@ -314,11 +349,22 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   p.a = q.data();
   p.a_stride = gd::act_stride(p.kp);
   if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.a_stride, scale_lo, scale_hi);
-  // FP4 pairs: only the AVX-512 back end reads them. (q is permuted per block: vector t holds
-  // element 8d + kFp4Order[t].)
-  // FP4 pairs: only the AVX-512 back end reads them, at small M and in the pair tiles. (q is
-  // permuted per block: vector t holds element 8d + kFp4Order[t].)
-  if (kind == gd::Kind::Fp4 && active_isa() == Isa::Avx512 && (M < gd::kPairsMinM || pair_tiles(M))) {
+  // FP4 (AVX-512 only): q is permuted per block, vector t holds element 8d + kFp4Order[t].
+  if (kind == gd::Kind::Fp4 && active_isa() == Isa::Avx512 && M < gd::kPairsMinM) {
+    // Small M: the activations as exact integers where they have that form (gemm_detail), in
+    // one buffer: words, then lane units, then block flags.
+    const size_t blocks = static_cast<size_t>(M) * p.nb;
+    if (pairs.size() < blocks * 81) pairs.resize(blocks * 81);
+    uint32_t* words = pairs.data();
+    float* unit = reinterpret_cast<float*>(pairs.data() + blocks * 64);
+    uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 80);
+    for (int m = 0; m < M; ++m)
+      gd::fp4_int_activations_avx512(q.data() + static_cast<size_t>(m) * p.a_stride, p.nb, words + m * p.nb * 64,
+                              unit + m * p.nb * 16, ok + m * p.nb);
+    p.a_int = words;
+    p.a_int_unit = unit;
+    p.a_int_ok = ok;
+  } else if (kind == gd::Kind::Fp4 && pair_tiles(M)) {
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)

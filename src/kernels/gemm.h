@@ -121,6 +121,12 @@ struct Problem {
   // (element c+d, element c+16+d). Set only when the VDPBF16PS order is exact (see above).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
+  // Fp4, M < kPairsMinM, AVX-512: the activations as exact integers (fp4_int_activations), per
+  // row [nb][64] dwords of int16 pairs in the a_pairs layout, [nb][16] lane units and [nb] flags
+  // (0: the block has no such form and takes the fp32 route through `a`).
+  const uint32_t* a_int = nullptr;
+  const float* a_int_unit = nullptr;
+  const uint8_t* a_int_ok = nullptr;
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
   const uint8_t* ws = nullptr;      // ue8m0 scales (Fp8*: [ceil(N/128), nb]; Fp4: [N, K/32])
   int K = 0, kp = 0, nb = 0;        // kp = K rounded up to 32 (Fp4: to 128); nb = ceil(K/128)
@@ -180,10 +186,21 @@ inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).tota
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds
 // element 8 d + kFp4Order[t], so that lane vector t meets the t-th element of every lane.
 constexpr int kFp4Order[8] = {4, 0, 5, 1, 6, 2, 7, 3};
-inline int fp4_permuted_pos(int r) {
+constexpr int fp4_permuted_pos(int r) {
   const int e = r % 8, t = e < 4 ? 2 * e + 1 : 2 * (e - 4);  // kFp4Order[t] == e
   return t * 16 + r / 8;
 }
+
+// FP4 small M through VPDPWSSD: the e2m1 weights doubled are the integers 0, ±1, ±2, ±3, ±4, ±6,
+// ±8, ±12, so a lane partial is exact in integers when the lane's 8 activations are integer
+// multiples of one power of two u, each below 2^15 u: the sum (in steps of u / 2) stays under
+// 2^22 in any order, so every fp32 partial sum of the canonical order is exact too, and the
+// integer sum times u / 2 is the canonical partial bit for bit. Per 128-block of one permuted
+// activation row `a` (nb blocks): words [nb][64] the int16 pairs (a_pairs layout), unit [nb][16]
+// each lane's u / 2, ok [nb] whether every lane has such a u with u >= 2^-125 (so u / 2 and all
+// sums stay normal); the finest u (2^-14 of the lane's largest power of two) is the one to try.
+void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);
+void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);  // the same
 
 // BF16 activation layout of one 32-wide chunk: odd elements in slots 0..15, even ones in 16..31,
 // so that vector 0 meets the first element of every lane pair and vector 1 the second.

@@ -135,13 +135,12 @@ template <bool kFull>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
 inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*, int) {}
-template <bool kFull>
-inline Vec fp4_row_block_pairs(const uint8_t*, int, const uint32_t*) { return vzero(); }
 constexpr bool kBf16Pairs = false;
 inline bool fp4_scales_plain(const uint8_t*, int) { return false; }
+constexpr bool kFp4IntPairs = false;  // (no VPDPWSSD)
 template <int R, bool kRawScales>
-inline void fp4_rows_pairs(const uint8_t* const*, int, const uint32_t*, const float* const*, const uint8_t* const*, Vec*,
-                           const uint8_t*) {}
+inline void fp4_rows_int(const uint8_t* const*, int, const uint32_t*, const float*, const uint8_t*, const float*,
+                         const float* const*, const uint8_t* const*, Vec*, const uint8_t* const*) {}
 
 #include "kernels/gemm_simd.inc"
 

@@ -99,7 +99,7 @@ inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {
   for (int i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, fp4_scales16(scales + i, imin16(n - i)));
 }
 // True when all n scale bytes are in 1..254, the bytes whose 2^(e-127) is just e << 23 (so
-// fp4_rows_pairs may read them in place); 0 and 255 need e8m0_to_f32's special values.
+// fp4_rows_int may read them in place); 0 and 255 need e8m0_to_f32's special values.
 inline bool fp4_scales_plain(const uint8_t* scales, int n) {
   __mmask64 special = 0;
   for (int i = 0; i < n; i += 64) {
@@ -136,7 +136,7 @@ inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
 }
 inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 
-// Small-M FP4 through VDPBF16PS (gemm.h order): the activation block as bf16 pairs, dword d of
+// FP4 through VDPBF16PS (gemm.h order): the activation block as bf16 pairs, dword d of
 // vector u = (element 8d+u, element 8d+4+u); word w of the codes holds elements 4w .. 4w+3, so
 // vpermw on (codes >> 4u) yields element 4w+u in word w, i.e. exactly that pairing.
 constexpr bool kFp4Bf16Pairs = true;
@@ -146,56 +146,71 @@ inline __m512i fp4_bf16_table() {
                            0x3F000000, 0x3FC03F80, 0x40404000, 0x40C04080, static_cast<int>(0xBF008000u),
                            static_cast<int>(0xBFC0BF80u), static_cast<int>(0xC040C000u), static_cast<int>(0xC0C0C080u));
 }
-template <bool kFull>
-inline Vec fp4_row_block_pairs(const uint8_t* codes, int len, const uint32_t* pairs) {  // unscaled partial
-  const __m512i tab = fp4_bf16_table();
-  Fp4Blk blk;
-  fp4_blk_load_codes<kFull>(codes, len, blk);
-  __m512 x = _mm512_setzero_ps();
-  for (int u = 0; u < 4; ++u) {
-    const __m512i w = _mm512_permutexvar_epi16(u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab);
-    x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_loadu_si512(pairs + 16 * u), (__m512bh)w);
-  }
-  return x;
+// Small-M FP4 through VPDPWSSD (gemm.h, fp4_int_activations): the codes as doubled e2m1
+// integers in the a_pairs layout (vpermw on codes >> 4u, as for the bf16 pairs), so that 4
+// instructions sum a block's lanes exactly; blocks without an integer form take fp32 FMAs.
+inline __m512i fp4_int_table() {  // words 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, ... -12, twice
+  return _mm512_setr_epi32(0x00010000, 0x00030002, 0x00060004, 0x000C0008, static_cast<int>(0xFFFF0000u),
+                           static_cast<int>(0xFFFDFFFEu), static_cast<int>(0xFFFAFFFCu), static_cast<int>(0xFFF4FFF8u),
+                           0x00010000, 0x00030002, 0x00060004, 0x000C0008, static_cast<int>(0xFFFF0000u),
+                           static_cast<int>(0xFFFDFFFEu), static_cast<int>(0xFFFAFFFCu), static_cast<int>(0xFFF4FFF8u));
 }
-// Blocks 0 .. full-1 of R rows at once (R independent dot-product chains, R concurrent weight
-// streams, one load of each activation pair vector for all R rows): per block,
-// lanes[j] = fma(partial, lane scales, lanes[j]). The group scales come 16 at a time (a run of 4
-// blocks): from scales_f32[j], row j's converted fp32 scales, or with kRawScales from its scale
-// bytes scales_raw[j] (all plain: fp4_scales_plain), so that a block costs one permute for them.
-// prefetch: the code bytes to ask for meanwhile (R lines per block).
+constexpr bool kFp4IntPairs = true;
+// Lane scales of block b of a row (lane d takes group 4b + d/4) straight from memory, without a
+// register held over blocks (the R-row loop below needs all 32): plain scale bytes (2^(e-127) is
+// e << 23: the byte moved to the top of its dword, then shifted down one) or fp32 scales.
+inline Vec fp4_lane_scales_raw(const uint8_t* scales, int b) {
+  int32_t four;
+  std::memcpy(&four, scales + 4 * b, 4);
+  const __m512i idx = _mm512_set_epi32(0x03808080, 0x03808080, 0x03808080, 0x03808080, 0x02808080, 0x02808080, 0x02808080,
+                                       0x02808080, 0x01808080, 0x01808080, 0x01808080, 0x01808080, 0x00808080, 0x00808080,
+                                       0x00808080, 0x00808080);  // dword d: byte d/4 at the top
+  return _mm512_castsi512_ps(_mm512_srli_epi32(_mm512_shuffle_epi8(_mm512_set1_epi32(four), idx), 1));
+}
+inline Vec fp4_lane_scales_f32(const float* scales, int b) {
+  return _mm512_permutevar_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(scales + 4 * b)),
+                              _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+}
+// Blocks 0 .. full-1 of R rows at once (R independent chains, R concurrent weight streams, one
+// load of each activation vector for all R rows): per block, lanes[j] = fma(partial, lane
+// scales, lanes[j]). The partial is the integer sum times the lane units where ok[b] (exact:
+// the canonical partial), else the fp32 chain of fp4_row_block over `a`. The group scales are
+// row j's converted fp32 ones, scales_f32[j], or with kRawScales its scale bytes scales_raw[j]
+// (all plain: fp4_scales_plain). next: the codes of the R rows that follow, asked for in the order
+// they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
+// too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s).
 template <int R, bool kRawScales>
-inline void fp4_rows_pairs(const uint8_t* const* codes, int full, const uint32_t* pairs, const float* const* scales_f32,
-                           const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* prefetch) {
-  const __m512i tab = fp4_bf16_table();
-  for (int b0 = 0; b0 < full; b0 += 4) {
-    const int run = full - b0 < 4 ? full - b0 : 4;
-    Vec s16[R];
-    for (int j = 0; j < R; ++j) {
-      if constexpr (kRawScales) {  // plain bytes: 2^(e-127) is e << 23
-        const __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (4 * run)) - 1), scales_raw[j] + 4 * b0));
-        s16[j] = _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-      } else {
-        s16[j] = _mm512_loadu_ps(scales_f32[j] + 4 * b0);  // (Scratch::row_scales has 16 floats of slack)
-      }
-    }
-    for (int bb = 0; bb < run; ++bb) {
-      const int b = b0 + bb;
-      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * (R * b + j)), _MM_HINT_T0);
-      __m512i c[R];
-      __m512 x[R];
-      for (int j = 0; j < R; ++j) {
-        c[j] = _mm512_loadu_si512(codes[j] + 64 * b);
-        x[j] = _mm512_setzero_ps();
-      }
+inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
+                         const uint8_t* ok, const float* a, const float* const* scales_f32,
+                         const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* const* next) {
+  const __m512i tab = fp4_int_table();
+  for (int b = 0; b < full; ++b) {
+    for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
+    Fp4Blk c[R];
+    Vec part[R];
+    for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
+    if (ok[b]) {
+      __m512i x[R];
+      for (int j = 0; j < R; ++j) x[j] = _mm512_setzero_si512();
       for (int u = 0; u < 4; ++u) {
-        const __m512bh a = (__m512bh)_mm512_loadu_si512(pairs + 64 * b + 16 * u);
+        const __m512i av = _mm512_loadu_si512(words + 64 * b + 16 * u);
         for (int j = 0; j < R; ++j) {
-          const __m512i w = _mm512_permutexvar_epi16(u == 0 ? c[j] : _mm512_srli_epi16(c[j], static_cast<unsigned>(4 * u)), tab);
-          x[j] = _mm512_dpbf16_ps(x[j], a, (__m512bh)w);
+          const __m512i w = _mm512_permutexvar_epi16(u == 0 ? c[j].dw : _mm512_srli_epi16(c[j].dw, static_cast<unsigned>(4 * u)), tab);
+          x[j] = _mm512_dpwssd_epi32(x[j], w, av);
         }
       }
-      for (int j = 0; j < R; ++j) lanes[j] = _mm512_fmadd_ps(x[j], fp4_spread(s16[j], bb), lanes[j]);
+      const Vec un = _mm512_loadu_ps(unit + 16 * b);
+      for (int j = 0; j < R; ++j) part[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(x[j]), un);
+    } else {
+      for (int j = 0; j < R; ++j) part[j] = vzero();
+      for (int t = 0; t < 8; ++t) {
+        const Vec av = vload(a + 128 * b + 16 * t);
+        for (int j = 0; j < R; ++j) part[j] = vfma(av, fp4_blk_vec(c[j], t), part[j]);
+      }
+    }
+    for (int j = 0; j < R; ++j) {
+      const Vec ls = kRawScales ? fp4_lane_scales_raw(scales_raw[j], b) : fp4_lane_scales_f32(scales_f32[j], b);
+      lanes[j] = _mm512_fmadd_ps(part[j], ls, lanes[j]);
     }
   }
 }
@@ -278,5 +293,37 @@ bool probe_dpbf16_is_two_fmas() {
 
 void rows_avx512(const Problem& p, int n0, int n1, float* scratch) { rows_simd(p, n0, n1, scratch); }
 bool avx512_dpbf16_is_two_fmas() { return probe_dpbf16_is_two_fmas(); }
+
+// fp4_int_activations (gemm.cpp) a block per pass: lane d's 8 values are lane d of the block's
+// 8 vectors, so the per-lane maximum is vertical.
+void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  for (int b = 0; b < nb; ++b) {
+    const float* ab = a + b * 128;
+    __m512 v[8];
+    __m512i top = _mm512_setzero_si512();  // the largest |value|'s bits (NaN above every number)
+    for (int t = 0; t < 8; ++t) {
+      v[t] = _mm512_loadu_ps(ab + 16 * t);
+      top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_castps_si512(v[t]), abs_mask));
+    }
+    const __m512i e = _mm512_srli_epi32(top, 23);
+    const __mmask16 zero = _mm512_cmpeq_epi32_mask(top, _mm512_setzero_si512());
+    __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(16)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254)));
+    const __mmask16 live = good & ~zero;  // lanes with a unit (the others take 1)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 inv_u = _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(268), e), 23)));
+    _mm512_storeu_ps(unit + b * 16, _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(15)), 23))));
+    __m512i n[8];
+    for (int t = 0; t < 8; ++t) {
+      const __m512 x = _mm512_mul_ps(v[t], inv_u);  // exact (a power of two, normal range)
+      n[t] = _mm512_cvtps_epi32(x);                 // round to nearest: |x| < 2^15
+      good &= _mm512_cmpeq_ps_mask(_mm512_cvtepi32_ps(n[t]), x);
+    }
+    ok[b] = good == 0xFFFF;
+    for (int u = 0; u < 4; ++u)  // dword d of vector u: (element 8d+u, element 8d+4+u), as a_pairs
+      _mm512_storeu_si512(words + b * 64 + 16 * u, _mm512_or_si512(_mm512_and_si512(n[2 * u + 1], _mm512_set1_epi32(0xFFFF)),
+                                                                   _mm512_slli_epi32(n[2 * u], 16)));
+  }
+}
 
 }  // namespace dsv4::gemm_detail
