@@ -314,7 +314,7 @@ TEST(Gemm, Fp4SmallMIntegerBlocksKeepTheCanonicalOrder) {
 
 // The integer form itself: which blocks have one, and that it gives back the values exactly.
 TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
-  constexpr int nb = 9;
+  constexpr int nb = 10;
   std::mt19937 rng(13);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> a(nb * 128);
@@ -323,12 +323,13 @@ TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
   lane0(1, 3) = 0x1p-24f;                                  // 1: spans more than int16 (refused)
   lane0(2, 0) = std::numeric_limits<float>::quiet_NaN();  // 2: NaN (refused)
   std::fill(a.begin() + 3 * 128, a.begin() + 4 * 128, 0.0f);  // 3: all zeros (taken)
-  for (int i = 0; i < 128; ++i) a[4 * 128 + i] = std::ldexp(static_cast<float>(i % 7) - 3.0f, -113);  // 4: units below 2^-125 (refused)
+  for (int i = 0; i < 128; ++i) a[4 * 128 + i] = std::ldexp(static_cast<float>(i % 7) - 3.0f, -105);  // 4: largest binade 2^-104: u < 2^-117 (refused)
   for (int i = 0; i < 128; ++i) a[5 * 128 + i] = static_cast<float>(32767 - 2 * i);  // 5: odd integers up to 2^15 - 1 (taken)
   for (int i = 0; i < 128; ++i) a[6 * 128 + i] = static_cast<float>(32769 - 2 * i);  // 6: 32769 > 2^15: unit 2 (refused)
   lane0(7, 5) = std::numeric_limits<float>::infinity();  // 7: infinity (refused)
   a[8 * 128 + 16 * 2 + 9] = -0.0f;                       // 8: a negative zero (taken)
-  const uint8_t want[nb] = {1, 0, 0, 1, 0, 1, 0, 0, 1};
+  for (int i = 0; i < 128; ++i) a[9 * 128 + i] = std::ldexp(static_cast<float>(i % 7) - 3.0f, -104);  // 9: 2^-103: u = 2^-117 (taken)
+  const uint8_t want[nb] = {1, 0, 0, 1, 0, 1, 0, 0, 1, 1};
   std::vector<uint32_t> words(nb * 64);
   std::vector<float> unit(nb * 16);
   std::vector<uint8_t> ok(nb);
@@ -344,16 +345,19 @@ TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
         EXPECT_EQ(hi * unit[b * 16 + d] * 2.0f, a[b * 128 + 16 * (2 * u) + d]) << "block " << b;
       }
   }
-  if (!isa_supported(Isa::Avx512)) return;  // (the AVX-512 version must agree with this one)
-  std::vector<uint32_t> words2(nb * 64);
-  std::vector<float> unit2(nb * 16);
-  std::vector<uint8_t> ok2(nb);
-  gemm_detail::fp4_int_activations_avx512(a.data(), nb, words2.data(), unit2.data(), ok2.data());
-  for (int b = 0; b < nb; ++b) {
-    EXPECT_EQ(ok2[b], ok[b]) << "block " << b;
-    if (!ok[b]) continue;
-    for (int i = 0; i < 64; ++i) EXPECT_EQ(words2[b * 64 + i], words[b * 64 + i]) << "block " << b;
-    for (int i = 0; i < 16; ++i) EXPECT_EQ(f32_bits(unit2[b * 16 + i]), f32_bits(unit[b * 16 + i])) << "block " << b;
+  // The SIMD versions must agree with this one.
+  for (Isa isa : simd_isas()) {
+    std::vector<uint32_t> words2(nb * 64);
+    std::vector<float> unit2(nb * 16);
+    std::vector<uint8_t> ok2(nb);
+    (isa == Isa::Avx512 ? gemm_detail::fp4_int_activations_avx512 : gemm_detail::fp4_int_activations_avx2)(
+        a.data(), nb, words2.data(), unit2.data(), ok2.data());
+    for (int b = 0; b < nb; ++b) {
+      EXPECT_EQ(ok2[b], ok[b]) << isa_name(isa) << " block " << b;
+      if (!ok[b]) continue;
+      for (int i = 0; i < 64; ++i) EXPECT_EQ(words2[b * 64 + i], words[b * 64 + i]) << isa_name(isa) << " block " << b;
+      for (int i = 0; i < 16; ++i) EXPECT_EQ(f32_bits(unit2[b * 16 + i]), f32_bits(unit[b * 16 + i])) << isa_name(isa) << " block " << b;
+    }
   }
 }
 

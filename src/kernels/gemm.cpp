@@ -309,7 +309,7 @@ void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, u
       const int e = static_cast<int>(top >> 23);  // biased exponent of the largest value
       // u = 2^(e - 127 - 14); 1 / u and u / 2 as bit patterns (an all-zero lane takes u = 1).
       const bool zero = top == 0;
-      good = good && (zero || (e >= 16 && e <= 254));
+      good = good && (zero || (e >= kFp4IntMinExp && e <= 254));
       const float inv_u = zero || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(268 - e) << 23);
       unit[b * 16 + d] = zero || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(e - 15) << 23);
       for (int t = 0; t < 8; ++t) {
@@ -349,22 +349,22 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   p.a = q.data();
   p.a_stride = gd::act_stride(p.kp);
   if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.a_stride, scale_lo, scale_hi);
-  // FP4 (AVX-512 only): q is permuted per block, vector t holds element 8d + kFp4Order[t].
-  if (kind == gd::Kind::Fp4 && active_isa() == Isa::Avx512 && M < gd::kPairsMinM) {
-    // Small M: the activations as exact integers where they have that form (gemm_detail), in
-    // one buffer: words, then lane units, then block flags.
+  // FP4: q is permuted per block, vector t holds element 8d + kFp4Order[t].
+  if (kind == gd::Kind::Fp4 && active_isa() != Isa::Scalar && M < gd::kPairsMinM) {
+    // Small M on the SIMD paths: the activations as exact integers where they have that form
+    // (gemm_detail), in one buffer: words, then lane units, then block flags.
     const size_t blocks = static_cast<size_t>(M) * p.nb;
     if (pairs.size() < blocks * 81) pairs.resize(blocks * 81);
     uint32_t* words = pairs.data();
     float* unit = reinterpret_cast<float*>(pairs.data() + blocks * 64);
     uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 80);
+    const auto prepare = active_isa() == Isa::Avx512 ? gd::fp4_int_activations_avx512 : gd::fp4_int_activations_avx2;
     for (int m = 0; m < M; ++m)
-      gd::fp4_int_activations_avx512(q.data() + static_cast<size_t>(m) * p.a_stride, p.nb, words + m * p.nb * 64,
-                              unit + m * p.nb * 16, ok + m * p.nb);
+      prepare(q.data() + static_cast<size_t>(m) * p.a_stride, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, ok + m * p.nb);
     p.a_int = words;
     p.a_int_unit = unit;
     p.a_int_ok = ok;
-  } else if (kind == gd::Kind::Fp4 && pair_tiles(M)) {
+  } else if (kind == gd::Kind::Fp4 && pair_tiles(M)) {  // the VDPBF16PS tiles
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)

@@ -121,7 +121,7 @@ struct Problem {
   // (element c+d, element c+16+d). Set only when the VDPBF16PS order is exact (see above).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
-  // Fp4, M < kPairsMinM, AVX-512: the activations as exact integers (fp4_int_activations), per
+  // Fp4, M < kPairsMinM, AVX-512 and AVX2: the activations as exact integers (fp4_int_activations), per
   // row [nb][64] dwords of int16 pairs in the a_pairs layout, [nb][16] lane units and [nb] flags
   // (0: the block has no such form and takes the fp32 route through `a`).
   const uint32_t* a_int = nullptr;
@@ -197,10 +197,13 @@ constexpr int fp4_permuted_pos(int r) {
 // 2^22 in any order, so every fp32 partial sum of the canonical order is exact too, and the
 // integer sum times u / 2 is the canonical partial bit for bit. Per 128-block of one permuted
 // activation row `a` (nb blocks): words [nb][64] the int16 pairs (a_pairs layout), unit [nb][16]
-// each lane's u / 2, ok [nb] whether every lane has such a u with u >= 2^-125 (so u / 2 and all
-// sums stay normal); the finest u (2^-14 of the lane's largest power of two) is the one to try.
+// each lane's u / 2, ok [nb] whether every lane has such a u with u >= 2^-117 (so that all sums,
+// u / 2 and the AVX2 path's u / 512 stay normal); the finest u (2^-14 of the lane's largest
+// power of two, biased exponent e: u = 2^(e - 141)) is the one to try.
+constexpr int kFp4IntMinExp = 24;  // the smallest e
 void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);
 void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);  // the same
+void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);    // the same
 
 // BF16 activation layout of one 32-wide chunk: odd elements in slots 0..15, even ones in 16..31,
 // so that vector 0 meets the first element of every lane pair and vector 1 the second.

@@ -130,6 +130,7 @@ inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
 }
 inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the same order
+// (fp4_rows_int below decodes the scale bytes itself, every value: nothing to convert first.)
 inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
 template <bool kFull>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
@@ -137,15 +138,109 @@ inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
 inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*, int) {}
 constexpr bool kBf16Pairs = false;
 inline bool fp4_scales_plain(const uint8_t*, int) { return false; }
-constexpr bool kFp4IntPairs = false;  // (no VPDPWSSD)
+// Small-M FP4 in integers (gemm.h, fp4_int_activations) through VPMADDWD: per 32 code bytes the
+// doubled e2m1 values as int8 from a byte table, each moved into the high byte of its int16 word
+// (so the weights enter times 256, and the units times 2^-8), in the a_pairs layout: dword d of
+// vector u holds (element 8d+u, element 8d+4+u), i.e. bytes 4d + u/2 and 4d + 2 + u/2 of the low
+// (u even) or high (u odd) nibbles.
+constexpr bool kFp4IntPairs = true;
+constexpr int kFp4IntRows = 2;  // (2 and 4 measured alike; 16 ymm registers)
+inline void fp4_int_words(__m256i codes, __m256i* w) {
+  const __m256i tab = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3, 4, 6, 8, 12, 0,
+                                       -1, -2, -3, -4, -6, -8, -12);
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_shuffle_epi8(tab, _mm256_and_si256(codes, nib));
+  const __m256i hi = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nib));
+  const __m256i even = _mm256_setr_epi8(-128, 0, -128, 2, -128, 4, -128, 6, -128, 8, -128, 10, -128, 12, -128, 14, -128, 0,
+                                        -128, 2, -128, 4, -128, 6, -128, 8, -128, 10, -128, 12, -128, 14);
+  const __m256i odd = _mm256_add_epi8(even, _mm256_set1_epi16(0x0100));  // bytes 4d+1, 4d+3 (the -128s stay)
+  w[0] = _mm256_shuffle_epi8(lo, even);
+  w[1] = _mm256_shuffle_epi8(hi, even);
+  w[2] = _mm256_shuffle_epi8(lo, odd);
+  w[3] = _mm256_shuffle_epi8(hi, odd);
+}
+// As in gemm_avx512.cpp (R rows, blocks without an integer form through the fp32 chain); the
+// lane scales come from the scale bytes 16 at a time (every byte value, 0 and 255 included).
 template <int R, bool kRawScales>
-inline void fp4_rows_int(const uint8_t* const*, int, const uint32_t*, const float*, const uint8_t*, const float*,
-                         const float* const*, const uint8_t* const*, Vec*, const uint8_t* const*) {}
+inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
+                         const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
+                         Vec* lanes, const uint8_t* const* next) {
+  for (int b0 = 0; b0 < full; b0 += 4) {
+    const int run = full - b0 < 4 ? full - b0 : 4;
+    Vec s16[R];
+    for (int j = 0; j < R; ++j) s16[j] = fp4_scales16(scales_raw[j] + 4 * b0, 4 * run);
+    for (int bb = 0; bb < run; ++bb) {
+      const int b = b0 + bb;
+      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
+      if (ok[b]) {
+        const Vec un = vmul(vload(unit + 16 * b), vset1(0x1p-8f));  // (normal: u >= 2^-117)
+        for (int j = 0; j < R; ++j) {
+          __m256i w0[4], w1[4];
+          fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b)), w0);
+          fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b + 32)), w1);
+          const __m256i* av = reinterpret_cast<const __m256i*>(words + 64 * b);
+          __m256i x0 = _mm256_madd_epi16(w0[0], _mm256_loadu_si256(av)), x1 = _mm256_madd_epi16(w1[0], _mm256_loadu_si256(av + 1));
+          for (int u = 1; u < 4; ++u) {
+            x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(w0[u], _mm256_loadu_si256(av + 2 * u)));
+            x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(av + 2 * u + 1)));
+          }
+          const Vec part{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)};
+          lanes[j] = vfma(part, fp4_spread(s16[j], bb), lanes[j]);
+        }
+      } else {
+        for (int j = 0; j < R; ++j) {
+          Fp4Blk c;
+          fp4_blk_load_codes<true>(codes[j] + 64 * b, 128, c);
+          Vec part = vzero();
+          for (int t = 0; t < 8; ++t) part = vfma(vload(a + 128 * b + 16 * t), fp4_blk_vec(c, t), part);
+          lanes[j] = vfma(part, fp4_spread(s16[j], bb), lanes[j]);
+        }
+      }
+    }
+  }
+}
 
 #include "kernels/gemm_simd.inc"
 
 }  // namespace
 
 void rows_avx2(const Problem& p, int n0, int n1, float* scratch) { rows_simd(p, n0, n1, scratch); }
+
+// fp4_int_activations (gemm.cpp), 8 lanes per pass (see the AVX-512 version).
+void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int b = 0; b < nb; ++b) {
+    bool all = true;
+    for (int h = 0; h < 2; ++h) {
+      const float* ab = a + b * 128 + 8 * h;
+      __m256 v[8];
+      __m256i top = _mm256_setzero_si256();
+      for (int t = 0; t < 8; ++t) {
+        v[t] = _mm256_loadu_ps(ab + 16 * t);
+        top = _mm256_max_epu32(top, _mm256_and_si256(_mm256_castps_si256(v[t]), abs_mask));
+      }
+      const __m256i e = _mm256_srli_epi32(top, 23);
+      const __m256i zero = _mm256_cmpeq_epi32(top, _mm256_setzero_si256());
+      __m256i good = _mm256_or_si256(zero, _mm256_and_si256(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(kFp4IntMinExp - 1)),
+                                                            _mm256_cmpgt_epi32(_mm256_set1_epi32(255), e)));
+      const __m256 live = _mm256_castsi256_ps(_mm256_andnot_si256(zero, good));
+      const __m256 inv_u = _mm256_blendv_ps(one, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(268), e), 23)), live);
+      _mm256_storeu_ps(unit + b * 16 + 8 * h,
+                       _mm256_blendv_ps(one, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(15)), 23)), live));
+      __m256i n[8];
+      for (int t = 0; t < 8; ++t) {
+        const __m256 x = _mm256_mul_ps(v[t], inv_u);
+        n[t] = _mm256_cvtps_epi32(x);
+        good = _mm256_and_si256(good, _mm256_castps_si256(_mm256_cmp_ps(_mm256_cvtepi32_ps(n[t]), x, _CMP_EQ_OQ)));
+      }
+      all = all && _mm256_movemask_ps(_mm256_castsi256_ps(good)) == 0xFF;
+      for (int u = 0; u < 4; ++u)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + b * 64 + 16 * u + 8 * h),
+                            _mm256_or_si256(_mm256_and_si256(n[2 * u + 1], _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(n[2 * u], 16)));
+    }
+    ok[b] = all;
+  }
+}
 
 }  // namespace dsv4::gemm_detail

@@ -156,6 +156,7 @@ inline __m512i fp4_int_table() {  // words 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, ... -
                            static_cast<int>(0xFFFDFFFEu), static_cast<int>(0xFFFAFFFCu), static_cast<int>(0xFFF4FFF8u));
 }
 constexpr bool kFp4IntPairs = true;
+constexpr int kFp4IntRows = 8;  // (VPDPWSSD's latency: 4 rows leave the ports idle)
 // Lane scales of block b of a row (lane d takes group 4b + d/4) straight from memory, without a
 // register held over blocks (the R-row loop below needs all 32): plain scale bytes (2^(e-127) is
 // e << 23: the byte moved to the top of its dword, then shifted down one) or fp32 scales.
@@ -308,7 +309,7 @@ void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* 
     }
     const __m512i e = _mm512_srli_epi32(top, 23);
     const __mmask16 zero = _mm512_cmpeq_epi32_mask(top, _mm512_setzero_si512());
-    __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(16)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254)));
+    __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254)));
     const __mmask16 live = good & ~zero;  // lanes with a unit (the others take 1)
     const __m512 one = _mm512_set1_ps(1.0f);
     const __m512 inv_u = _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(268), e), 23)));
