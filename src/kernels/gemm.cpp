@@ -350,20 +350,32 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   p.a_stride = gd::act_stride(p.kp);
   if (kind == gd::Kind::Fp8) p.fold_w_scale = can_fold_w_scale(q.data(), M, k, p.a_stride, scale_lo, scale_hi);
   // FP4: q is permuted per block, vector t holds element 8d + kFp4Order[t].
-  if (kind == gd::Kind::Fp4 && active_isa() != Isa::Scalar && M < gd::kPairsMinM) {
-    // Small M on the SIMD paths: the activations as exact integers where they have that form
-    // (gemm_detail), in one buffer: words, then lane units, then block flags.
+  // FP4 in integers: small M on the SIMD paths, and the AVX-512 tiles where VDPBF16PS is not
+  // the faster instruction (there VPDPWSSD takes 32 products per issue slot against FMA's 16).
+  const bool fp4_ints = kind == gd::Kind::Fp4 && active_isa() != Isa::Scalar &&
+                        (M < gd::kPairsMinM || (active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Fma));
+  if (fp4_ints) {
+    // The activations as exact integers where they have that form (gemm_detail), in one
+    // buffer: words, then lane units, then block flags.
     const size_t blocks = static_cast<size_t>(M) * p.nb;
     if (pairs.size() < blocks * 81) pairs.resize(blocks * 81);
     uint32_t* words = pairs.data();
     float* unit = reinterpret_cast<float*>(pairs.data() + blocks * 64);
     uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 80);
     const auto prepare = active_isa() == Isa::Avx512 ? gd::fp4_int_activations_avx512 : gd::fp4_int_activations_avx2;
-    for (int m = 0; m < M; ++m)
-      prepare(q.data() + static_cast<size_t>(m) * p.a_stride, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, ok + m * p.nb);
-    p.a_int = words;
-    p.a_int_unit = unit;
-    p.a_int_ok = ok;
+    pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        prepare(q.data() + static_cast<size_t>(m) * p.a_stride, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, ok + m * p.nb);
+    }, 8);
+    // The tiles redo a block without the integer form in fp32 (about three times the work), so
+    // they pay only when nearly all blocks have it: activations like gate x up products, with
+    // heavier tails than a norm's output, often do not (then the fp32 tiles run).
+    const size_t ok_blocks = static_cast<size_t>(std::count(ok, ok + blocks, uint8_t{1}));
+    if (M < gd::kPairsMinM || ok_blocks * 10 >= blocks * 9) {
+      p.a_int = words;
+      p.a_int_unit = unit;
+      p.a_int_ok = ok;
+    }
   } else if (kind == gd::Kind::Fp4 && pair_tiles(M)) {  // the VDPBF16PS tiles
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {

@@ -121,9 +121,10 @@ struct Problem {
   // (element c+d, element c+16+d). Set only when the VDPBF16PS order is exact (see above).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
-  // Fp4, M < kPairsMinM, AVX-512 and AVX2: the activations as exact integers (fp4_int_activations), per
-  // row [nb][64] dwords of int16 pairs in the a_pairs layout, [nb][16] lane units and [nb] flags
-  // (0: the block has no such form and takes the fp32 route through `a`).
+  // Fp4 (M < kPairsMinM on AVX-512 and AVX2; M >= 4 where AVX-512 takes the FMA tiles): the
+  // activations as exact integers (fp4_int_activations), per row [nb][64] dwords of int16 pairs
+  // in the a_pairs layout, [nb][16] lane units and [nb] flags (0: the block has no such form and
+  // takes the fp32 route through `a`).
   const uint32_t* a_int = nullptr;
   const float* a_int_unit = nullptr;
   const uint8_t* a_int_ok = nullptr;

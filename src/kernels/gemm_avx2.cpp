@@ -132,9 +132,15 @@ inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the same order
 // (fp4_rows_int below decodes the scale bytes itself, every value: nothing to convert first.)
 inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
-template <bool kFull>
+template <bool kFull, bool kInt = false>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
+constexpr bool kFp4IntTiles = false;  // (M >= 4 in integers: AVX-512 only)
+using IVec = Vec;
+inline IVec ivzero() { return vzero(); }
+inline IVec dp_ints(IVec acc, const uint32_t*, const uint32_t*) { return acc; }
+inline Vec int_part(IVec x, Vec) { return x; }
+inline Vec fp4_part_from_ints(const uint32_t*, const float*) { return vzero(); }
 inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*, int) {}
 constexpr bool kBf16Pairs = false;
 inline bool fp4_scales_plain(const uint8_t*, int) { return false; }

@@ -216,10 +216,11 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
   }
 }
 
-// The weight pairs of one block (len < 128: zero past the row), in the layout of the pairs above.
-template <bool kFull>
+// The weight pairs of one block (len < 128: zero past the row), in the layout of the pairs above:
+// bf16 values, or with kInt the doubled e2m1 integers (fp4_int_table).
+template <bool kFull, bool kInt = false>
 inline void fp4_blk_pairs(const uint8_t* codes, int len, uint32_t* out) {
-  const __m512i tab = fp4_bf16_table();
+  const __m512i tab = kInt ? fp4_int_table() : fp4_bf16_table();
   Fp4Blk blk;
   fp4_blk_load_codes<kFull>(codes, len, blk);
   for (int u = 0; u < 4; ++u)
@@ -251,6 +252,27 @@ inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out, int ex
                                _mm512_set1_epi16(static_cast<short>(exp_delta * 128)));
   bits = _mm512_or_si512(bits, _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16(static_cast<short>(0x8000))));
   _mm512_storeu_si512(out, bits);
+}
+// FP4 M >= 4 in integers (rows_tiled_pairs_fp4<true>): the tiles' int32 partials, their value
+// (times the activation units), and a block's fp32 partial from the integer weights where the
+// activations have no integer form (the canonical order: t = 2u is the high word, element
+// 8d+4+u, then t = 2u+1, the low one; halving the doubled weights is exact).
+constexpr bool kFp4IntTiles = true;
+using IVec = __m512i;
+inline IVec ivzero() { return _mm512_setzero_si512(); }
+inline IVec dp_ints(IVec acc, const uint32_t* a, const uint32_t* w) {
+  return _mm512_dpwssd_epi32(acc, _mm512_loadu_si512(w), _mm512_loadu_si512(a));
+}
+inline Vec int_part(IVec x, Vec unit) { return _mm512_mul_ps(_mm512_cvtepi32_ps(x), unit); }
+inline Vec fp4_part_from_ints(const uint32_t* w, const float* a) {
+  const Vec half = _mm512_set1_ps(0.5f);
+  Vec part = vzero();
+  for (int u = 0; u < 4; ++u) {
+    const __m512i d = _mm512_loadu_si512(w + 16 * u);
+    part = vfma(vload(a + 16 * (2 * u)), _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(d, 16)), half), part);
+    part = vfma(vload(a + 16 * (2 * u + 1)), _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(d, 16), 16)), half), part);
+  }
+  return part;
 }
 inline Vec dp_pairs(Vec acc, const uint32_t* a, const uint32_t* w) {
   return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a), (__m512bh)_mm512_loadu_si512(w));
