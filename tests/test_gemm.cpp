@@ -284,7 +284,8 @@ TEST(Gemm, Fp4AllPathsBitIdentical) {
 TEST(Gemm, Fp4IntegerBlocksKeepTheCanonicalOrder) {
   std::mt19937 rng(12);
   const Shape shapes[] = {{1, 64, 4096}, {2, 40, 2048}, {3, 33, 640}, {1, 20, 1056},
-                          {4, 20, 640}, {5, 40, 1024}, {17, 33, 2304}};  // (tiles; K chunks 1024, 1024, 256)
+                          {4, 20, 640}, {5, 40, 1024}, {17, 33, 2304},  // (tiles; K chunks 1024, 1024, 256)
+                          {6, 24, 1120}};                               // (tiles, a last block of 96)
   for (Shape s : shapes) {
     auto d = make_fp4(rng, s.N, s.K);
     // Magnitudes in [1, 2) (every lane has an integer form), then one element made tiny in every
