@@ -17,6 +17,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
+#include "kernels/hc_mix.h"
 #include "kernels/numerics.h"
 
 namespace dsv4 {
@@ -194,6 +195,54 @@ void expect_close(const std::vector<float>& got, const std::vector<double>& ref,
 const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 257, 384},
                             {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512},
                             {6, 40, 2080}};  // (last: three chunks of the M >= 4 pairs path, the last one short)
+
+// HC_PRE's sums over many tokens (tokens in the vector lanes) equal the one-token chains bit for
+// bit on every path: row counts that take full, partial and single-row passes, token counts
+// around the vector width, and magnitudes spread over many binades so that another order or a
+// fused multiply-add would change bits. Nothing is written past mix or ss.
+TEST(HcMix, TokensEqualOneTokenChainsOnEveryPath) {
+  IsaGuard guard;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> ex(-12, 12);
+  for (const int HD : {37, 1000}) {
+    for (const int rows : {0, 1, 4, 13, 24, 29}) {
+      std::vector<float> fn(static_cast<size_t>(rows) * HD + 1);
+      for (auto& v : fn) v = std::ldexp(nd(rng), ex(rng));
+      for (const int tokens : {1, 7, 16, 17, 33}) {
+        std::vector<float> x(static_cast<size_t>(tokens) * HD);
+        for (auto& v : x) v = std::ldexp(nd(rng), ex(rng));
+        std::vector<float> want_mix(static_cast<size_t>(tokens) * rows + 1), want_ss(static_cast<size_t>(tokens) + 1);
+        for (int t = 0; t < tokens; ++t) {
+          want_ss[static_cast<size_t>(t)] = hc_sum_squares(&x[static_cast<size_t>(t) * HD], HD);
+          hc_mix_rows(fn.data(), rows, HD, &x[static_cast<size_t>(t) * HD], &want_mix[static_cast<size_t>(t) * rows]);
+        }
+        for (Isa isa : all_isas()) {
+          force_isa(isa);
+          const float sentinel = -7.5f;
+          std::vector<float> mix(want_mix.size(), sentinel), ss(want_ss.size(), sentinel);
+          hc_mix_tokens(fn.data(), rows, HD, x.data(), tokens, ss.data(), mix.data());
+          const std::string what = std::string(isa_name(isa)) + " HD " + std::to_string(HD) + " rows " +
+                                   std::to_string(rows) + " tokens " + std::to_string(tokens);
+          expect_bits_then_sentinel(mix, want_mix, tokens * rows, sentinel, what + " mix");
+          expect_bits_then_sentinel(ss, want_ss, tokens, sentinel, what + " ss");
+          std::vector<float> mix_only(want_mix.size(), sentinel);  // without ss
+          hc_mix_tokens(fn.data(), rows, HD, x.data(), tokens, nullptr, mix_only.data());
+          expect_bits_then_sentinel(mix_only, want_mix, tokens * rows, sentinel, what + " mix without ss");
+        }
+      }
+    }
+  }
+  // The chains are order-sensitive on this data: one fused multiply-add per step changes bits.
+  const int HD = 1000;
+  std::vector<float> a(HD), b(HD);
+  for (auto& v : a) v = std::ldexp(nd(rng), ex(rng));
+  for (auto& v : b) v = std::ldexp(nd(rng), ex(rng));
+  float fused = 0.0f, plain = 0.0f;
+  hc_mix_rows(a.data(), 1, HD, b.data(), &plain);
+  for (int i = 0; i < HD; ++i) fused = std::fma(a[static_cast<size_t>(i)], b[static_cast<size_t>(i)], fused);
+  EXPECT_NE(f32_bits(fused), f32_bits(plain));
+}
 
 TEST(Gemm, TileChoiceCanBeForcedAndRestored) {
   TilesGuard tg;

@@ -17,6 +17,7 @@
 #include "core/stage_profile.h"
 #include "kernels/dot.h"
 #include "kernels/gemm.h"
+#include "kernels/hc_mix.h"
 #include "kernels/index_score.h"
 #include "kernels/numerics.h"
 
@@ -52,43 +53,20 @@ void apply_rope(float* x, const float* cs, const float* sn, int npairs, bool inv
   }
 }
 
-// HC_PRE (spec §5.1) for one token: collapses hc streams x [hc*D] into a [D].
-// out[j] = sum over i of fn[j][i] * x[i], each a plain sequential fp32 sum (multiply, then add,
-// as the reference's fp32 linear sums). One chain is bound by the add latency, so rows are taken
-// kRows at a time: independent chains that share the loads of x; each sum's order is unchanged.
-void hc_mix_dots(const float* fn, int mix, int HD, const float* x, float* out) {
-  constexpr int kRows = 8;
-  auto rows = [&](int j0, auto count) {
-    constexpr int R = decltype(count)::value;
-    float acc[R] = {};
-    const float* f[R];
-    for (int u = 0; u < R; ++u) f[u] = fn + static_cast<size_t>(j0 + u) * HD;
-    for (int i = 0; i < HD; ++i) {
-      const float xi = x[i];
-      for (int u = 0; u < R; ++u) acc[u] += f[u][i] * xi;
-    }
-    for (int u = 0; u < R; ++u) out[j0 + u] = acc[u];
-  };
-  int j = 0;
-  for (; j + kRows <= mix; j += kRows) rows(j, std::integral_constant<int, kRows>{});
-  for (; j + 4 <= mix; j += 4) rows(j, std::integral_constant<int, 4>{});
-  for (; j < mix; ++j) rows(j, std::integral_constant<int, 1>{});
-}
-
 // HC_PRE's reductions over one token's streams x [hc*D] come in parts, so that a decode step
 // (one token) can spread them over the pool: part 0 is the sum of squares, part 1 + i the mix
 // rows [8i, 8i+8). Each is the same serial sum as in one pass, so the split changes no bit.
 constexpr int kHcMixRowsPerPart = 8;
+// From this many tokens on (prefill), HC_PRE's sums run over groups of this many tokens at once.
+constexpr int kHcTokensPerItem = 16;
 int hc_pre_parts(const HcWeights& hw) { return 1 + (hw.mix + kHcMixRowsPerPart - 1) / kHcMixRowsPerPart; }
 void hc_pre_part(const HcWeights& hw, int HD, const float* x, int part, float* ss, float* mix) {
   if (part == 0) {
-    float acc = 0.0f;
-    for (int i = 0; i < HD; ++i) acc += x[i] * x[i];
-    *ss = acc;
+    *ss = hc_sum_squares(x, HD);
     return;
   }
   const int j0 = (part - 1) * kHcMixRowsPerPart;
-  hc_mix_dots(hw.fn + static_cast<size_t>(j0) * HD, std::min(kHcMixRowsPerPart, hw.mix - j0), HD, x, mix + j0);
+  hc_mix_rows(hw.fn + static_cast<size_t>(j0) * HD, std::min(kHcMixRowsPerPart, hw.mix - j0), HD, x, mix + j0);
 }
 
 // The rest of HC_PRE from those sums: pre/post gates, the Sinkhorn-normalised comb [hc][hc] and
@@ -746,14 +724,25 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
     StageTimer pre_timer(Stage::kHyperConn);
     const int parts = hc_pre_parts(hw), M = hw.mix;
     mix.resize(N * static_cast<size_t>(M));
-    // Token x part items: a decode step's one token still keeps every thread busy.
-    pool_->parallel_for(static_cast<int64_t>(n) * parts, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t t = i / parts;
-        hc_pre_part(hw, hc * D, h + static_cast<size_t>(t) * hc * D, static_cast<int>(i % parts), &ss[static_cast<size_t>(t)],
-                    &mix[static_cast<size_t>(t) * M]);
-      }
-    });
+    if (n < kHcTokensPerItem) {
+      // Token x part items: a decode step's one token still keeps every thread busy.
+      pool_->parallel_for(static_cast<int64_t>(n) * parts, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t t = i / parts;
+          hc_pre_part(hw, hc * D, h + static_cast<size_t>(t) * hc * D, static_cast<int>(i % parts),
+                      &ss[static_cast<size_t>(t)], &mix[static_cast<size_t>(t) * M]);
+        }
+      });
+    } else {  // prefill: tokens in the vector lanes, the same chains
+      const int64_t items = (n + kHcTokensPerItem - 1) / kHcTokensPerItem;
+      pool_->parallel_for(items, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int t0 = static_cast<int>(i) * kHcTokensPerItem, count = std::min(kHcTokensPerItem, n - t0);
+          hc_mix_tokens(hw.fn, M, hc * D, h + static_cast<size_t>(t0) * hc * D, count, &ss[static_cast<size_t>(t0)],
+                        &mix[static_cast<size_t>(t0) * M]);
+        }
+      });
+    }
     pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
         hc_pre_finish(c, hw, h + static_cast<size_t>(t) * hc * D, ss[static_cast<size_t>(t)], &mix[static_cast<size_t>(t) * M],
@@ -788,12 +777,11 @@ void Model::head(const float* streams, const HcWeights& hc_head, const std::vect
   const ModelConfig& c = cfg_;
   const int hc = c.hc_mult, D = c.dim, HD = hc * D;
   StageTimer timer(Stage::kHead);
-  float ss = 0.0f;
-  for (int i = 0; i < HD; ++i) ss += streams[i] * streams[i];
+  const float ss = hc_sum_squares(streams, HD);
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
   std::vector<float> y(static_cast<size_t>(D));
   float pre[16], mix[16];
-  hc_mix_dots(hc_head.fn, hc, HD, streams, mix);
+  hc_mix_rows(hc_head.fn, hc, HD, streams, mix);
   for (int j = 0; j < hc; ++j)
     pre[j] = sigmoid(mix[j] * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
   for (int d = 0; d < D; ++d) {

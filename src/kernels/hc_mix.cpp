@@ -1,0 +1,54 @@
+#include "kernels/hc_mix.h"
+
+#include <type_traits>
+
+#include "kernels/cpu_features.h"
+
+namespace dsv4 {
+
+// One chain is bound by the add latency, so rows are taken kRows at a time: independent chains
+// that share the loads of x; each sum's order is unchanged.
+void hc_mix_rows(const float* fn, int rows, int HD, const float* x, float* mix) {
+  constexpr int kRows = 8;
+  auto group = [&](int j0, auto count) {
+    constexpr int R = decltype(count)::value;
+    float acc[R] = {};
+    const float* f[R];
+    for (int u = 0; u < R; ++u) f[u] = fn + static_cast<long>(j0 + u) * HD;
+    for (int i = 0; i < HD; ++i) {
+      const float xi = x[i];
+      for (int u = 0; u < R; ++u) acc[u] += f[u][i] * xi;
+    }
+    for (int u = 0; u < R; ++u) mix[j0 + u] = acc[u];
+  };
+  int j = 0;
+  for (; j + kRows <= rows; j += kRows) group(j, std::integral_constant<int, kRows>{});
+  for (; j + 4 <= rows; j += 4) group(j, std::integral_constant<int, 4>{});
+  for (; j < rows; ++j) group(j, std::integral_constant<int, 1>{});
+}
+
+float hc_sum_squares(const float* x, int HD) {
+  float acc = 0.0f;
+  for (int i = 0; i < HD; ++i) acc += x[i] * x[i];
+  return acc;
+}
+
+namespace hc_mix_detail {
+void tokens_scalar(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix) {
+  for (int t = 0; t < tokens; ++t) {
+    const float* xt = x + static_cast<long>(t) * HD;
+    if (ss) ss[t] = hc_sum_squares(xt, HD);
+    hc_mix_rows(fn, rows, HD, xt, mix + static_cast<long>(t) * rows);
+  }
+}
+}  // namespace hc_mix_detail
+
+void hc_mix_tokens(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix) {
+  switch (active_isa()) {
+    case Isa::Avx512: return hc_mix_detail::tokens_avx512(fn, rows, HD, x, tokens, ss, mix);
+    case Isa::Avx2: return hc_mix_detail::tokens_avx2(fn, rows, HD, x, tokens, ss, mix);
+    default: return hc_mix_detail::tokens_scalar(fn, rows, HD, x, tokens, ss, mix);
+  }
+}
+
+}  // namespace dsv4
