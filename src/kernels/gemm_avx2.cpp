@@ -170,7 +170,7 @@ inline void fp4_int_words(__m256i codes, __m256i* w) {
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
                          const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
-                         Vec* lanes, const uint8_t* const* next) {
+                         Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
   for (int b0 = 0; b0 < full; b0 += 4) {
     const int run = full - b0 < 4 ? full - b0 : 4;
     Vec s16[R];
@@ -178,6 +178,7 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     for (int bb = 0; bb < run; ++bb) {
       const int b = b0 + bb;
       for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
+      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
       if (ok[b]) {
         const Vec un = vmul(vload(unit + 16 * b), vset1(0x1p-8f));  // (normal: u >= 2^-117)
         for (int j = 0; j < R; ++j) {

@@ -179,14 +179,17 @@ inline Vec fp4_lane_scales_f32(const float* scales, int b) {
 // row j's converted fp32 ones, scales_f32[j], or with kRawScales its scale bytes scales_raw[j]
 // (all plain: fp4_scales_plain). next: the codes of the R rows that follow, asked for in the order
 // they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
-// too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s).
+// too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s); far: rows kFp4FarRows past those, asked
+// into L2 only (see kFp4FarRows).
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
                          const uint8_t* ok, const float* a, const float* const* scales_f32,
-                         const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* const* next) {
+                         const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* const* next,
+                         const uint8_t* const* far) {
   const __m512i tab = fp4_int_table();
   for (int b = 0; b < full; ++b) {
     for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
+    for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
     Fp4Blk c[R];
     Vec part[R];
     for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
