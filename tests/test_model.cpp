@@ -7,9 +7,11 @@
 #include <functional>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "kernels/numerics.h"
 #include "model/model.h"
 #include "model/synth.h"
 #include "temp_dir.h"
@@ -80,6 +82,34 @@ TEST(Model, ChunkedPrefillAndDecodeMatchFullPrefill) {
   EXPECT_LT(kl(full, stepped), 1e-3);
   EXPECT_EQ(std::max_element(full.begin(), full.end()) - full.begin(),
             std::max_element(stepped.begin(), stepped.end()) - stepped.begin());
+}
+
+// The routed experts give a token the same bits alone (decode) as among hundreds of others split
+// into several expert batches (prefill): every product is per row, and each output element adds
+// its experts in increasing order. A hash-routed and a score-routed layer.
+TEST(Model, MoeOutputDoesNotDependOnTheBatch) {
+  Model m(test_model_dir(), 2);
+  const ModelConfig& c = m.config();
+  const int n = 600, D = c.dim;  // 600 x 2 routed rows: more than one batch of experts
+  ASSERT_GT(static_cast<int64_t>(n) * c.n_activated_experts, 1024);
+  const auto tok = tokens(n);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(static_cast<size_t>(n) * D);
+  for (auto& v : x) v = bf16_round(nd(rng));  // MoE inputs are bf16 norm outputs
+  ASSERT_GT(c.n_hash_layers, 0);
+  for (int layer : {0, c.n_layers - 1}) {
+    const BlockWeights& bw = m.weights().layers[static_cast<size_t>(layer)];
+    std::vector<float> all(x.size()), one(static_cast<size_t>(D));
+    m.moe(bw.moe, bw.layer_id, x.data(), tok.data(), n, all.data(), nullptr);
+    for (int t = 0; t < n; ++t) {
+      m.moe(bw.moe, bw.layer_id, &x[static_cast<size_t>(t) * D], &tok[static_cast<size_t>(t)], 1, one.data(), nullptr);
+      if (std::memcmp(one.data(), &all[static_cast<size_t>(t) * D], sizeof(float) * static_cast<size_t>(D)) != 0) {
+        ADD_FAILURE() << "layer " << layer << ": token " << t << " differs alone and in the batch";
+        break;
+      }
+    }
+  }
 }
 
 TEST(Model, ThreadCountDoesNotChangeResults) {

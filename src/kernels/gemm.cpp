@@ -417,6 +417,20 @@ static void quantized_batch(gd::Kind kind, const GemmItem<Weight>* items, size_t
   jobs.clear();
   for (size_t i = 0; i < count; ++i) {
     const GemmItem<Weight>& it = items[i];
+    // FP4 items on the same activations (an expert's w1 and w3) share the prepared activations:
+    // for FP4 they depend on x, M and K only (FP8's choices also depend on the weight scales).
+    if (kind == gd::Kind::Fp4 && i > 0 && it.x == items[i - 1].x && it.M == items[i - 1].M &&
+        it.W->k == items[i - 1].W->k) {
+      Job j = jobs.back();
+      j.p.w = it.W->w;
+      j.p.ws = it.W->scale;
+      j.p.y = it.y;
+      j.p.y_stride = it.W->n;
+      j.row_begin = 0;
+      j.row_end = it.W->n;
+      jobs.push_back(j);
+      continue;
+    }
     jobs.push_back(prepare_quantized(kind, it.x, it.M, it.W->w, it.W->scale, it.W->n, it.W->k, it.y, qs[i], prs[i], pool));
   }
   run_jobs(jobs.data(), jobs.size(), pool);

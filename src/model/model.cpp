@@ -26,9 +26,9 @@ namespace dsv4 {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// Up to this many routed (token, expert) rows per MoE call, all experts run in two batched pool
-// jobs (decode); above it, expert by expert.
-constexpr size_t kBatchedExpertRows = 64;
+// Routed (token, expert) rows per batch of experts in the MoE: a decode step's few rows run as
+// one batch; a prefill chunk's in several (this bounds the buffers: ~56 MB at V4-Flash widths).
+constexpr size_t kExpertBatchRows = 1024;
 
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
@@ -610,88 +610,75 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   };
 
   std::vector<float> y(N * D, 0.0f);
-  std::vector<float> xe, g, up, hdn, oe, we;
-  std::vector<int> rows;
-  // Few routed rows (decode): every active expert's w1 and w3 in one pool job, then every w2 in
-  // another, instead of three jobs per expert; each product and the scatter order are as below.
-  if (N * K <= kBatchedExpertRows) {
-    struct Active {
-      int e;
-      std::vector<int> rows;
-      std::vector<float> we, xe, g, up, hdn, oe;
-    };
-    std::vector<Active> act;
-    for (int e = 0; e < E; ++e) {
-      Active a{e, {}, {}, {}, {}, {}, {}, {}};
-      for (int t = 0; t < n; ++t)
-        for (int k = 0; k < K; ++k)
-          if (ids[static_cast<size_t>(t) * K + k] == e) {
-            a.rows.push_back(t);
-            a.we.push_back(wts[static_cast<size_t>(t) * K + k]);
-          }
-      if (a.rows.empty()) continue;
-      const size_t m = a.rows.size();
-      a.xe.resize(m * D);
-      for (size_t i = 0; i < m; ++i) std::copy_n(x + static_cast<size_t>(a.rows[i]) * D, D, &a.xe[i * D]);
-      a.g.resize(m * I);
-      a.up.resize(m * I);
-      a.hdn.resize(m * I);
-      a.oe.resize(m * D);
-      act.push_back(std::move(a));
-    }
-    std::vector<GemmItem<Fp4Weight>> items;
-    for (Active& a : act) {
-      const ExpertWeights& ew = mw.experts[static_cast<size_t>(a.e)];
-      const int m = static_cast<int>(a.rows.size());
-      items.push_back({a.xe.data(), m, &ew.w1, a.g.data()});
-      items.push_back({a.xe.data(), m, &ew.w3, a.up.data()});
-    }
-    gemm_fp4_batch(items, *pool_);
-    items.clear();
-    for (Active& a : act) {
-      const int m = static_cast<int>(a.rows.size());
-      swiglu(a.g.data(), a.up.data(), a.we.data(), m, a.hdn.data());
-      items.push_back({a.hdn.data(), m, &mw.experts[static_cast<size_t>(a.e)].w2, a.oe.data()});
-    }
-    gemm_fp4_batch(items, *pool_);
-    for (const Active& a : act)  // experts in increasing e, rows in order: the order of the loop below
-      for (size_t i = 0; i < a.rows.size(); ++i) {
-        float* yt = &y[static_cast<size_t>(a.rows[i]) * D];
-        for (int d = 0; d < D; ++d) yt[d] += a.oe[i * D + static_cast<size_t>(d)];
+  // The routed rows grouped by expert: increasing e, each expert's rows in token order. (An id
+  // outside [0, E) cannot come from the router or the checked tid2eid; it would be skipped.)
+  std::vector<size_t> first(static_cast<size_t>(E) + 1, 0);
+  for (size_t i = 0; i < N * K; ++i)
+    if (ids[i] >= 0 && ids[i] < E) ++first[static_cast<size_t>(ids[i]) + 1];
+  for (int e = 0; e < E; ++e) first[static_cast<size_t>(e) + 1] += first[static_cast<size_t>(e)];
+  std::vector<int> row_token(first[static_cast<size_t>(E)]);
+  std::vector<float> row_weight(row_token.size());
+  {
+    std::vector<size_t> fill(first.begin(), first.end() - 1);
+    for (int t = 0; t < n; ++t)
+      for (int k = 0; k < K; ++k) {
+        const int e = ids[static_cast<size_t>(t) * K + k];
+        if (e < 0 || e >= E) continue;
+        const size_t r = fill[static_cast<size_t>(e)]++;
+        row_token[r] = t;
+        row_weight[r] = wts[static_cast<size_t>(t) * K + k];
       }
   }
-  for (int e = 0; e < (N * K <= kBatchedExpertRows ? 0 : E); ++e) {
-    rows.clear();
-    we.clear();
-    for (int t = 0; t < n; ++t)
-      for (int k = 0; k < K; ++k)
-        if (ids[static_cast<size_t>(t) * K + k] == e) {
-          rows.push_back(t);
-          we.push_back(wts[static_cast<size_t>(t) * K + k]);
-        }
-    if (rows.empty()) continue;
-    const int m = static_cast<int>(rows.size());
-    xe.resize(static_cast<size_t>(m) * D);
-    parallel_each(*pool_, m, [&](int64_t i) {
-      std::copy_n(x + static_cast<size_t>(rows[static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
+  // Experts in batches of up to kExpertBatchRows routed rows (at least one expert): each batch's
+  // w1 and w3 products in one pool job, then its w2 products in another, instead of three jobs
+  // per expert. Every product, and each y element's sum over experts and rows, is the same.
+  std::vector<float> xe, g, up, hdn, oe;
+  std::vector<GemmItem<Fp4Weight>> expert_jobs;
+  for (int e0 = 0; e0 < E;) {
+    int e1 = e0 + 1;
+    while (e1 < E && first[static_cast<size_t>(e1) + 1] - first[static_cast<size_t>(e0)] <= kExpertBatchRows) ++e1;
+    const size_t r0 = first[static_cast<size_t>(e0)], rows = first[static_cast<size_t>(e1)] - r0;
+    if (rows == 0) {
+      e0 = e1;
+      continue;
+    }
+    const int m_all = static_cast<int>(rows);
+    xe.resize(rows * D);
+    parallel_each(*pool_, m_all, [&](int64_t i) {
+      std::copy_n(x + static_cast<size_t>(row_token[r0 + static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
     }, 16);
-    g.resize(static_cast<size_t>(m) * I);
-    up.resize(static_cast<size_t>(m) * I);
-    hdn.resize(static_cast<size_t>(m) * I);
-    oe.resize(static_cast<size_t>(m) * D);
-    const ExpertWeights& ew = mw.experts[static_cast<size_t>(e)];
-    gemm_fp4(xe.data(), m, ew.w1, g.data(), *pool_);
-    gemm_fp4(xe.data(), m, ew.w3, up.data(), *pool_);
-    swiglu(g.data(), up.data(), we.data(), m, hdn.data());
-    gemm_fp4(hdn.data(), m, ew.w2, oe.data(), *pool_);
+    g.resize(rows * I);
+    up.resize(rows * I);
+    hdn.resize(rows * I);
+    oe.resize(rows * D);
+    auto expert_items = [&](bool down) {
+      expert_jobs.clear();
+      for (int e = e0; e < e1; ++e) {
+        const size_t b = first[static_cast<size_t>(e)] - r0;
+        const int m = static_cast<int>(first[static_cast<size_t>(e) + 1] - first[static_cast<size_t>(e)]);
+        if (m == 0) continue;
+        const ExpertWeights& ew = mw.experts[static_cast<size_t>(e)];
+        if (down) {
+          expert_jobs.push_back({&hdn[b * I], m, &ew.w2, &oe[b * D]});
+        } else {  // (w1 and w3 share x: the GEMM prepares it once)
+          expert_jobs.push_back({&xe[b * D], m, &ew.w1, &g[b * I]});
+          expert_jobs.push_back({&xe[b * D], m, &ew.w3, &up[b * I]});
+        }
+      }
+      gemm_fp4_batch(expert_jobs, *pool_);
+    };
+    expert_items(false);
+    swiglu(g.data(), up.data(), &row_weight[r0], m_all, hdn.data());
+    expert_items(true);
     // Split over channels, not rows: each y element still adds its rows in the serial order.
     // A few rows (decode) stay on this thread: waking the pool would cost more than the adds.
     pool_->parallel_for(D, [&](int64_t d0, int64_t d1) {
-      for (int i = 0; i < m; ++i) {
-        float* yt = &y[static_cast<size_t>(rows[static_cast<size_t>(i)]) * D];
-        for (int64_t d = d0; d < d1; ++d) yt[d] += oe[static_cast<size_t>(i) * D + d];
+      for (size_t i = 0; i < rows; ++i) {
+        float* yt = &y[static_cast<size_t>(row_token[r0 + i]) * D];
+        for (int64_t d = d0; d < d1; ++d) yt[d] += oe[i * D + static_cast<size_t>(d)];
       }
-    }, std::max(256, (1 << 16) / m));
+    }, std::max(256, (1 << 16) / m_all));
+    e0 = e1;
   }
   experts_timer.stop();
   StageTimer shared_timer(Stage::kSharedExpert);
