@@ -97,8 +97,8 @@ void quantize_rows_fp8(const float* x, int M, int K, float* q, float* s);
 // Register tiles of the M >= 4 products on the AVX-512 path: VDPBF16PS (32 multiply-adds per
 // instruction) or fp32 FMA (16). Both give the same bits (the canonical order below), so the
 // choice changes speed only, and which is faster depends on the CPU: VDPBF16PS measured 863
-// against FMA's 544 GFLOP/s on a Zen 5 VM, but 170 against 470 on a Xeon VM, where it occupies
-// the vector ports as long as four FMAs. Chosen once from the two instructions' measured rates
+// GFLOP/s on a Zen 5 VM, well above FMA, but 170 against FMA's 340 on a Xeon VM, where it
+// occupies the vector ports as long as four FMAs. Chosen once from the two instructions' measured rates
 // (a few ms, on first use); env DSV4_GEMM_TILES=dp|fma, or force_gemm_tiles(), overrides that.
 enum class GemmTiles { Dp, Fma };
 GemmTiles active_gemm_tiles();

@@ -14,15 +14,14 @@
 namespace dsv4 {
 
 namespace roofline_detail {
-double fma_loop_scalar(long iters, float* sink) {
-  float a[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+double fma_loop_scalar(long iters, const float* seeds, float* out) {
+  float a[kFmaChains];
+  for (int j = 0; j < kFmaChains; ++j) a[j] = seeds[j];
   const float m = 0.999999f, c = 1e-7f;
   for (long i = 0; i < iters; ++i)
     for (float& v : a) v = v * m + c;
-  float s = 0;
-  for (float v : a) s += v;
-  *sink = s;
-  return 2.0 * 8 * static_cast<double>(iters);
+  for (int j = 0; j < kFmaChains; ++j) out[j] = a[j];
+  return 2.0 * kFmaChains * static_cast<double>(iters);
 }
 
 uint64_t read_xor_scalar(const uint8_t* p, size_t len) {
@@ -98,15 +97,19 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds, const 
   r.read_gbs = best;
 
   // Peak multiply-add: every thread runs the loop; best of three, flops / wall time.
-  auto peak = [&](double (*loop)(long, float*), long iters) {
+  // Distinct chain seeds (the loops read them from memory, roofline.h).
+  float seeds[16];
+  for (int j = 0; j < 16; ++j) seeds[j] = 1.0f + 0.0625f * static_cast<float>(j);
+  static_assert(roofline_detail::kFmaChains <= 16 && roofline_detail::kDotChains <= 16, "seeds");
+  auto peak = [&](double (*loop)(long, const float*, float*), long iters) {
     double best_flops = 0;
     for (int rep = 0; rep < 3; ++rep) {
       std::atomic<double> flops{0};
-      std::vector<float> sink(static_cast<size_t>(parts));
+      std::vector<float> out(static_cast<size_t>(parts) * 16);
       const double t0 = now();
       pool.parallel_for(parts, [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
-          const double f = loop(iters, &sink[static_cast<size_t>(p)]);
+          const double f = loop(iters, seeds, &out[static_cast<size_t>(p) * 16]);
           flops = flops + f;
         }
       });

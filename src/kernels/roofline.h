@@ -18,7 +18,8 @@ struct Roofline {
   // The peak prefill is measured against: the faster of the multiply-add instructions the GEMMs
   // have a path for. Both paths give the same bits (gemm.h), so the slower instruction's peak
   // would flatter a kernel that leaves the faster one unused: VDPBF16PS does 32 multiply-adds to
-  // FMA's 16, yet measured 863 vs 544 GFLOP/s on a Zen 5 VM and 170 vs 470 on a Xeon VM.
+  // FMA's 16, yet measured 863 GFLOP/s on a Zen 5 VM, well above FMA, and 170 vs FMA's 340 on
+  // a Xeon VM.
   bool dot_is_peak() const { return dot_gflops > fma_gflops; }
   double gemm_peak_gflops() const { return dot_is_peak() ? dot_gflops : fma_gflops; }
   const char* gemm_peak_name() const { return dot_is_peak() ? "VDPBF16PS" : "FMA"; }
@@ -35,12 +36,19 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes = size_t(1) << 30, doub
 double measure_read_gbs(ThreadPool& pool, size_t bytes, double seconds, const void* data = nullptr);
 
 namespace roofline_detail {
-// Per-ISA FMA loops: `iters` iterations of independent FMA chains; returns flops performed.
-double fma_loop_scalar(long iters, float* sink);
-double fma_loop_avx2(long iters, float* sink);
-double fma_loop_avx512(long iters, float* sink);
-// VDPBF16PS loop (AVX-512 BF16): `iters` iterations of independent chains; returns flops.
-double dpbf16_loop_avx512(long iters, float* sink);
+// Per-ISA FMA loops: `iters` iterations of kFmaChains independent chains, chain j starting at
+// seeds[j] (every lane) and doing v = fma(v, 0.999999, 1e-7); out[j] gets lane 0 of chain j.
+// Returns the flops performed. The seeds come from memory so that the compiler cannot prove two
+// chains equal and merge them: with constant, equal starts GCC 12 kept one chain of ten, and the
+// "peak" was ten times a single chain's latency-bound rate (about 1.33x the true peak on a Xeon).
+constexpr int kFmaChains = 12;  // > latency x ports (4 x 2) of current x86 FMA units
+double fma_loop_scalar(long iters, const float* seeds, float* out);
+double fma_loop_avx2(long iters, const float* seeds, float* out);
+double fma_loop_avx512(long iters, const float* seeds, float* out);
+// VDPBF16PS loop (AVX-512 BF16): `iters` iterations of kDotChains chains, chain j starting at
+// seeds[j] and adding 1 * 2^-24 twice per iteration in every lane; out[j] gets lane 0 of chain j.
+constexpr int kDotChains = 16;
+double dpbf16_loop_avx512(long iters, const float* seeds, float* out);
 // Per-ISA read loops: XOR of all bytes of [p, p + len), len a multiple of 512.
 uint64_t read_xor_scalar(const uint8_t* p, size_t len);
 uint64_t read_xor_avx2(const uint8_t* p, size_t len);
