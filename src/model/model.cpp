@@ -632,7 +632,8 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   // Experts in batches of up to kExpertBatchRows routed rows (at least one expert): each batch's
   // w1 and w3 products in one pool job, then its w2 products in another, instead of three jobs
   // per expert. Every product, and each y element's sum over experts and rows, is the same.
-  std::vector<float> xe, g, up, hdn, oe;
+  MoeScratch& sc = moe_scratch_;
+  float *xe = nullptr, *g = nullptr, *up = nullptr, *hdn = nullptr, *oe = nullptr;
   std::vector<GemmItem<Fp4Weight>> expert_jobs;
   for (int e0 = 0; e0 < E;) {
     int e1 = e0 + 1;
@@ -643,14 +644,14 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
       continue;
     }
     const int m_all = static_cast<int>(rows);
-    xe.resize(rows * D);
+    xe = sc.xe.grown(rows * D);  // (every element below is written before it is read)
+    g = sc.g.grown(rows * I);
+    up = sc.up.grown(rows * I);
+    hdn = sc.hdn.grown(rows * I);
+    oe = sc.oe.grown(rows * D);
     parallel_each(*pool_, m_all, [&](int64_t i) {
       std::copy_n(x + static_cast<size_t>(row_token[r0 + static_cast<size_t>(i)]) * D, D, &xe[static_cast<size_t>(i) * D]);
     }, 16);
-    g.resize(rows * I);
-    up.resize(rows * I);
-    hdn.resize(rows * I);
-    oe.resize(rows * D);
     auto expert_items = [&](bool down) {
       expert_jobs.clear();
       for (int e = e0; e < e1; ++e) {
@@ -668,7 +669,7 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
       gemm_fp4_batch(expert_jobs, *pool_);
     };
     expert_items(false);
-    swiglu(g.data(), up.data(), &row_weight[r0], m_all, hdn.data());
+    swiglu(g, up, &row_weight[r0], m_all, hdn);
     expert_items(true);
     // Split over channels, not rows: each y element still adds its rows in the serial order.
     // A few rows (decode) stay on this thread: waking the pool would cost more than the adds.
@@ -683,14 +684,14 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   experts_timer.stop();
   StageTimer shared_timer(Stage::kSharedExpert);
   if (mw.has_shared) {
-    g.resize(N * I);
-    up.resize(N * I);
-    hdn.resize(N * I);
-    oe.resize(N * D);
-    const GemmItem<Fp8Weight> items[] = {{x, n, &mw.shared.w1, g.data()}, {x, n, &mw.shared.w3, up.data()}};
+    g = sc.g.grown(N * I);
+    up = sc.up.grown(N * I);
+    hdn = sc.hdn.grown(N * I);
+    oe = sc.oe.grown(N * D);
+    const GemmItem<Fp8Weight> items[] = {{x, n, &mw.shared.w1, g}, {x, n, &mw.shared.w3, up}};
     gemm_fp8_batch(items, *pool_);
-    swiglu(g.data(), up.data(), nullptr, n, hdn.data());
-    gemm_fp8(hdn.data(), n, mw.shared.w2, oe.data(), *pool_);
+    swiglu(g, up, nullptr, n, hdn);
+    gemm_fp8(hdn, n, mw.shared.w2, oe, *pool_);
   }
   // The shared expert's output is added last, then each element is rounded once.
   parallel_each(*pool_, n, [&](int64_t t) {
