@@ -37,9 +37,14 @@ struct ProfileRun {
   double seconds = 0;
   int64_t tokens = 0;
 };
+// The stages whose time is nearly all weight products (the GEMM-dominated part of prefill).
+constexpr Stage kProductStages[] = {Stage::kAttnProject, Stage::kCompressor, Stage::kAttnOut, Stage::kExperts,
+                                    Stage::kSharedExpert};
+// With products_peak (GFLOP/s, prefill with --roofline), also the product stages' rate against it.
 void print_profile(const char* title, const char* amount_name, const char* rate_name, double rate_factor,
                    const StageBytes& amount, double amount_unit, const std::vector<int64_t>& frontiers,
-                   const std::vector<ProfileRun>& runs) {
+                   const std::vector<ProfileRun>& runs, bool product_row = false, double products_peak = 0,
+                   const char* peak_name = "") {
   std::printf("\n%s\n%-18s %10s", title, "stage", amount_name);
   for (int64_t f : frontiers) std::printf(" %9lld ms %7s", static_cast<long long>(f), rate_name);
   std::printf("\n");
@@ -67,6 +72,23 @@ void print_profile(const char* title, const char* amount_name, const char* rate_
   };
   row("other", 0.0, [&](size_t i) { return per_token(i, runs[i].seconds * 1e9) - in_stages(i); });
   row("total", total, [&](size_t i) { return per_token(i, runs[i].seconds * 1e9); });
+  if (!product_row) return;
+  double products = 0;
+  for (Stage s : kProductStages) products += static_cast<double>(amount[static_cast<size_t>(s)]) / amount_unit;
+  auto products_ms = [&](size_t i) {
+    int64_t sum = 0;
+    for (Stage s : kProductStages) sum += runs[i].ns[static_cast<size_t>(s)];
+    return per_token(i, static_cast<double>(sum));
+  };
+  row("product stages", products, products_ms);
+  if (products_peak <= 0 || products <= 0) return;
+  std::printf("%-29s", (std::string("  / ") + peak_name + " peak").c_str());
+  for (size_t i = 0; i < frontiers.size(); ++i) {
+    const double ms = products_ms(i);
+    if (ms > 0) std::printf(" %19.1f%%", 100.0 * products * rate_factor / ms / products_peak);
+    else std::printf(" %20s", "-");
+  }
+  std::printf("\n(product stages: attn projections, compressors, attn output, routed and shared experts)\n");
 }
 }  // namespace
 
@@ -212,7 +234,8 @@ void register_bench(CLI::App& app) {
       print_profile("decode profile (ms per token, and the GB/s of the stage's weight reads, at each context)",
                     "MB/token", "GB/s", 1.0, m.bytes_per_token_by_stage(), 1e6, frontiers, decode_runs);
       print_profile("prefill profile (ms per token of each interval, and the GFLOP/s of the stage's weight products)",
-                    "MMAC/token", "GFLOP/s", 2.0, m.prefill_macs_by_stage(), 1e6, frontiers, prefill_runs);
+                    "MMAC/token", "GFLOP/s", 2.0, m.prefill_macs_by_stage(), 1e6, frontiers, prefill_runs, true,
+                    roofline ? roof.gemm_peak_gflops() : 0.0, roof.gemm_peak_name());
     }
   });
 }
