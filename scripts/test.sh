@@ -34,7 +34,11 @@ echo "== golden runners as commands"
 
 echo "== demo model smoke run"
 DSV4_DEMO_DIR="$PWD/build/demo-model" ./build/dsv4 generate -p "Hello" -n 8 --seed 1 >/dev/null
-DSV4_DEMO_DIR="$PWD/build/demo-model" ./build/dsv4 bench --frontiers 64,160 --decode 2 --profile >/dev/null
+DSV4_DEMO_DIR="$PWD/build/demo-model" ./build/dsv4 bench --frontiers 64,160 --decode 2 --profile \
+  --csv build/bench-smoke.csv >/dev/null
+# Every frontier row has all columns, and the profiled product stages a positive rate.
+awk -F, 'NR == 1 { n = NF; next } NF != n || $16 <= 0 { bad = 1 } END { exit bad || NR != 3 }' build/bench-smoke.csv ||
+  { echo "bench CSV malformed:"; cat build/bench-smoke.csv; exit 1; }
 
 echo "== Release suite (unit + golden conformance)"
 ctest --test-dir build --output-on-failure -j"$jobs"

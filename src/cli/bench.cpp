@@ -40,6 +40,18 @@ struct ProfileRun {
 // The stages whose time is nearly all weight products (the GEMM-dominated part of prefill).
 constexpr Stage kProductStages[] = {Stage::kAttnProject, Stage::kCompressor, Stage::kAttnOut, Stage::kExperts,
                                     Stage::kSharedExpert};
+// Their multiply-adds per token, and their GFLOP/s (flops per ns) in one profiled prefill interval
+// (0: none timed).
+double product_macs(const StageBytes& macs) {
+  double sum = 0;
+  for (Stage s : kProductStages) sum += static_cast<double>(macs[static_cast<size_t>(s)]);
+  return sum;
+}
+double product_gflops(const StageBytes& macs, const ProfileRun& run) {
+  int64_t ns = 0;
+  for (Stage s : kProductStages) ns += run.ns[static_cast<size_t>(s)];
+  return ns > 0 ? 2.0 * product_macs(macs) * static_cast<double>(run.tokens) / static_cast<double>(ns) : 0.0;
+}
 // With products_peak (GFLOP/s, prefill with --roofline), also the product stages' rate against it.
 void print_profile(const char* title, const char* amount_name, const char* rate_name, double rate_factor,
                    const StageBytes& amount, double amount_unit, const std::vector<int64_t>& frontiers,
@@ -73,19 +85,17 @@ void print_profile(const char* title, const char* amount_name, const char* rate_
   row("other", 0.0, [&](size_t i) { return per_token(i, runs[i].seconds * 1e9) - in_stages(i); });
   row("total", total, [&](size_t i) { return per_token(i, runs[i].seconds * 1e9); });
   if (!product_row) return;
-  double products = 0;
-  for (Stage s : kProductStages) products += static_cast<double>(amount[static_cast<size_t>(s)]) / amount_unit;
   auto products_ms = [&](size_t i) {
     int64_t sum = 0;
     for (Stage s : kProductStages) sum += runs[i].ns[static_cast<size_t>(s)];
     return per_token(i, static_cast<double>(sum));
   };
-  row("product stages", products, products_ms);
-  if (products_peak <= 0 || products <= 0) return;
+  row("product stages", product_macs(amount) / amount_unit, products_ms);
+  if (products_peak <= 0 || product_macs(amount) <= 0) return;
   std::printf("%-29s", (std::string("  / ") + peak_name + " peak").c_str());
   for (size_t i = 0; i < frontiers.size(); ++i) {
-    const double ms = products_ms(i);
-    if (ms > 0) std::printf(" %19.1f%%", 100.0 * products * rate_factor / ms / products_peak);
+    const double gflops = product_gflops(amount, runs[i]);
+    if (gflops > 0) std::printf(" %19.1f%%", 100.0 * gflops / products_peak);
     else std::printf(" %20s", "-");
   }
   std::printf("\n(product stages: attn projections, compressors, attn output, routed and shared experts)\n");
@@ -159,7 +169,7 @@ void register_bench(CLI::App& app) {
       if (!csv) throw Error(csv_path + ": cannot create");
       csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
              "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,peak_dot_gflops,decode_bw_ratio,"
-             "prefill_gflops,prefill_peak_ratio\n";
+             "prefill_gflops,prefill_peak_ratio,products_gflops,products_peak_ratio\n";
     }
     // A fixed pseudo-random token walk (same for every run and machine).
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -217,6 +227,8 @@ void register_bench(CLI::App& app) {
       const double state_mib = static_cast<double>(st.bytes()) / (1 << 20);
       // 2 FLOPs per multiply-add, over the whole interval (non-GEMM work included: a lower bound).
       const double prefill_gflops = 2.0 * macs_per_token * prefill_tps / 1e9;
+      // The product stages alone (with --profile; else 0).
+      const double products_gflops = profile ? product_gflops(m.prefill_macs_by_stage(), prefill_runs.back()) : 0.0;
       std::printf("%9lld %12.1f %12.2f %12.2f %12.2f %10lld", static_cast<long long>(f), prefill_tps, decode_tps,
                   decode_gbs, state_mib, static_cast<long long>(n_prefill));
       if (roofline)
@@ -228,7 +240,8 @@ void register_bench(CLI::App& app) {
         csv << f << ',' << n_prefill << ',' << prefill_s << ',' << prefill_tps << ',' << decode_tokens << ',' << decode_s
             << ',' << decode_tps << ',' << decode_gbs << ',' << st.bytes() << ',' << read_gbs << ','
             << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
-            << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << '\n';
+            << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << ','
+            << products_gflops << ',' << (roofline ? products_gflops / roof.gemm_peak_gflops() : 0) << '\n';
     }
     if (profile) {
       print_profile("decode profile (ms per token, and the GB/s of the stage's weight reads, at each context)",
