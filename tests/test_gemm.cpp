@@ -629,11 +629,20 @@ TEST(Dot, RowsMatchSingleDots) {
         std::vector<float> out(14, -1.0f);
         dot_f32_rows(a.data(), ptr.data(), count, n, out.data());
         expect_bits_then_sentinel(out, ref, count, -1.0f, what);
-        // Two queries at once: a, and the first row as a second query.
-        std::vector<float> o0(14, -1.0f), o1(14, -1.0f);
-        dot_f32_rows2(a.data(), ptr[0], ptr.data(), count, n, o0.data(), o1.data());
-        expect_bits_then_sentinel(o0, ref, count, -1.0f, what + " pair, first");
-        expect_bits_then_sentinel(o1, ref2, count, -1.0f, what + " pair, second");
+        // Several queries at once (groups of four, a pair, a single): a and the first row, in turn.
+        for (int na : {1, 2, 3, 5, 6}) {
+          std::vector<const float*> qs;
+          std::vector<std::vector<float>> outs(static_cast<size_t>(na), std::vector<float>(14, -1.0f));
+          std::vector<float*> out_ptr;
+          for (int q = 0; q < na; ++q) {
+            qs.push_back(q % 2 ? ptr[0] : a.data());
+            out_ptr.push_back(outs[static_cast<size_t>(q)].data());
+          }
+          dot_f32_rows_multi(qs.data(), na, ptr.data(), count, n, out_ptr.data());
+          for (int q = 0; q < na; ++q)
+            expect_bits_then_sentinel(outs[static_cast<size_t>(q)], q % 2 ? ref2 : ref, count, -1.0f,
+                                      what + " " + std::to_string(na) + " queries, query " + std::to_string(q));
+        }
       }
     }
   }
@@ -696,13 +705,22 @@ TEST(Dot, AxpyRowsMatchSingleAxpys) {
         y.push_back(-1.0f);
         axpy_f32_rows(alpha.data(), ptr.data(), count, y.data(), n);
         expect_bits_then_sentinel(y, ref, n, -1.0f, what);
-        // Two outputs at once: y0 as above, and a second one with the alphas reversed.
-        auto ya = y0, yb = y0;
-        ya.push_back(-1.0f);
-        yb.push_back(-1.0f);
-        axpy_f32_rows2(alpha.data(), alpha_rev.data(), ptr.data(), count, ya.data(), yb.data(), n);
-        expect_bits_then_sentinel(ya, ref, n, -1.0f, what + " pair, first");
-        expect_bits_then_sentinel(yb, ref_rev, n, -1.0f, what + " pair, second");
+        // Several outputs at once (groups of four, a pair, a single): the alphas as above and
+        // reversed, in turn.
+        for (int na : {1, 2, 3, 5, 6}) {
+          std::vector<std::vector<float>> ys(static_cast<size_t>(na), y0);
+          std::vector<const float*> alphas;
+          std::vector<float*> y_ptr;
+          for (int q = 0; q < na; ++q) {
+            ys[static_cast<size_t>(q)].push_back(-1.0f);
+            alphas.push_back(q % 2 ? alpha_rev.data() : alpha.data());
+            y_ptr.push_back(ys[static_cast<size_t>(q)].data());
+          }
+          axpy_f32_rows_multi(alphas.data(), na, ptr.data(), count, y_ptr.data(), n);
+          for (int q = 0; q < na; ++q)
+            expect_bits_then_sentinel(ys[static_cast<size_t>(q)], q % 2 ? ref_rev : ref, n, -1.0f,
+                                      what + " " + std::to_string(na) + " outputs, output " + std::to_string(q));
+        }
       }
     }
   }

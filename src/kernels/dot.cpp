@@ -58,22 +58,19 @@ void axpy_f32_rows(const float* alpha, const float* const* rows, int count, floa
   }
 }
 
-void dot_f32_rows2(const float* a0, const float* a1, const float* const* rows, int count, int n, float* out0, float* out1) {
+void dot_f32_rows_multi(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out) {
   if (active_isa() == Isa::Avx512) {
-    dot_detail::dot_rows2_avx512(a0, a1, rows, count, n, out0, out1);
-  } else {  // (no fused form: the two single-query calls)
-    dot_f32_rows(a0, rows, count, n, out0);
-    dot_f32_rows(a1, rows, count, n, out1);
+    dot_detail::dot_rows_multi_avx512(a, na, rows, count, n, out);
+  } else {  // (no fused form: one call per query)
+    for (int q = 0; q < na; ++q) dot_f32_rows(a[q], rows, count, n, out[q]);
   }
 }
 
-void axpy_f32_rows2(const float* alpha0, const float* alpha1, const float* const* rows, int count, float* y0, float* y1,
-                    int n) {
+void axpy_f32_rows_multi(const float* const* alpha, int na, const float* const* rows, int count, float* const* y, int n) {
   if (active_isa() == Isa::Avx512) {
-    dot_detail::axpy_rows2_avx512(alpha0, alpha1, rows, count, y0, y1, n);
+    dot_detail::axpy_rows_multi_avx512(alpha, na, rows, count, y, n);
   } else {
-    axpy_f32_rows(alpha0, rows, count, y0, n);
-    axpy_f32_rows(alpha1, rows, count, y1, n);
+    for (int q = 0; q < na; ++q) axpy_f32_rows(alpha[q], rows, count, y[q], n);
   }
 }
 

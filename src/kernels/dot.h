@@ -15,12 +15,11 @@ void axpy_f32(float alpha, const float* x, float* y, int n);
 // axpy_f32(alpha[r], rows[r], y, n) for r = 0 .. count-1 in turn, in one pass over y: every
 // element takes the same fma chain, but y is loaded and stored once instead of count times.
 void axpy_f32_rows(const float* alpha, const float* const* rows, int count, float* y, int n);
-// Two queries or outputs sharing the rows (attention: two heads over the same KV rows), each row
-// read once for both: out0/out1 as dot_f32_rows(a0/a1, ...), y0/y1 as axpy_f32_rows(alpha0/alpha1,
-// ...), bit for bit.
-void dot_f32_rows2(const float* a0, const float* a1, const float* const* rows, int count, int n, float* out0, float* out1);
-void axpy_f32_rows2(const float* alpha0, const float* alpha1, const float* const* rows, int count, float* y0, float* y1,
-                    int n);
+// Several queries or outputs sharing the rows (attention: heads over the same KV rows), each row
+// read once per group of queries (four on AVX-512): out[q] as dot_f32_rows(a[q], ...), y[q] as
+// axpy_f32_rows(alpha[q], ...) for q < na, bit for bit.
+void dot_f32_rows_multi(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out);
+void axpy_f32_rows_multi(const float* const* alpha, int na, const float* const* rows, int count, float* const* y, int n);
 
 namespace dot_detail {
 float dot_scalar(const float* a, const float* b, int n);
@@ -29,9 +28,9 @@ void dot_rows_avx512(const float* a, const float* const* rows, int count, int n,
 void axpy_scalar(float alpha, const float* x, float* y, int n);
 void axpy_rows_avx2(const float* alpha, const float* const* rows, int count, float* y, int n);
 void axpy_rows_avx512(const float* alpha, const float* const* rows, int count, float* y, int n);
-void dot_rows2_avx512(const float* a0, const float* a1, const float* const* rows, int count, int n, float* out0, float* out1);
-void axpy_rows2_avx512(const float* alpha0, const float* alpha1, const float* const* rows, int count, float* y0, float* y1,
-                       int n);
+void dot_rows_multi_avx512(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out);
+void axpy_rows_multi_avx512(const float* const* alpha, int na, const float* const* rows, int count, float* const* y,
+                            int n);
 float dot_avx2(const float* a, const float* b, int n);
 void axpy_avx2(float alpha, const float* x, float* y, int n);
 float dot_avx512(const float* a, const float* b, int n);

@@ -87,75 +87,87 @@ void axpy_rows_avx512(const float* alpha, const float* const* rows, int count, f
   if (i < n) axpy_rows_span<1>(alpha, rows, count, y, i, static_cast<__mmask16>((1u << (n - i)) - 1));
 }
 
-// Two queries against R rows: 2R chains, each row vector loaded once for both.
+// Q queries against R rows: Q x R chains, each row vector loaded once for all Q.
 namespace {
-template <int R>
-inline void dot_rows2(const float* a0, const float* a1, const float* const* rows, int n, float* out0, float* out1) {
-  __m512 x[R], y[R];
-  for (int r = 0; r < R; ++r) x[r] = y[r] = _mm512_setzero_ps();
+template <int Q, int R>
+inline void dot_rows_q(const float* const* a, const float* const* rows, int n, float* const* out, int r0) {
+  __m512 acc[Q][R];
+  for (int q = 0; q < Q; ++q)
+    for (int r = 0; r < R; ++r) acc[q][r] = _mm512_setzero_ps();
   int i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512 va = _mm512_loadu_ps(a0 + i), vb = _mm512_loadu_ps(a1 + i);
+    __m512 va[Q];
+    for (int q = 0; q < Q; ++q) va[q] = _mm512_loadu_ps(a[q] + i);
     for (int r = 0; r < R; ++r) {
       const __m512 w = _mm512_loadu_ps(rows[r] + i);
-      x[r] = _mm512_fmadd_ps(va, w, x[r]);
-      y[r] = _mm512_fmadd_ps(vb, w, y[r]);
+      for (int q = 0; q < Q; ++q) acc[q][r] = _mm512_fmadd_ps(va[q], w, acc[q][r]);
     }
   }
   if (i < n) {  // zero padding leaves the lanes unchanged, as in dot_rows
     const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 va = _mm512_maskz_loadu_ps(k, a0 + i), vb = _mm512_maskz_loadu_ps(k, a1 + i);
+    __m512 va[Q];
+    for (int q = 0; q < Q; ++q) va[q] = _mm512_maskz_loadu_ps(k, a[q] + i);
     for (int r = 0; r < R; ++r) {
       const __m512 w = _mm512_maskz_loadu_ps(k, rows[r] + i);
-      x[r] = _mm512_fmadd_ps(va, w, x[r]);
-      y[r] = _mm512_fmadd_ps(vb, w, y[r]);
+      for (int q = 0; q < Q; ++q) acc[q][r] = _mm512_fmadd_ps(va[q], w, acc[q][r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    out0[r] = reduce16(x[r]);
-    out1[r] = reduce16(y[r]);
-  }
+  for (int q = 0; q < Q; ++q)
+    for (int r = 0; r < R; ++r) out[q][r0 + r] = reduce16(acc[q][r]);
 }
 
-template <int S>
-inline void axpy_rows2_span(const float* alpha0, const float* alpha1, const float* const* rows, int count, float* y0,
-                            float* y1, int i, __mmask16 tail) {
-  __m512 c0[S], c1[S];
-  for (int s = 0; s < S; ++s) {
-    const __mmask16 k = s + 1 < S ? __mmask16{0xFFFF} : tail;
-    c0[s] = _mm512_maskz_loadu_ps(k, y0 + i + 16 * s);
-    c1[s] = _mm512_maskz_loadu_ps(k, y1 + i + 16 * s);
-  }
+// Q queries over all rows: R rows at a time (Q x R accumulators of 32 registers).
+template <int Q>
+inline void dot_rows_q_all(const float* const* a, const float* const* rows, int count, int n, float* const* out) {
+  constexpr int R = 16 / Q;
+  int r = 0;
+  for (; r + R <= count; r += R) dot_rows_q<Q, R>(a, rows + r, n, out, r);
+  for (; r < count; ++r) dot_rows_q<Q, 1>(a, rows + r, n, out, r);
+}
+
+// Elements [i, i + 16 S) of Q outputs in Q x S registers while every row is applied to them.
+template <int Q, int S>
+inline void axpy_rows_q_span(const float* const* alpha, const float* const* rows, int count, float* const* y, int i,
+                             __mmask16 tail) {
+  __m512 c[Q][S];
+  for (int q = 0; q < Q; ++q)
+    for (int s = 0; s < S; ++s) c[q][s] = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, y[q] + i + 16 * s);
   for (int r = 0; r < count; ++r) {
-    const __m512 va = _mm512_set1_ps(alpha0[r]), vb = _mm512_set1_ps(alpha1[r]);
+    __m512 va[Q];
+    for (int q = 0; q < Q; ++q) va[q] = _mm512_set1_ps(alpha[q][r]);
     for (int s = 0; s < S; ++s) {
       const __m512 w = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, rows[r] + i + 16 * s);
-      c0[s] = _mm512_fmadd_ps(va, w, c0[s]);
-      c1[s] = _mm512_fmadd_ps(vb, w, c1[s]);
+      for (int q = 0; q < Q; ++q) c[q][s] = _mm512_fmadd_ps(va[q], w, c[q][s]);
     }
   }
-  for (int s = 0; s < S; ++s) {
-    const __mmask16 k = s + 1 < S ? __mmask16{0xFFFF} : tail;
-    _mm512_mask_storeu_ps(y0 + i + 16 * s, k, c0[s]);
-    _mm512_mask_storeu_ps(y1 + i + 16 * s, k, c1[s]);
-  }
+  for (int q = 0; q < Q; ++q)
+    for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(y[q] + i + 16 * s, s + 1 < S ? __mmask16{0xFFFF} : tail, c[q][s]);
+}
+
+template <int Q>
+inline void axpy_rows_q_all(const float* const* alpha, const float* const* rows, int count, float* const* y, int n) {
+  constexpr int S = 16 / Q;
+  int i = 0;
+  for (; i + 16 * S <= n; i += 16 * S) axpy_rows_q_span<Q, S>(alpha, rows, count, y, i, 0xFFFF);
+  for (; i + 16 <= n; i += 16) axpy_rows_q_span<Q, 1>(alpha, rows, count, y, i, 0xFFFF);
+  if (i < n) axpy_rows_q_span<Q, 1>(alpha, rows, count, y, i, static_cast<__mmask16>((1u << (n - i)) - 1));
 }
 }  // namespace
 
-void dot_rows2_avx512(const float* a0, const float* a1, const float* const* rows, int count, int n, float* out0, float* out1) {
-  int r = 0;
-  for (; r + 8 <= count; r += 8) dot_rows2<8>(a0, a1, rows + r, n, out0 + r, out1 + r);
-  for (; r + 4 <= count; r += 4) dot_rows2<4>(a0, a1, rows + r, n, out0 + r, out1 + r);
-  for (; r < count; ++r) dot_rows2<1>(a0, a1, rows + r, n, out0 + r, out1 + r);
+// Queries in fours (then a pair, then one): each row is read once per four queries.
+void dot_rows_multi_avx512(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out) {
+  int q = 0;
+  for (; q + 4 <= na; q += 4) dot_rows_q_all<4>(a + q, rows, count, n, out + q);
+  if (q + 2 <= na) dot_rows_q_all<2>(a + q, rows, count, n, out + q), q += 2;
+  if (q < na) dot_rows_q_all<1>(a + q, rows, count, n, out + q);
 }
 
-void axpy_rows2_avx512(const float* alpha0, const float* alpha1, const float* const* rows, int count, float* y0, float* y1,
-                       int n) {
-  constexpr int S = 8;
-  int i = 0;
-  for (; i + 16 * S <= n; i += 16 * S) axpy_rows2_span<S>(alpha0, alpha1, rows, count, y0, y1, i, 0xFFFF);
-  for (; i + 16 <= n; i += 16) axpy_rows2_span<1>(alpha0, alpha1, rows, count, y0, y1, i, 0xFFFF);
-  if (i < n) axpy_rows2_span<1>(alpha0, alpha1, rows, count, y0, y1, i, static_cast<__mmask16>((1u << (n - i)) - 1));
+void axpy_rows_multi_avx512(const float* const* alpha, int na, const float* const* rows, int count, float* const* y,
+                            int n) {
+  int q = 0;
+  for (; q + 4 <= na; q += 4) axpy_rows_q_all<4>(alpha + q, rows, count, y + q, n);
+  if (q + 2 <= na) axpy_rows_q_all<2>(alpha + q, rows, count, y + q, n), q += 2;
+  if (q < na) axpy_rows_q_all<1>(alpha + q, rows, count, y + q, n);
 }
 
 }  // namespace dsv4::dot_detail

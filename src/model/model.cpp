@@ -484,50 +484,45 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     const int64_t heads_per_thread = (H + pool_->size() - 1) / pool_->size();
     pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
       const size_t nh = static_cast<size_t>(h1 - h0);
-      std::vector<float> acc(nh * Dh, 0.0f), z(128), pb(128), m(nh, kNegInf), den(nh, 0.0f);
-      std::vector<const float*> live(64);
+      std::vector<float> acc(nh * Dh, 0.0f), z(nh * 64), pb(nh * 64), m(nh, kNegInf), den(nh, 0.0f);
+      std::vector<const float*> live(64), qh(nh), took_pb(nh);
+      std::vector<float*> zh(nh), took_acc(nh);
+      for (size_t i = 0; i < nh; ++i) {
+        qh[i] = q + (static_cast<size_t>(t) * H + h0 + static_cast<int64_t>(i)) * Dh;
+        zh[i] = z.data() + i * 64;
+      }
       for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
         const size_t b1 = std::min(rows.size(), b0 + 64);
         int nlive = 0;  // the block's present rows, in order
         for (size_t e = b0; e < b1; ++e)
           if (rows[e]) live[static_cast<size_t>(nlive++)] = rows[e];
-        // Heads in pairs: both take each row from cache once (dot_f32_rows2, axpy_f32_rows2); each
-        // head's operations and their order are those of one head alone.
-        for (size_t i0 = 0; i0 < nh; i0 += 2) {
-          const size_t hn = std::min<size_t>(2, nh - i0);
-          const float* qh[2] = {nullptr, nullptr};
-          for (size_t j = 0; j < hn; ++j) qh[j] = q + (static_cast<size_t>(t) * H + h0 + static_cast<int64_t>(i0 + j)) * Dh;
-          if (hn == 2)
-            dot_f32_rows2(qh[0], qh[1], live.data(), nlive, Dh, z.data(), z.data() + 64);
-          else
-            dot_f32_rows(qh[0], live.data(), nlive, Dh, z.data());
-          bool took[2] = {false, false};  // whether the head takes this block's values
-          for (size_t j = 0; j < hn; ++j) {
-            const size_t i = i0 + j;
-            const float* zj = z.data() + j * 64;
-            float* ah = &acc[i * Dh];
-            float bm = kNegInf;
-            for (int li = 0; li < nlive; ++li) bm = std::max(bm, zj[li] * scale);
-            if (bm == kNegInf) continue;
-            const float m_new = std::max(m[i], bm);
-            const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
-            den[i] *= alpha;
-            for (int k = 0; k < Dh; ++k) ah[k] *= alpha;
-            for (int li = 0; li < nlive; ++li) {
-              const float pe = std::exp(zj[li] * scale - m_new);
-              den[i] += pe;
-              pb[j * 64 + static_cast<size_t>(li)] = bf16_round(pe);
-            }
-            m[i] = m_new;
-            took[j] = true;
+        // All heads of this thread at once: each row is read from cache once per group of heads
+        // (dot_f32_rows_multi, axpy_f32_rows_multi); each head's operations and their order are
+        // those of one head alone.
+        dot_f32_rows_multi(qh.data(), static_cast<int>(nh), live.data(), nlive, Dh, zh.data());
+        int ntook = 0;  // the heads that take this block's values
+        for (size_t i = 0; i < nh; ++i) {
+          const float* zi = zh[i];
+          float* ah = &acc[i * Dh];
+          float bm = kNegInf;
+          for (int li = 0; li < nlive; ++li) bm = std::max(bm, zi[li] * scale);
+          if (bm == kNegInf) continue;
+          const float m_new = std::max(m[i], bm);
+          const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
+          den[i] *= alpha;
+          for (int k = 0; k < Dh; ++k) ah[k] *= alpha;
+          float* pi = pb.data() + i * 64;
+          for (int li = 0; li < nlive; ++li) {
+            const float pe = std::exp(zi[li] * scale - m_new);
+            den[i] += pe;
+            pi[li] = bf16_round(pe);
           }
-          // The block's rows in order, as nlive axpys per head.
-          if (took[0] && took[1])
-            axpy_f32_rows2(pb.data(), pb.data() + 64, live.data(), nlive, &acc[i0 * Dh], &acc[(i0 + 1) * Dh], Dh);
-          else
-            for (size_t j = 0; j < hn; ++j)
-              if (took[j]) axpy_f32_rows(pb.data() + j * 64, live.data(), nlive, &acc[(i0 + j) * Dh], Dh);
+          m[i] = m_new;
+          took_pb[static_cast<size_t>(ntook)] = pi;
+          took_acc[static_cast<size_t>(ntook++)] = ah;
         }
+        // The block's rows in order, as nlive axpys per head.
+        axpy_f32_rows_multi(took_pb.data(), ntook, live.data(), nlive, took_acc.data(), Dh);
       }
       for (size_t i = 0; i < nh; ++i) {
         const int64_t h = h0 + static_cast<int64_t>(i);
