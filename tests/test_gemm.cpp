@@ -139,14 +139,19 @@ void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b,
   EXPECT_EQ(bad, 0u) << what << ": first difference at " << first << ": " << a[first] << " vs " << b[first];
 }
 
-// Restores the GEMM tile choice when a test is done.
+// Restores the GEMM tile and FP4 byte-form choices when a test is done.
 struct TilesGuard {
   GemmTiles saved = active_gemm_tiles();
-  ~TilesGuard() { force_gemm_tiles(saved); }
+  bool saved_bytes = fp4_bytes_active();
+  ~TilesGuard() {
+    force_gemm_tiles(saved);
+    force_fp4_bytes(saved_bytes);
+  }
 };
 
 // Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads; on
-// AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA).
+// AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA), and where the CPU has VBMI
+// also without the small-M FP4 byte form (which is on in the other runs).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
   IsaGuard g;
@@ -160,16 +165,23 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
     f(p2, y);
     expect_bits_equal(ref, y, what + " scalar 2 threads");
   }
+  struct Variant {
+    GemmTiles tiles;
+    bool bytes;
+  };
   for (Isa isa : simd_isas())
-    for (GemmTiles tiles : {GemmTiles::Dp, GemmTiles::Fma}) {
-      if (isa != Isa::Avx512 && tiles == GemmTiles::Fma) continue;  // (only AVX-512 has both)
+    for (Variant v : {Variant{GemmTiles::Dp, true}, Variant{GemmTiles::Fma, true}, Variant{GemmTiles::Dp, false}}) {
+      if (isa != Isa::Avx512 && (v.tiles == GemmTiles::Fma || !v.bytes)) continue;  // (only AVX-512 has these)
+      if (!v.bytes && !cpu_has_avx512_vbmi()) continue;                             // (the same run as the first)
       force_isa(isa);
-      force_gemm_tiles(tiles);
+      force_gemm_tiles(v.tiles);
+      force_fp4_bytes(v.bytes);
       for (ThreadPool* p : {&p1, &p2}) {
         std::vector<float> y(out_size, -7.0f);
         f(*p, y);
-        expect_bits_equal(ref, y, what + " " + isa_name(isa) + (isa == Isa::Avx512 ? std::string(" ") + gemm_tiles_name(tiles) : "") +
-                                      " " + std::to_string(p->size()) + " threads");
+        const std::string variant = isa != Isa::Avx512                    ? ""
+                                    : std::string(" ") + gemm_tiles_name(v.tiles) + (fp4_bytes_active() ? " bytes" : "");
+        expect_bits_equal(ref, y, what + " " + isa_name(isa) + variant + " " + std::to_string(p->size()) + " threads");
       }
     }
   return ref;
@@ -337,11 +349,13 @@ TEST(Gemm, Fp4IntegerBlocksKeepTheCanonicalOrder) {
                           {6, 24, 1120}};                               // (tiles, a last block of 96)
   for (Shape s : shapes) {
     auto d = make_fp4(rng, s.N, s.K);
-    // Magnitudes in [1, 2) (every lane has an integer form), then one element made tiny in every
+    // Magnitudes in [1, 2) at even k, [2^-9, 2) at odd k (every lane has an integer form, and the
+    // odd elements give both bytes of the AVX-512 byte form), then one element made tiny in every
     // 16th block: more than 90 % of the blocks stay integer, so the M >= 4 tiles take them too.
     std::vector<float> x(static_cast<size_t>(s.M) * s.K);
     std::uniform_real_distribution<float> mag(1.0f, 2.0f);
-    for (auto& v : x) v = bf16_round(rng() % 2 ? mag(rng) : -mag(rng));
+    for (size_t k = 0; k < x.size(); ++k)
+      x[k] = bf16_round(std::ldexp(rng() % 2 ? mag(rng) : -mag(rng), k % 2 ? -static_cast<int>(rng() % 10) : 0));
     for (size_t k = 0; k < x.size(); k += 16 * 128) x[k] = bf16_round(x[k] * 0x1p-16f);
     const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp4 int", s),
                                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), s.M, d.W, out.data(), p); });
@@ -413,6 +427,51 @@ TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
       if (!ok[b]) continue;
       for (int i = 0; i < 64; ++i) EXPECT_EQ(words2[b * 64 + i], words[b * 64 + i]) << isa_name(isa) << " block " << b;
       for (int i = 0; i < 16; ++i) EXPECT_EQ(f32_bits(unit2[b * 16 + i]), f32_bits(unit[b * 16 + i])) << isa_name(isa) << " block " << b;
+    }
+  }
+}
+
+// The byte form of the same integers (AVX-512, gemm.h): every value n = 256 hi + lo comes back
+// from its two planes at the byte that meets its weight nibble, the corrections are -12 unit
+// sum n, and a block is refused exactly where the word form refuses it or some n > 32639.
+TEST(Gemm, Fp4ByteActivationsSplitTheIntegersExactly) {
+  if (!isa_supported(Isa::Avx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  constexpr int nb = 6;
+  std::mt19937 rng(14);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> a(nb * 128);
+  for (auto& v : a) v = round_to_e4m3_clamped(nd(rng) * 64.0f) * 0x1p-6f;
+  for (int i = 0; i < 128; ++i) a[1 * 128 + i] = static_cast<float>(32767 - 2 * i);        // 1: n up to 32767 (refused)
+  for (int i = 0; i < 128; ++i) a[2 * 128 + i] = static_cast<float>(32639 - 2 * i);        // 2: n up to 32639 (taken)
+  for (int i = 0; i < 128; ++i) a[3 * 128 + i] = static_cast<float>(-32767 + 256 * (i % 7));  // 3: n down to -32767 (taken)
+  a[4 * 128 + 16 * 3] = 0x1p-30f;                                                            // 4: no integer form (refused)
+  for (int i = 0; i < 128; ++i) a[5 * 128 + i] = static_cast<float>((i * 37) % 511 - 255);  // 5: lo bytes of both signs
+  std::vector<uint32_t> words(nb * 64), planes(nb * 64);
+  std::vector<float> unit(nb * 16), unit2(nb * 16), corr(nb * 16);
+  std::vector<uint8_t> ok(nb), ok2(nb);
+  gemm_detail::fp4_int_activations(a.data(), nb, words.data(), unit.data(), ok.data());
+  gemm_detail::fp4_byte_activations_avx512(a.data(), nb, planes.data(), unit2.data(), corr.data(), ok2.data());
+  const uint8_t want[nb] = {1, 0, 1, 1, 0, 1};
+  constexpr int kEven[4] = {1, 5, 0, 4}, kOdd[4] = {3, 7, 2, 6};  // vector t of element 8d + 2i (+1)
+  for (int b = 0; b < nb; ++b) {
+    EXPECT_EQ(ok2[b], want[b]) << "block " << b;
+    if (!ok2[b]) continue;
+    ASSERT_TRUE(ok[b]) << "block " << b;
+    for (int d = 0; d < 16; ++d) {
+      const float u = unit[b * 16 + d];
+      EXPECT_EQ(f32_bits(unit2[b * 16 + d]), f32_bits(u)) << "block " << b;
+      double sum = 0;
+      for (int odd = 0; odd < 2; ++odd)
+        for (int i = 0; i < 4; ++i) {
+          const int t = odd ? kOdd[i] : kEven[i];
+          const auto byte = [&](int plane) {
+            return static_cast<int8_t>(planes[b * 64 + 16 * plane + d] >> (8 * i) & 0xFF);
+          };
+          const int n = 256 * byte(odd) + byte(2 + odd);
+          EXPECT_EQ(static_cast<float>(n) * u * 2.0f, a[b * 128 + 16 * t + d]) << "block " << b << " lane " << d << " t " << t;
+          sum += n;
+        }
+      EXPECT_EQ(corr[b * 16 + d], static_cast<float>(-12.0 * sum * u)) << "block " << b << " lane " << d;
     }
   }
 }

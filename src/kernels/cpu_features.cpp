@@ -64,6 +64,18 @@ Isa parse_env(Isa best) {
   return static_cast<int>(want) < static_cast<int>(best) ? want : best;
 }
 
+bool detect_vbmi() {
+#ifdef DSV4_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+  if ((read_xcr0() & 0xe6) != 0xe6 || __get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  return (b & (1u << 16)) && (b & (1u << 30)) && (c & (1u << 1));  // F, BW, VBMI
+#else
+  return false;
+#endif
+}
+
 // -1: not yet initialised.
 std::atomic<int> g_active{-1};
 
@@ -80,6 +92,11 @@ const char* isa_name(Isa isa) {
 Isa detected_isa() {
   static const Isa isa = detect();
   return isa;
+}
+
+bool cpu_has_avx512_vbmi() {
+  static const bool vbmi = detect_vbmi();
+  return vbmi;
 }
 
 bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(detected_isa()); }

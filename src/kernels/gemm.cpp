@@ -358,16 +358,24 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
                         (M < gd::kPairsMinM || (active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Fma));
   if (fp4_ints) {
     // The activations as exact integers where they have that form (gemm_detail), in one
-    // buffer: words, then lane units, then block flags.
+    // buffer: words (or byte planes), then lane units, then with bytes the lane corrections,
+    // then block flags.
+    const bool bytes = M < gd::kPairsMinM && active_isa() == Isa::Avx512 && fp4_bytes_active();
     const size_t blocks = static_cast<size_t>(M) * p.nb;
-    if (pairs.size() < blocks * 81) pairs.resize(blocks * 81);
+    if (pairs.size() < blocks * 97) pairs.resize(blocks * 97);
     uint32_t* words = pairs.data();
     float* unit = reinterpret_cast<float*>(pairs.data() + blocks * 64);
-    uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 80);
+    float* corr = reinterpret_cast<float*>(pairs.data() + blocks * 80);
+    uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 96);
     const auto prepare = active_isa() == Isa::Avx512 ? gd::fp4_int_activations_avx512 : gd::fp4_int_activations_avx2;
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
-        prepare(q.data() + static_cast<size_t>(m) * p.a_stride, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, ok + m * p.nb);
+      for (int64_t m = m0; m < m1; ++m) {
+        const float* a = q.data() + static_cast<size_t>(m) * p.a_stride;
+        if (bytes)
+          gd::fp4_byte_activations_avx512(a, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, corr + m * p.nb * 16, ok + m * p.nb);
+        else
+          prepare(a, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, ok + m * p.nb);
+      }
     }, 8);
     // The tiles redo a block without the integer form in fp32 (about three times the work), so
     // they pay only when nearly all blocks have it: activations like gate x up products, with
@@ -377,6 +385,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
       p.a_int = words;
       p.a_int_unit = unit;
       p.a_int_ok = ok;
+      if (bytes) p.a_int_corr = corr;
     }
   } else if (kind == gd::Kind::Fp4 && pair_tiles(M)) {  // the VDPBF16PS tiles
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
@@ -501,6 +510,25 @@ void gemm_fp8_as_bf16_rows(const float* x, int M, int x_stride, const Fp8Weight&
 
 void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, ThreadPool& pool) {
   gemm_fp8_as_bf16_rows(x, M, W.k, W, 0, W.n, y, W.n, pool);
+}
+
+// -1: not yet read from the environment.
+static std::atomic<int> g_fp4_bytes{-1};
+
+bool fp4_bytes_active() {
+  int v = g_fp4_bytes.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("DSV4_FP4_BYTES");
+    v = cpu_has_avx512_vbmi() && !(e && std::strcmp(e, "0") == 0);
+    g_fp4_bytes.store(v, std::memory_order_relaxed);
+  }
+  return v != 0;
+}
+
+bool force_fp4_bytes(bool on) {
+  const bool before = fp4_bytes_active();
+  g_fp4_bytes.store(on && cpu_has_avx512_vbmi(), std::memory_order_relaxed);
+  return before;
 }
 
 GemmTiles active_gemm_tiles() {

@@ -106,6 +106,14 @@ GemmTiles active_gemm_tiles();
 GemmTiles force_gemm_tiles(GemmTiles tiles);
 const char* gemm_tiles_name(GemmTiles tiles);
 
+// Small-M FP4 on AVX-512 CPUs that also have AVX512_VBMI: the integer lane sums run through
+// VPDPBUSD on byte weights (gemm_detail::fp4_byte_activations_avx512) instead of VPDPWSSD on
+// word weights, same bits, about a third fewer vector instructions per weight byte. On by default
+// where the CPU has VBMI; env DSV4_FP4_BYTES=0, or force_fp4_bytes(false), turns it off.
+bool fp4_bytes_active();
+// For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
+bool force_fp4_bytes(bool on);
+
 namespace gemm_detail {
 
 // One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
@@ -125,8 +133,12 @@ struct Problem {
   // activations as exact integers (fp4_int_activations), per row [nb][64] dwords of int16 pairs
   // in the a_pairs layout, [nb][16] lane units and [nb] flags (0: the block has no such form and
   // takes the fp32 route through `a`).
+  // With a_int_corr set (the byte form, fp4_byte_activations_avx512), a_int holds per row
+  // [nb][64] dwords of byte planes instead, a_int_corr [nb][16] the lane corrections, and
+  // a_int_ok that form's flags.
   const uint32_t* a_int = nullptr;
   const float* a_int_unit = nullptr;
+  const float* a_int_corr = nullptr;
   const uint8_t* a_int_ok = nullptr;
   const uint8_t* w = nullptr;       // codes (Bf16: uint16 data)
   const uint8_t* ws = nullptr;      // ue8m0 scales (Fp8*: [ceil(N/128), nb]; Fp4: [N, K/32])
@@ -216,6 +228,16 @@ constexpr int kFp4FarRows = 16;
 void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);
 void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);  // the same
 void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);    // the same
+// The same integers n as bytes for VPDPBUSD (unsigned bytes times signed bytes, four products
+// per dword): the weights become w' = 2 e2m1 + 12 in 0 .. 24, the activations two signed byte
+// planes, n = 256 hi + lo (lo = n mod 256 as a signed byte, so hi is in -128 .. 127 for n up to
+// 32639; a block with a larger n has no byte form). Then sum n w' = 256 sum hi w' + sum lo w'
+// stays below 2^23, and the lane's partial is fma(sum n w', unit, corr) with corr = -12 unit sum
+// n: both terms and their sum (sum n (2 e2m1)) unit are exact, so it is the word form's value bit
+// for bit. Per block: planes [4][16] dwords (vector 0: the hi bytes of the elements that meet the
+// weights' low nibbles, 8d + 2i at byte i of dword d; 1: of the high nibbles, 8d + 2i + 1; 2, 3:
+// the lo bytes of the same), unit [16] as fp4_int_activations, corr [16], ok.
+void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float* unit, float* corr, uint8_t* ok);
 
 // BF16 activation layout of one 32-wide chunk: odd elements in slots 0..15, even ones in 16..31,
 // so that vector 0 meets the first element of every lane pair and vector 1 the second.

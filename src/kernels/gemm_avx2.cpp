@@ -167,9 +167,10 @@ inline void fp4_int_words(__m256i codes, __m256i* w) {
 }
 // As in gemm_avx512.cpp (R rows, blocks without an integer form through the fp32 chain); the
 // lane scales come from the scale bytes 16 at a time (every byte value, 0 and 255 included).
+// (The byte form is AVX-512's only: the GEMMs never give this path its corrections.)
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
-                         const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
+                         const float* /*corr*/, const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
                          Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
   for (int b0 = 0; b0 < full; b0 += 4) {
     const int run = full - b0 < 4 ? full - b0 : 4;

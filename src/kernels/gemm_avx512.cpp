@@ -172,6 +172,78 @@ inline Vec fp4_lane_scales_f32(const float* scales, int b) {
   return _mm512_permutevar_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(scales + 4 * b)),
                               _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
 }
+// Per block of fp4_rows_int and fp4_rows_bytes: the next rows' codes asked for (see there), a
+// block's fp32 partials (blocks without an integer form), and the partials times the lane scales
+// into the lane vectors.
+template <int R>
+inline void fp4_rows_prefetch(const uint8_t* const* next, const uint8_t* const* far, int b) {
+  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
+  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
+}
+template <int R>
+inline void fp4_rows_fp32_parts(const Fp4Blk* c, const float* ab, Vec* part) {
+  for (int j = 0; j < R; ++j) part[j] = vzero();
+  for (int t = 0; t < 8; ++t) {
+    const Vec av = vload(ab + 16 * t);
+    for (int j = 0; j < R; ++j) part[j] = vfma(av, fp4_blk_vec(c[j], t), part[j]);
+  }
+}
+template <int R, bool kRawScales>
+inline void fp4_rows_scaled(const Vec* part, const float* const* scales_f32, const uint8_t* const* scales_raw, int b,
+                            Vec* lanes) {
+  for (int j = 0; j < R; ++j) {
+    const Vec ls = kRawScales ? fp4_lane_scales_raw(scales_raw[j], b) : fp4_lane_scales_f32(scales_f32[j], b);
+    lanes[j] = _mm512_fmadd_ps(part[j], ls, lanes[j]);
+  }
+}
+// The byte form of the weights (fp4_byte_activations_avx512): w' = 2 e2m1 + 12 per code, the
+// 16 values four times over (VPERMB reads 6 index bits, of which the top two are the next
+// nibble's).
+inline __m512i fp4_byte_table() {
+  return _mm512_set4_epi32(0x00040608, 0x090A0B0C, 0x18141210, 0x0F0E0D0C);  // codes 15 .. 0
+}
+
+// The byte form: per block and row two VPERMB (the low nibbles, then the high ones shifted down)
+// instead of four VPERMW and three shifts, and four VPDPBUSD (the hi planes, a shift by 8, the lo
+// planes). Compiled for VBMI on top of this file's flags, so called only where the CPU has it
+// (prepare sets corr only then); not inlined into the callers, hence the lanes in locals.
+template <int R, bool kRawScales>
+__attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* codes, int full,
+                                                         const uint32_t* planes, const float* unit,
+                                                         const float* corr, const uint8_t* ok, const float* a,
+                                                         const float* const* scales_f32,
+                                                         const uint8_t* const* scales_raw, Vec* lanes_io,
+                                                         const uint8_t* const* next, const uint8_t* const* far) {
+  const __m512i tab = fp4_byte_table();
+  Vec lanes[R];
+  for (int j = 0; j < R; ++j) lanes[j] = lanes_io[j];
+  for (int b = 0; b < full; ++b) {
+    fp4_rows_prefetch<R>(next, far, b);
+    Fp4Blk c[R];
+    Vec part[R];
+    for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
+    if (ok[b]) {
+      const __m512i* pl = reinterpret_cast<const __m512i*>(planes + 64 * b);
+      __m512i lo[R], hi[R], x[R];
+      for (int j = 0; j < R; ++j) {
+        lo[j] = _mm512_permutexvar_epi8(c[j].dw, tab);  // weights 8d + 2i at byte 4d + i
+        hi[j] = _mm512_permutexvar_epi8(_mm512_srli_epi16(c[j].dw, 4), tab);  // 8d + 2i + 1
+      }
+      const __m512i even_hi = _mm512_loadu_si512(pl), odd_hi = _mm512_loadu_si512(pl + 1);
+      for (int j = 0; j < R; ++j)
+        x[j] = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], even_hi), hi[j], odd_hi), 8);
+      const __m512i even_lo = _mm512_loadu_si512(pl + 2), odd_lo = _mm512_loadu_si512(pl + 3);
+      for (int j = 0; j < R; ++j) x[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(x[j], lo[j], even_lo), hi[j], odd_lo);
+      const Vec un = _mm512_loadu_ps(unit + 16 * b), cr = _mm512_loadu_ps(corr + 16 * b);
+      for (int j = 0; j < R; ++j) part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x[j]), un, cr);
+    } else {
+      fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
+    }
+    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, lanes);
+  }
+  for (int j = 0; j < R; ++j) lanes_io[j] = lanes[j];
+}
+
 // Blocks 0 .. full-1 of R rows at once (R independent chains, R concurrent weight streams, one
 // load of each activation vector for all R rows): per block, lanes[j] = fma(partial, lane
 // scales, lanes[j]). The partial is the integer sum times the lane units where ok[b] (exact:
@@ -180,16 +252,19 @@ inline Vec fp4_lane_scales_f32(const float* scales, int b) {
 // (all plain: fp4_scales_plain). next: the codes of the R rows that follow, asked for in the order
 // they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
 // too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s); far: rows kFp4FarRows past those, asked
-// into L2 only (see kFp4FarRows).
+// into L2 only (see kFp4FarRows). With corr set, `words` is the byte form and fp4_rows_bytes runs.
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
-                         const uint8_t* ok, const float* a, const float* const* scales_f32,
+                         const float* corr, const uint8_t* ok, const float* a, const float* const* scales_f32,
                          const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* const* next,
                          const uint8_t* const* far) {
+  if (corr) {
+    fp4_rows_bytes<R, kRawScales>(codes, full, words, unit, corr, ok, a, scales_f32, scales_raw, lanes, next, far);
+    return;
+  }
   const __m512i tab = fp4_int_table();
   for (int b = 0; b < full; ++b) {
-    for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
-    for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
+    fp4_rows_prefetch<R>(next, far, b);
     Fp4Blk c[R];
     Vec part[R];
     for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
@@ -206,16 +281,9 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
       const Vec un = _mm512_loadu_ps(unit + 16 * b);
       for (int j = 0; j < R; ++j) part[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(x[j]), un);
     } else {
-      for (int j = 0; j < R; ++j) part[j] = vzero();
-      for (int t = 0; t < 8; ++t) {
-        const Vec av = vload(a + 128 * b + 16 * t);
-        for (int j = 0; j < R; ++j) part[j] = vfma(av, fp4_blk_vec(c[j], t), part[j]);
-      }
+      fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
     }
-    for (int j = 0; j < R; ++j) {
-      const Vec ls = kRawScales ? fp4_lane_scales_raw(scales_raw[j], b) : fp4_lane_scales_f32(scales_f32[j], b);
-      lanes[j] = _mm512_fmadd_ps(part[j], ls, lanes[j]);
-    }
+    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, lanes);
   }
 }
 
@@ -321,34 +389,71 @@ void rows_avx512(const Problem& p, int n0, int n1, float* scratch) { rows_simd(p
 bool avx512_dpbf16_is_two_fmas() { return probe_dpbf16_is_two_fmas(); }
 
 // fp4_int_activations (gemm.cpp) a block per pass: lane d's 8 values are lane d of the block's
-// 8 vectors, so the per-lane maximum is vertical.
-void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
+// 8 vectors, so the per-lane maximum is vertical. Writes the lane units; returns the integers
+// (lane d of n[t]: lane d's t-th element) and whether the whole block has the form.
+static bool fp4_int_block(const float* ab, __m512i* n, float* unit) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  __m512 v[8];
+  __m512i top = _mm512_setzero_si512();  // the largest |value|'s bits (NaN above every number)
+  for (int t = 0; t < 8; ++t) {
+    v[t] = _mm512_loadu_ps(ab + 16 * t);
+    top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_castps_si512(v[t]), abs_mask));
+  }
+  const __m512i e = _mm512_srli_epi32(top, 23);
+  const __mmask16 zero = _mm512_cmpeq_epi32_mask(top, _mm512_setzero_si512());
+  __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254)));
+  const __mmask16 live = good & ~zero;  // lanes with a unit (the others take 1)
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 inv_u = _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(268), e), 23)));
+  _mm512_storeu_ps(unit, _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(15)), 23))));
+  for (int t = 0; t < 8; ++t) {
+    const __m512 x = _mm512_mul_ps(v[t], inv_u);  // exact (a power of two, normal range)
+    n[t] = _mm512_cvtps_epi32(x);                 // round to nearest: |x| < 2^15
+    good &= _mm512_cmpeq_ps_mask(_mm512_cvtepi32_ps(n[t]), x);
+  }
+  return good == 0xFFFF;
+}
+
+void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
   for (int b = 0; b < nb; ++b) {
-    const float* ab = a + b * 128;
-    __m512 v[8];
-    __m512i top = _mm512_setzero_si512();  // the largest |value|'s bits (NaN above every number)
-    for (int t = 0; t < 8; ++t) {
-      v[t] = _mm512_loadu_ps(ab + 16 * t);
-      top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_castps_si512(v[t]), abs_mask));
-    }
-    const __m512i e = _mm512_srli_epi32(top, 23);
-    const __mmask16 zero = _mm512_cmpeq_epi32_mask(top, _mm512_setzero_si512());
-    __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254)));
-    const __mmask16 live = good & ~zero;  // lanes with a unit (the others take 1)
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 inv_u = _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(268), e), 23)));
-    _mm512_storeu_ps(unit + b * 16, _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(15)), 23))));
     __m512i n[8];
-    for (int t = 0; t < 8; ++t) {
-      const __m512 x = _mm512_mul_ps(v[t], inv_u);  // exact (a power of two, normal range)
-      n[t] = _mm512_cvtps_epi32(x);                 // round to nearest: |x| < 2^15
-      good &= _mm512_cmpeq_ps_mask(_mm512_cvtepi32_ps(n[t]), x);
-    }
-    ok[b] = good == 0xFFFF;
+    ok[b] = fp4_int_block(a + b * 128, n, unit + b * 16);
     for (int u = 0; u < 4; ++u)  // dword d of vector u: (element 8d+u, element 8d+4+u), as a_pairs
       _mm512_storeu_si512(words + b * 64 + 16 * u, _mm512_or_si512(_mm512_and_si512(n[2 * u + 1], _mm512_set1_epi32(0xFFFF)),
                                                                    _mm512_slli_epi32(n[2 * u], 16)));
+  }
+}
+
+void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float* unit, float* corr, uint8_t* ok) {
+  // Byte i of dword d meets element 8d + 2i (even) or 8d + 2i + 1 (odd); vector t holds element
+  // 8d + kFp4Order[t], so these are the vectors of elements 0, 2, 4, 6 and 1, 3, 5, 7.
+  constexpr int kEven[4] = {1, 5, 0, 4}, kOdd[4] = {3, 7, 2, 6};
+  static_assert(kFp4Order[1] == 0 && kFp4Order[5] == 2 && kFp4Order[0] == 4 && kFp4Order[4] == 6 &&
+                kFp4Order[3] == 1 && kFp4Order[7] == 3 && kFp4Order[2] == 5 && kFp4Order[6] == 7, "the FP4 lane order");
+  const __m512i byte = _mm512_set1_epi32(0xFF);
+  auto pack = [&](const __m512i* v, const int* order) {  // the low bytes of four vectors, in order
+    __m512i r = _mm512_setzero_si512();
+    for (int i = 0; i < 4; ++i) r = _mm512_or_si512(r, _mm512_slli_epi32(_mm512_and_si512(v[order[i]], byte), 8 * i));
+    return r;
+  };
+  for (int b = 0; b < nb; ++b) {
+    __m512i n[8], hi[8];
+    bool good = fp4_int_block(a + b * 128, n, unit + b * 16);
+    __m512i sum = _mm512_setzero_si512();
+    for (int t = 0; t < 8; ++t) {
+      good = good && _mm512_cmpgt_epi32_mask(n[t], _mm512_set1_epi32(32639)) == 0;  // hi must fit a signed byte
+      hi[t] = _mm512_srai_epi32(_mm512_add_epi32(n[t], _mm512_set1_epi32(128)), 8);  // n - (n mod 256, signed)
+      sum = _mm512_add_epi32(sum, n[t]);
+    }
+    ok[b] = good;
+    uint32_t* out = planes + b * 64;
+    _mm512_storeu_si512(out, pack(hi, kEven));
+    _mm512_storeu_si512(out + 16, pack(hi, kOdd));
+    _mm512_storeu_si512(out + 32, pack(n, kEven));
+    _mm512_storeu_si512(out + 48, pack(n, kOdd));
+    // -12 sum n is below 2^22 (exact in fp32), times the unit (a power of two, normal) exactly.
+    _mm512_storeu_ps(corr + b * 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sum, _mm512_set1_epi32(-12))),
+                                                  _mm512_loadu_ps(unit + b * 16)));
   }
 }
 
