@@ -5,7 +5,8 @@
 // report FLOP/s (2*M*N*K). Args: {M, isa (0 scalar, 1 avx2, 2 avx512)}.
 // Environment: DSV4_BENCH_THREADS=N (default: all cores); DSV4_BENCH_HOT=1 keeps one copy of the
 // weights so M = 1 runs from cache: the kernel's compute ceiling, to compare with the DRAM run.
-// DSV4_GEMM_TILES=dp|fma picks the AVX-512 tiles of the M = 512 runs (default: chosen at start-up).
+// DSV4_GEMM_TILES=dp|fma picks the AVX-512 tiles of the M = 512 runs (default: chosen at start-up);
+// DSV4_FP4_BYTES=0 keeps the small-M FP4 products off the VBMI byte form (gemm.h).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/gemm.h"
 #include "kernels/numerics.h"
+#include "kernels/roofline.h"
 
 namespace dsv4 {
 namespace {
@@ -135,6 +137,17 @@ void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4
 void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
 // A 16384-row slice of the output head (129280 x 4096 bf16, 1 GB: the largest single read per token).
 void BM_head_bf16_4096x16384(benchmark::State& st) { run_bench(st, WKind::Bf16, 16384, 4096); }
+// The read bandwidth the M = 1 rows are compared with, in the same run (select it together with
+// them, e.g. --benchmark_filter='M:1/isa:2|read_probe'): the roofline probe, all threads of the
+// pool, over a buffer as large as the one the weights cycle through; the best of 3.
+void BM_read_probe(benchmark::State& st) {
+  const auto buf = rand_bytes(kMinBytes, 3, false);
+  double best = 0;
+  for (auto _ : st) best = std::max(best, measure_read_gbs(pool(), buf.size(), 0.3, buf.data()));
+  st.counters["read_GBps"] = best;
+}
+BENCHMARK(BM_read_probe)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 BENCHMARK(BM_wq_a_fp8_4096x1024)->Apply(ArgsWithScalar512);
 BENCHMARK(BM_wq_b_fp8_1024x32768)->Apply(Args);
 BENCHMARK(BM_wo_b_fp8_8192x4096)->Apply(Args);
