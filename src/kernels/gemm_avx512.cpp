@@ -219,24 +219,24 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
   for (int j = 0; j < R; ++j) lanes[j] = lanes_io[j];
   for (int b = 0; b < full; ++b) {
     fp4_rows_prefetch<R>(next, far, b);
-    Fp4Blk c[R];
     Vec part[R];
-    for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
     if (ok[b]) {
+      // Row by row, so that only one row's weight bytes are live (all rows' at once spill).
       const __m512i* pl = reinterpret_cast<const __m512i*>(planes + 64 * b);
-      __m512i lo[R], hi[R], x[R];
-      for (int j = 0; j < R; ++j) {
-        lo[j] = _mm512_permutexvar_epi8(c[j].dw, tab);  // weights 8d + 2i at byte 4d + i
-        hi[j] = _mm512_permutexvar_epi8(_mm512_srli_epi16(c[j].dw, 4), tab);  // 8d + 2i + 1
-      }
       const __m512i even_hi = _mm512_loadu_si512(pl), odd_hi = _mm512_loadu_si512(pl + 1);
-      for (int j = 0; j < R; ++j)
-        x[j] = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], even_hi), hi[j], odd_hi), 8);
       const __m512i even_lo = _mm512_loadu_si512(pl + 2), odd_lo = _mm512_loadu_si512(pl + 3);
-      for (int j = 0; j < R; ++j) x[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(x[j], lo[j], even_lo), hi[j], odd_lo);
       const Vec un = _mm512_loadu_ps(unit + 16 * b), cr = _mm512_loadu_ps(corr + 16 * b);
-      for (int j = 0; j < R; ++j) part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x[j]), un, cr);
+      for (int j = 0; j < R; ++j) {
+        const __m512i c = _mm512_loadu_si512(codes[j] + 64 * b);
+        const __m512i lo = _mm512_permutexvar_epi8(c, tab);                         // weights 8d + 2i at byte 4d + i
+        const __m512i hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(c, 4), tab);  // 8d + 2i + 1
+        __m512i x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, even_hi), hi, odd_hi);
+        x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), lo, even_lo), hi, odd_lo);
+        part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, cr);
+      }
     } else {
+      Fp4Blk c[R];
+      for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
       fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
     }
     fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, lanes);
