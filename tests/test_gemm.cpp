@@ -431,6 +431,22 @@ TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
   }
 }
 
+// The FP4 activation layout: value r of a block goes to fp4_permuted_pos(r), on every path.
+TEST(Gemm, Fp4PermuteBlocksPlacesEveryValue) {
+  constexpr int nb = 3;
+  std::vector<float> a(nb * 128);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i);
+  std::vector<float> ref = a;
+  gemm_detail::fp4_permute_blocks(ref.data(), nb);
+  for (int b = 0; b < nb; ++b)
+    for (int r = 0; r < 128; ++r) ASSERT_EQ(ref[b * 128 + gemm_detail::fp4_permuted_pos(r)], a[b * 128 + r]) << b << " " << r;
+  if (isa_supported(Isa::Avx512)) {
+    std::vector<float> v = a;
+    gemm_detail::fp4_permute_blocks_avx512(v.data(), nb);
+    EXPECT_EQ(v, ref);
+  }
+}
+
 // The byte form of the same integers (AVX-512, gemm.h): every value n = 256 hi + lo comes back
 // from its two planes at the byte that meets its weight nibble, the corrections are -12 unit
 // sum n, and a block is refused exactly where the word form refuses it or some n > 32639.

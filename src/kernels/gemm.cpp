@@ -175,13 +175,6 @@ void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd
 // fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer, dequantised
 // (q * sa: exact, the scale is a power of two). Rows are independent, so this is split over the
 // pool too (it is a visible cost at M = 512).
-// fp4_permuted_pos of each element of a block, once.
-constexpr std::array<uint8_t, 128> kFp4Positions = [] {
-  std::array<uint8_t, 128> pos{};
-  for (int r = 0; r < 128; ++r) pos[static_cast<size_t>(r)] = static_cast<uint8_t>(gd::fp4_permuted_pos(r));
-  return pos;
-}();
-
 void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>& q, ThreadPool& pool) {
   // Every element is written below (the padding too), so the buffer is only grown, not cleared.
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
@@ -191,12 +184,8 @@ void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>&
       float* qm = q.data() + static_cast<size_t>(m) * stride;
       std::fill(qm + p.K, qm + stride, 0.0f);
       quantize_row_dequantized(x + static_cast<size_t>(m) * p.K, p.K, qm);
-      if (p.kind == gd::Kind::Fp4)
-        for (int k0 = 0; k0 < p.K; k0 += 128) {
-          float blk[128] = {};
-          for (int r = 0; r < std::min(128, p.K - k0); ++r) blk[kFp4Positions[r]] = qm[k0 + r];
-          std::copy(blk, blk + 128, qm + k0);
-        }
+      if (p.kind == gd::Kind::Fp4)  // (a short last block takes the zeros written past K above)
+        (active_isa() == Isa::Avx512 ? gd::fp4_permute_blocks_avx512 : gd::fp4_permute_blocks)(qm, p.nb);
     }
   }, 8);
 }
@@ -297,6 +286,14 @@ void rows_scalar(const Problem& p, int n0, int n1) {
         for (int l = 0; l < h; ++l) lane[l] += lane[l + h];
       p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round(lane[0]) : lane[0];
     }
+  }
+}
+
+void fp4_permute_blocks(float* a, int nb) {
+  for (int b = 0; b < nb; ++b) {
+    float blk[128];
+    std::copy(a + b * 128, a + b * 128 + 128, blk);
+    for (int r = 0; r < 128; ++r) a[b * 128 + fp4_permuted_pos(r)] = blk[r];
   }
 }
 

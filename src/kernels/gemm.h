@@ -208,6 +208,9 @@ constexpr int fp4_permuted_pos(int r) {
   const int e = r % 8, t = e < 4 ? 2 * e + 1 : 2 * (e - 4);  // kFp4Order[t] == e
   return t * 16 + r / 8;
 }
+// nb blocks of 128 values in natural order to that layout, in place.
+void fp4_permute_blocks(float* a, int nb);
+void fp4_permute_blocks_avx512(float* a, int nb);  // the same
 
 // FP4 small M through VPDPWSSD: the e2m1 weights doubled are the integers 0, ±1, ±2, ±3, ±4, ±6,
 // ±8, ±12, so a lane partial is exact in integers when the lane's 8 activations are integer

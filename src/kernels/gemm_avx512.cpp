@@ -388,6 +388,39 @@ bool probe_dpbf16_is_two_fmas() {
 void rows_avx512(const Problem& p, int n0, int n1, float* scratch) { rows_simd(p, n0, n1, scratch); }
 bool avx512_dpbf16_is_two_fmas() { return probe_dpbf16_is_two_fmas(); }
 
+// A block is a 16 x 8 matrix (lane d, element e) stored by lanes; the layout wants it by
+// elements, in kFp4Order. Three rounds of two-source permutes, each halving the lanes a vector
+// holds and doubling the elements: pairs of input vectors (4 lanes, 8 elements) become 4 lanes x
+// 4 elements, then 8 lanes x 2 elements, then 16 lanes x 1 element (vector t).
+void fp4_permute_blocks_avx512(float* a, int nb) {
+  constexpr auto idx = [](int round, int which, int s) {  // index into the 32 values of a pair
+    switch (round) {
+      case 0: return (s % 4) * 8 + kFp4Order[4 * which + s / 4];  // which = element half h
+      case 1: return (s % 8) / 4 * 16 + (2 * which + s / 8) * 4 + s % 4;  // which = quarter g
+      default: return s / 8 * 16 + which * 8 + s % 8;  // which = element f
+    }
+  };
+  __m512i ix[3][2];
+  for (int round = 0; round < 3; ++round)
+    for (int w = 0; w < 2; ++w) {
+      alignas(64) int32_t v[16];
+      for (int s = 0; s < 16; ++s) v[s] = idx(round, w, s);
+      ix[round][w] = _mm512_load_si512(v);
+    }
+  for (int b = 0; b < nb; ++b) {
+    float* blk = a + b * 128;
+    __m512 v[8], p[8], q[8];
+    for (int i = 0; i < 8; ++i) v[i] = _mm512_loadu_ps(blk + 16 * i);
+    for (int k = 0; k < 4; ++k)  // p[2k + h]: lanes 4k .. 4k+3, elements kFp4Order[4h .. 4h+3]
+      for (int h = 0; h < 2; ++h) p[2 * k + h] = _mm512_permutex2var_ps(v[2 * k], ix[0][h], v[2 * k + 1]);
+    for (int k = 0; k < 2; ++k)  // q[4k + 2h + g]: lanes 8k .. 8k+7, elements kFp4Order[4h + 2g ..]
+      for (int h = 0; h < 2; ++h)
+        for (int g = 0; g < 2; ++g) q[4 * k + 2 * h + g] = _mm512_permutex2var_ps(p[4 * k + h], ix[1][g], p[4 * k + 2 + h]);
+    for (int hg = 0; hg < 4; ++hg)  // vector t = 2 hg + f: all 16 lanes of element kFp4Order[t]
+      for (int f = 0; f < 2; ++f) _mm512_storeu_ps(blk + 16 * (2 * hg + f), _mm512_permutex2var_ps(q[hg], ix[2][f], q[4 + hg]));
+  }
+}
+
 // fp4_int_activations (gemm.cpp) a block per pass: lane d's 8 values are lane d of the block's
 // 8 vectors, so the per-lane maximum is vertical. Writes the lane units; returns the integers
 // (lane d of n[t]: lane d's t-th element) and whether the whole block has the form.
