@@ -431,6 +431,50 @@ TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
   }
 }
 
+// A batch computes each item exactly as its own call would, also where items share activations
+// (the FP4 batch prepares them once per x pointer: here non-adjacent items on one x, and the same
+// pointer with a different M or K, which must not share).
+TEST(Gemm, BatchItemsEqualSingleCalls) {
+  IsaGuard g;
+  TilesGuard tg;
+  std::mt19937 rng(21);
+  ThreadPool pool(2);
+  const auto x0 = rand_act(rng, 2 * 1024), x1 = rand_act(rng, 2 * 1024);
+  auto a = make_fp4(rng, 40, 1024), b = make_fp4(rng, 24, 1024), c = make_fp4(rng, 33, 512);
+  auto f8 = make_fp8(rng, 48, 1024, 110, 20), f8b = make_fp8(rng, 20, 1024, 110, 20);
+  struct Item {
+    const float* x;
+    int M;
+    const Fp4Weight* W;
+  };
+  const Item fp4_items[] = {{x0.data(), 1, &a.W}, {x1.data(), 1, &b.W}, {x0.data(), 1, &b.W},
+                            {x0.data(), 2, &a.W}, {x0.data(), 1, &c.W}, {x1.data(), 1, &a.W}};
+  std::vector<Isa> isas = simd_isas();
+  isas.insert(isas.begin(), Isa::Scalar);
+  for (Isa isa : isas) {
+    force_isa(isa);
+    std::vector<std::vector<float>> ys, single;
+    std::vector<GemmItem<Fp4Weight>> batch;
+    for (const Item& it : fp4_items) {
+      ys.emplace_back(static_cast<size_t>(it.M) * it.W->n, -7.0f);
+      single.emplace_back(static_cast<size_t>(it.M) * it.W->n, -9.0f);
+    }
+    for (size_t i = 0; i < std::size(fp4_items); ++i) {
+      batch.push_back({fp4_items[i].x, fp4_items[i].M, fp4_items[i].W, ys[i].data()});
+      gemm_fp4(fp4_items[i].x, fp4_items[i].M, *fp4_items[i].W, single[i].data(), pool);
+    }
+    gemm_fp4_batch(batch, pool);
+    for (size_t i = 0; i < ys.size(); ++i) expect_bits_equal(single[i], ys[i], std::string("fp4 batch item ") + std::to_string(i) + " " + isa_name(isa));
+    std::vector<float> y8a(48), y8b(20), s8a(48), s8b(20);
+    const GemmItem<Fp8Weight> items8[] = {{x0.data(), 1, &f8.W, y8a.data()}, {x0.data(), 1, &f8b.W, y8b.data()}};
+    gemm_fp8_batch(items8, pool);
+    gemm_fp8(x0.data(), 1, f8.W, s8a.data(), pool);
+    gemm_fp8(x0.data(), 1, f8b.W, s8b.data(), pool);
+    expect_bits_equal(s8a, y8a, std::string("fp8 batch item 0 ") + isa_name(isa));
+    expect_bits_equal(s8b, y8b, std::string("fp8 batch item 1 ") + isa_name(isa));
+  }
+}
+
 // The FP4 activation layout: value r of a block goes to fp4_permuted_pos(r), on every path.
 TEST(Gemm, Fp4PermuteBlocksPlacesEveryValue) {
   constexpr int nb = 3;

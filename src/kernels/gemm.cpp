@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -423,13 +424,17 @@ static void quantized_batch(gd::Kind kind, const GemmItem<Weight>* items, size_t
   if (qs.size() < count) qs.resize(count);
   if (prs.size() < count) prs.resize(count);
   jobs.clear();
+  // FP4 items on the same activations (an expert's w1 and w3; in decode every routed expert's
+  // w1 and w3) share the prepared activations: for FP4 they depend on x, M and K only (FP8's
+  // choices also depend on the weight scales). Keyed by x; a batch has at most a few hundred items.
+  thread_local std::unordered_map<const float*, size_t> prepared_buf;
+  std::unordered_map<const float*, size_t>& prepared = prepared_buf;
+  prepared.clear();
   for (size_t i = 0; i < count; ++i) {
     const GemmItem<Weight>& it = items[i];
-    // FP4 items on the same activations (an expert's w1 and w3) share the prepared activations:
-    // for FP4 they depend on x, M and K only (FP8's choices also depend on the weight scales).
-    if (kind == gd::Kind::Fp4 && i > 0 && it.x == items[i - 1].x && it.M == items[i - 1].M &&
-        it.W->k == items[i - 1].W->k) {
-      Job j = jobs.back();
+    const auto same = kind == gd::Kind::Fp4 ? prepared.find(it.x) : prepared.end();
+    if (same != prepared.end() && it.M == items[same->second].M && it.W->k == items[same->second].W->k) {
+      Job j = jobs[same->second];
       j.p.w = it.W->w;
       j.p.ws = it.W->scale;
       j.p.y = it.y;
@@ -439,6 +444,7 @@ static void quantized_batch(gd::Kind kind, const GemmItem<Weight>* items, size_t
       jobs.push_back(j);
       continue;
     }
+    if (kind == gd::Kind::Fp4) prepared[it.x] = jobs.size();
     jobs.push_back(prepare_quantized(kind, it.x, it.M, it.W->w, it.W->scale, it.W->n, it.W->k, it.y, qs[i], prs[i], pool));
   }
   run_jobs(jobs.data(), jobs.size(), pool);

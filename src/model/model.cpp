@@ -656,9 +656,12 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
         const ExpertWeights& ew = mw.experts[static_cast<size_t>(e)];
         if (down) {
           expert_jobs.push_back({&hdn[b * I], m, &ew.w2, &oe[b * D]});
-        } else {  // (w1 and w3 share x: the GEMM prepares it once)
-          expert_jobs.push_back({&xe[b * D], m, &ew.w1, &g[b * I]});
-          expert_jobs.push_back({&xe[b * D], m, &ew.w3, &up[b * I]});
+        } else {
+          // w1 and w3 share x, and so do experts with one row of the same token (every routed
+          // expert in decode): the GEMM prepares activations once per distinct pointer.
+          const float* xm = m == 1 ? x + static_cast<size_t>(row_token[r0 + b]) * D : &xe[b * D];
+          expert_jobs.push_back({xm, m, &ew.w1, &g[b * I]});
+          expert_jobs.push_back({xm, m, &ew.w3, &up[b * I]});
         }
       }
       gemm_fp4_batch(expert_jobs, *pool_);
