@@ -195,9 +195,18 @@ void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>&
 // (Problem::fold_w_scale): max |a| * 2^120 * sw_max < 2^127 and sw_min >= 2^-120.
 bool can_fold_w_scale(const float* a, int M, int K, int a_stride, int scale_lo, int scale_hi) {
   if (M >= gd::kPairsMinM || scale_lo < 127 - 120) return false;
-  float amax = 0.0f;
-  for (int m = 0; m < M; ++m)
-    for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(a[static_cast<size_t>(m) * a_stride + k]));
+  // The largest magnitude as float bits: their unsigned order is the numeric one, and a NaN's
+  // sort above infinity's (then no fold). Eight independent maxima: one chain of float maxima
+  // was a latency-bound 6 us per call at K = 4096, a third of a small product's fixed cost.
+  uint32_t top[8] = {};
+  for (int m = 0; m < M; ++m) {
+    const float* am = a + static_cast<size_t>(m) * a_stride;
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+      for (int j = 0; j < 8; ++j) top[j] = std::max(top[j], f32_bits(am[k + j]) & 0x7FFFFFFFu);
+    for (; k < K; ++k) top[0] = std::max(top[0], f32_bits(am[k]) & 0x7FFFFFFFu);
+  }
+  const float amax = f32_from_bits(*std::max_element(top, top + 8));
   return std::isfinite(amax) && std::ldexp(static_cast<double>(amax), 120 + scale_hi - 127) < 0x1p127;
 }
 
