@@ -1,6 +1,8 @@
 // GEMM throughput at DeepSeek-V4-Flash shapes, per ISA path. Weights are random codes and
 // larger than the caches (several copies are cycled when one is small), so M = 1 measures the
-// weight stream: the "bytes_per_second" counter counts weight (+ scale) bytes read. M = 512
+// weight stream: the "bytes_per_second" counter counts weight (+ scale) bytes read, and
+// "read_GBps" / "of_read" give the read bandwidth measured around the row and the row's share of
+// it. M = 512
 // (and the experts' M = 12)
 // report FLOP/s (2*M*N*K). Args: {M, isa (0 scalar, 1 avx2, 2 avx512)}.
 // Environment: DSV4_BENCH_THREADS=N (default: all cores); DSV4_BENCH_HOT=1 keeps one copy of the
@@ -10,6 +12,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <cstdlib>
@@ -85,6 +88,13 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
   std::vector<uint8_t> s(sbytes * copies, 120);
   const auto x = rand_x(size_t(M) * K);
   std::vector<float> y(size_t(M) * N);
+  // M = 1 from DRAM: the read bandwidth (the roofline probe over these very weights, all threads
+  // of the pool) right before and right after, so that each row carries its own ratio: this VM's
+  // bandwidth moves by tens of percent within minutes, a probe at the start of a run is stale by
+  // its end.
+  const bool probe = M == 1 && !hot;
+  const double read_before = probe ? measure_read_gbs(pool(), w.size(), 0.2, w.data()) : 0.0;
+  const auto t0 = std::chrono::steady_clock::now();
   int c = 0;
   for (auto _ : st) {
     if (kind == WKind::Fp8) {
@@ -101,8 +111,14 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
     benchmark::DoNotOptimize(y.data());
     c = (c + 1) % copies;
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   st.counters["bytes_per_second"] =
       benchmark::Counter(double(wbytes + sbytes), benchmark::Counter::kIsIterationInvariantRate);
+  if (probe) {
+    const double read = (read_before + measure_read_gbs(pool(), w.size(), 0.2, w.data())) / 2;
+    st.counters["read_GBps"] = read;
+    st.counters["of_read"] = double(wbytes + sbytes) * double(st.iterations()) / seconds / 1e9 / read;
+  }
   st.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
   // (on AVX-512 the M >= 4 products run in the tiles chosen at start-up: env DSV4_GEMM_TILES)
   st.SetLabel(want == Isa::Avx512 && M >= gemm_detail::kPairsMinM
@@ -137,17 +153,6 @@ void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4
 void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
 // A 16384-row slice of the output head (129280 x 4096 bf16, 1 GB: the largest single read per token).
 void BM_head_bf16_4096x16384(benchmark::State& st) { run_bench(st, WKind::Bf16, 16384, 4096); }
-// The read bandwidth the M = 1 rows are compared with, in the same run (select it together with
-// them, e.g. --benchmark_filter='M:1/isa:2|read_probe'): the roofline probe, all threads of the
-// pool, over a buffer as large as the one the weights cycle through; the best of 3.
-void BM_read_probe(benchmark::State& st) {
-  const auto buf = rand_bytes(kMinBytes, 3, false);
-  double best = 0;
-  for (auto _ : st) best = std::max(best, measure_read_gbs(pool(), buf.size(), 0.3, buf.data()));
-  st.counters["read_GBps"] = best;
-}
-BENCHMARK(BM_read_probe)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
-
 BENCHMARK(BM_wq_a_fp8_4096x1024)->Apply(ArgsWithScalar512);
 BENCHMARK(BM_wq_b_fp8_1024x32768)->Apply(Args);
 BENCHMARK(BM_wo_b_fp8_8192x4096)->Apply(Args);
