@@ -4,7 +4,9 @@
 // GCC 12 flags its own _mm512_undefined_* helpers (used inside many intrinsics) as
 // uninitialised; the pragma must precede the header to cover those locations.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // (a GCC-only warning group; clang reports it unknown)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstdint>

@@ -3,7 +3,9 @@
 // its key; VPDPBUSD then multiplies them by 4 signed query values broadcast to all lanes. The
 // +12 offset comes back out exactly as 12 * (sum of the query block's values).
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // (a GCC-only warning group; clang reports it unknown)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstring>

@@ -1,6 +1,8 @@
 // GCC 12 flags its own _mm512_undefined_* helpers inside intrinsics as uninitialised.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__  // (a GCC-only warning group; clang reports it unknown)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstdint>
