@@ -217,6 +217,11 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
                                                          const uint8_t* const* scales_raw, Vec* lanes_io,
                                                          const uint8_t* const* next, const uint8_t* const* far) {
   const __m512i tab = fp4_byte_table();
+  // VPMULTISHIFTQB brings each byte's high nibble down (bits 8i+4 .. of its qword; the bits
+  // above the nibble are don't-cares for VPERMB, as the table repeats): a port-5 byte move in
+  // place of a port-0 shift, next to the four VPDPBUSD. Stand-alone over L2-resident rows, min
+  // of 40: 2.80 -> 2.65 ns per block and row (moving the << 8 to VPSHUFB as well gained nothing).
+  const __m512i hi_nibbles = _mm512_set1_epi64(0x3C342C241C140C04);
   Vec lanes[R];
   for (int j = 0; j < R; ++j) lanes[j] = lanes_io[j];
   for (int b = 0; b < full; ++b) {
@@ -231,7 +236,7 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
       for (int j = 0; j < R; ++j) {
         const __m512i c = _mm512_loadu_si512(codes[j] + 64 * b);
         const __m512i lo = _mm512_permutexvar_epi8(c, tab);                         // weights 8d + 2i at byte 4d + i
-        const __m512i hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(c, 4), tab);  // 8d + 2i + 1
+        const __m512i hi = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(hi_nibbles, c), tab);  // 8d + 2i + 1
         __m512i x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, even_hi), hi, odd_hi);
         x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), lo, even_lo), hi, odd_lo);
         part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, cr);
