@@ -84,6 +84,52 @@ TEST(Model, ChunkedPrefillAndDecodeMatchFullPrefill) {
             std::max_element(stepped.begin(), stepped.end()) - stepped.begin());
 }
 
+// A chunk longer than the attention pieces (512 tokens) runs attention piece by piece and the
+// MoE on the whole chunk: the same bits as shorter calls, once past position 0.
+TEST(Model, LongChunkMatchesShortCallsExactly) {
+  Model m(test_model_dir(), 2);
+  const int n = 1200;
+  ASSERT_LE(n + 1, m.config().max_position_embeddings);
+  const auto tok = tokens(n + 1);
+  const int V = m.config().vocab_size;
+  std::vector<float> one_call(V), pieces(V);
+  SequenceState a = m.new_state(), b = m.new_state();
+  m.forward(a, tok.data(), 1, nullptr);
+  m.forward(b, tok.data(), 1, nullptr);
+  m.forward(a, tok.data() + 1, n, one_call.data());
+  for (int s = 1; s <= n; s += 300) m.forward(b, tok.data() + s, std::min(300, n + 1 - s), pieces.data());
+  EXPECT_EQ(a.pos, b.pos);
+  EXPECT_EQ(0, std::memcmp(one_call.data(), pieces.data(), sizeof(float) * static_cast<size_t>(V)));
+}
+
+// A forward call stopped by its layer callback leaves the state as before the call: what follows
+// computes the same bits as if the call had never been made.
+TEST(Model, StoppedForwardRestoresTheState) {
+  Model m(test_model_dir(), 2);
+  const int V = m.config().vocab_size, layers = m.config().n_layers;
+  const auto tok = tokens(400);
+  std::vector<float> want(V), got(V);
+  SequenceState a = m.new_state(), b = m.new_state();
+  m.forward(a, tok.data(), 1, nullptr);
+  m.forward(a, tok.data() + 1, 199, nullptr);
+  m.forward(a, tok.data() + 200, 200, want.data());
+  m.forward(b, tok.data(), 1, nullptr);
+  m.forward(b, tok.data() + 1, 199, nullptr);
+  std::vector<int> seen;
+  // Past the window and an HCA block boundary: ring, compressors and compressed rows all move.
+  const bool finished = m.forward(b, tok.data() + 200, 150, got.data(), nullptr, [&](int done) {
+    seen.push_back(done);
+    return done < layers - 1;
+  });
+  EXPECT_FALSE(finished);
+  EXPECT_EQ(seen.size(), static_cast<size_t>(layers - 1));
+  EXPECT_EQ(b.pos, 200);
+  int calls = 0;
+  EXPECT_TRUE(m.forward(b, tok.data() + 200, 200, got.data(), nullptr, [&](int) { return ++calls > 0; }));
+  EXPECT_EQ(calls, layers);
+  EXPECT_EQ(0, std::memcmp(want.data(), got.data(), sizeof(float) * static_cast<size_t>(V)));
+}
+
 // The routed experts give a token the same bits alone (decode) as among hundreds of others split
 // into several expert batches (prefill): every product is per row, and each output element adds
 // its experts in increasing order. A hash-routed and a score-routed layer.

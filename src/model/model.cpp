@@ -12,6 +12,7 @@
 #include <limits>
 #include <type_traits>
 #include <numeric>
+#include <optional>
 
 #include "core/error.h"
 #include "core/stage_profile.h"
@@ -20,12 +21,15 @@
 #include "kernels/hc_mix.h"
 #include "kernels/index_score.h"
 #include "kernels/numerics.h"
+#include "model/checkpoint.h"
 
 namespace dsv4 {
 
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Tokens per attention call within a forward chunk (run_block).
+constexpr int kAttentionPieceTokens = 512;
 // Routed (token, expert) rows per batch of experts in the MoE: a decode step's few rows run as
 // one batch; a prefill chunk's in several (this bounds the buffers: ~56 MB at V4-Flash widths).
 constexpr size_t kExpertBatchRows = 1024;
@@ -752,8 +756,18 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
       }
     });
   };
-  site(bw.hc_attn, bw.attn_norm, [&] { attention(bw, ls, a.data(), n, start, f.data(), probe); },
-       probe ? &probe->attn_in : nullptr, probe ? &probe->attn_out : nullptr);
+  // Attention takes a long chunk in pieces: its per-token buffers (queries and outputs, [n, heads,
+  // 512] fp32, 128 KiB a token at V4-Flash widths) stay bounded however long the chunk, while the
+  // MoE takes the whole chunk at once, where more rows per routed expert pay (forward). Any split
+  // gives the same bits (pieces start past position 0 or are at least a window long, see the
+  // window layout in attention()).
+  const int piece = std::max(kAttentionPieceTokens, c.window);
+  site(bw.hc_attn, bw.attn_norm, [&] {
+    for (int t0 = 0; t0 < n; t0 += piece) {
+      const size_t off = static_cast<size_t>(t0) * D;
+      attention(bw, ls, a.data() + off, std::min(piece, n - t0), start + t0, f.data() + off, probe);
+    }
+  }, probe ? &probe->attn_in : nullptr, probe ? &probe->attn_out : nullptr);
   site(bw.hc_ffn, bw.ffn_norm, [&] { moe(bw.moe, bw.layer_id, a.data(), tokens, n, f.data(), probe); },
        probe ? &probe->ffn_in : nullptr, probe ? &probe->ffn_out : nullptr);
 }
@@ -791,7 +805,8 @@ static void check_tokens(const ModelConfig& c, const SequenceState& st, const in
                 std::to_string(c.max_position_embeddings));
 }
 
-void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, std::vector<float>* final_streams) {
+bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, std::vector<float>* final_streams,
+                    const LayerCallback& on_layer) {
   check_tokens(cfg_, st, tokens, n);
   if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("forward: state does not belong to this model");
   const int D = cfg_.dim, hc = cfg_.hc_mult;
@@ -803,11 +818,21 @@ void Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
       for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
   }, 8);
   embed_timer.stop();
-  for (int l = 0; l < cfg_.n_layers; ++l)
+  // A stoppable call keeps a snapshot to go back to (a few MiB: the window rings and partial
+  // compressor blocks; compressed rows are only appended, and are cut back).
+  std::optional<StateCheckpoint> before;
+  if (on_layer) before = take_checkpoint(st);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
     run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
+    if (on_layer && !on_layer(l + 1)) {
+      restore_checkpoint(st, *before);
+      return false;
+    }
+  }
   st.pos += n;
   if (logits) head(&h[static_cast<size_t>(n - 1) * hc * D], w_.hc_head, w_.norm, logits);
   if (final_streams) *final_streams = std::move(h);
+  return true;
 }
 
 void Model::mtp_forward(SequenceState& st, const float* h_main, const int32_t* tokens, int n, float* logits,

@@ -1,6 +1,7 @@
 // The DeepSeek-V4 forward pass on CPU (spec model.md §3-§10): main stack, LM head and MTP.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,16 @@
 #include "model/weights.h"
 
 namespace dsv4 {
+
+// Tokens per forward call when a long prompt is prefilled (engine, chat, generate, bench). The
+// routed experts see a chunk's tokens at once, and a product's cost per row falls with its rows:
+// V4-Flash routes 6 of 256 experts, so a 512-token chunk gives an expert ~12 rows and a 2048-token
+// one ~48 (docs/performance.md, "Prefill chunk"). Attention takes the chunk in pieces, so memory
+// grows only by the per-token streams (~100 KiB a token at V4-Flash widths).
+constexpr int kPrefillChunkTokens = 2048;
+
+// Called after each block of a forward call with the blocks done so far; false stops the call.
+using LayerCallback = std::function<bool(int layers_done)>;
 
 // Optional per-block capture of intermediate tensors (for golden per-block checks and debugging).
 struct BlockProbe {
@@ -49,9 +60,11 @@ class Model {
 
   // Runs n tokens at positions st.pos .. st.pos+n-1 through the main stack (any chunking of a
   // sequence gives the same semantics). Writes last-position logits [V] when `logits` is set and
-  // the final residual streams [n, hc, D] when `final_streams` is set.
-  void forward(SequenceState& st, const int32_t* tokens, int n, float* logits,
-               std::vector<float>* final_streams = nullptr);
+  // the final residual streams [n, hc, D] when `final_streams` is set. `on_layer`, when set, is
+  // called after each block; if it returns false the call stops there, puts the state back as it
+  // was before the call and returns false (a long prefill chunk stays cancellable).
+  bool forward(SequenceState& st, const int32_t* tokens, int n, float* logits,
+               std::vector<float>* final_streams = nullptr, const LayerCallback& on_layer = {});
 
   // The MTP module: h_main [n, hc, D] final streams of the main model at positions
   // st.pos.., tokens[i] = the token following position i. Writes last-position logits.
