@@ -228,7 +228,7 @@ TEST(Engine, PresencePenaltyAvoidsRepeats) {
 // Cache hits of every kind (live end, interval checkpoint with a fork, the checkpoint before the
 // last prompt token) give bit-identical greedy tokens and logprobs to a cold engine.
 TEST(Engine, PrefixCacheHitsEqualColdRuns) {
-  auto hot = make_engine({.retained_sequences = 4, .checkpoint_interval = 64});
+  auto hot = make_engine({.retained_sequences = 4, .checkpoint_interval = 64, .prefill_chunk = 512});
   auto cold = make_engine({.retained_sequences = 0});
   auto req = [](std::vector<int32_t> p) {
     auto r = greedy(std::move(p), 6);
@@ -339,6 +339,40 @@ TEST(Engine, CancelStopsWithinOneToken) {
   ASSERT_TRUE(done.wait());
   EXPECT_LT(since(t), 2.0);
   EXPECT_EQ(res.cause, FinishCause::kCancelled);
+}
+
+// Cancelled inside a prefill chunk (the flag is seen after a block): the request ends, and the
+// retained sequence is back at its last chunk boundary, so reusing it gives a cold run's tokens.
+TEST(Engine, CancelInsidePrefillChunkKeepsTheSequenceExact) {
+  auto e = make_engine({.retained_sequences = 2});
+  auto cold = make_engine({.retained_sequences = 0});
+  const auto p = prompt_ids(300, 23);
+  GenerationRequest r = greedy(p, 4);
+  auto flag = r.cancel;
+  std::vector<int64_t> progress;
+  std::promise<void> done;
+  GenerationResult res;
+  int tokens = 0;
+  ASSERT_TRUE(e->submit(
+      r, [&](const TokenEvent&) { return ++tokens > 0; }, [&](const GenerationResult& g) { res = g, done.set_value(); },
+      [&](int64_t d, int64_t) {
+        progress.push_back(d);
+        if (d > 1) flag->store(true);  // the first block of the 299-token chunk is done
+      }));
+  done.get_future().wait();
+  EXPECT_EQ(res.cause, FinishCause::kCancelled);
+  EXPECT_EQ(tokens, 0);
+  // Progress moves block by block and never back; the last report is inside the second chunk
+  // (positions 1 .. 298; it would report 299 had the chunk run to its end).
+  ASSERT_FALSE(progress.empty());
+  EXPECT_TRUE(std::is_sorted(progress.begin(), progress.end()));
+  EXPECT_GT(progress.back(), 1);
+  EXPECT_LT(progress.back(), 299);
+  const Outcome again = run(*e, greedy(p, 4));
+  EXPECT_EQ(again.res.stats.cached_tokens, 1);
+  const Outcome want = run(*cold, greedy(p, 4));
+  EXPECT_EQ(again.ids, want.ids);
+  EXPECT_EQ(again.logprobs, want.logprobs);
 }
 
 TEST(Engine, QueueLimitAndQueuedCancel) {

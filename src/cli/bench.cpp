@@ -105,7 +105,7 @@ void print_profile(const char* title, const char* amount_name, const char* rate_
 void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Measure prefill/decode speed at context frontiers");
   static std::string model_dir, csv_path, frontiers_arg = "512,2048,8192";
-  static int decode_tokens = 8, threads = 0, chunk = 512;
+  static int decode_tokens = 8, threads = 0, chunk = kPrefillChunkTokens;
   static bool roofline = false, profile = false;
   cmd->add_option("--model", model_dir, "Model directory (default: the built-in demo model)");
   cmd->add_option("--frontiers", frontiers_arg, "Comma-separated context lengths")->capture_default_str();

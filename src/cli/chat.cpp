@@ -349,24 +349,27 @@ class ChatSession {
                  static_cast<long long>(max_ctx_), g.note.empty() ? "" : ", ", g.note.c_str(), off);
   }
 
-  // Chunked prefill: bounded activation memory, a progress bar and a Ctrl-C check per chunk.
-  // Returns false when interrupted.
+  // Chunked prefill: bounded activation memory; the progress bar and the Ctrl-C check follow each
+  // block of a chunk. Returns false when interrupted.
   bool prefill(const std::vector<int32_t>& ids) {
-    constexpr size_t kChunk = 256;
-    const bool bar = tty_err_ && ids.size() > kChunk;
-    for (size_t i = 0; i < ids.size(); i += kChunk) {
-      const int n = static_cast<int>(std::min(kChunk, ids.size() - i));
+    const size_t chunk = kPrefillChunkTokens;
+    const int blocks = model_.config().n_layers;
+    const bool bar = tty_err_ && ids.size() > chunk / 8;
+    for (size_t i = 0; i < ids.size(); i += chunk) {
+      const int n = static_cast<int>(std::min(chunk, ids.size() - i));
       const bool last = i + static_cast<size_t>(n) == ids.size();
-      model_.forward(st_, ids.data() + i, n, last ? logits_.data() : nullptr);
-      if (bar) {
-        constexpr int kWidth = 30;
-        const size_t done = i + static_cast<size_t>(n);
-        const int fill = static_cast<int>(kWidth * done / ids.size());
-        std::fprintf(stderr, "\rprefill [%s%s] %zu/%zu tokens", std::string(static_cast<size_t>(fill), '#').c_str(),
-                     std::string(static_cast<size_t>(kWidth - fill), '.').c_str(), done, ids.size());
-        std::fflush(stderr);
-      }
-      if (g_stop && !last) {
+      const bool done = model_.forward(st_, ids.data() + i, n, last ? logits_.data() : nullptr, nullptr, [&](int layers) {
+        if (bar) {
+          constexpr int kWidth = 30;
+          const size_t at = i + static_cast<size_t>(n) * static_cast<size_t>(layers) / static_cast<size_t>(blocks);
+          const int fill = static_cast<int>(kWidth * at / ids.size());
+          std::fprintf(stderr, "\rprefill [%s%s] %zu/%zu tokens", std::string(static_cast<size_t>(fill), '#').c_str(),
+                       std::string(static_cast<size_t>(kWidth - fill), '.').c_str(), at, ids.size());
+          std::fflush(stderr);
+        }
+        return !g_stop || (last && layers == blocks);  // (a finished prompt is kept)
+      });
+      if (!done || (g_stop && !last)) {
         if (bar) std::fputs("\r\033[K", stderr);
         return false;
       }

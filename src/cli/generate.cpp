@@ -58,15 +58,17 @@ void register_generate(CLI::App& app) {
     SequenceState st = model.new_state();
     std::vector<float> logits(static_cast<size_t>(c.vocab_size));
     const auto t0 = clock::now();
-    // Chunked prefill keeps memory bounded and lets us show progress on long prompts.
-    const int chunk = 512;
+    // Chunked prefill keeps memory bounded; a long prompt shows its progress block by block.
+    const int chunk = kPrefillChunkTokens, blocks = c.n_layers;
+    const bool show = ids.size() > static_cast<size_t>(chunk) / 4;
     for (size_t i = 0; i < ids.size(); i += chunk) {
       const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - i));
-      model.forward(st, ids.data() + i, n, i + n == ids.size() ? logits.data() : nullptr);
-      if (ids.size() > static_cast<size_t>(chunk))
-        std::fprintf(stderr, "\rprefill %zu/%zu", i + n, ids.size());
+      model.forward(st, ids.data() + i, n, i + n == ids.size() ? logits.data() : nullptr, nullptr, [&](int done) {
+        if (show) std::fprintf(stderr, "\rprefill %zu/%zu", i + static_cast<size_t>(n) * done / blocks, ids.size());
+        return true;
+      });
     }
-    if (ids.size() > static_cast<size_t>(chunk)) std::fprintf(stderr, "\n");
+    if (show) std::fprintf(stderr, "\n");
     const double prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
 
     Sampler sampler({temperature, top_p, seed});

@@ -23,7 +23,7 @@ void register_serve(CLI::App& app) {
   auto* cmd = app.add_subcommand("serve", "Serve the OpenAI-compatible (chat, FIM) and Anthropic-compatible HTTP API");
   struct Opts {
     std::string model_dir, host = "127.0.0.1", effort_profile = "preview";
-    int port = 8000, threads = 0, http_threads = 64, queue = 64;
+    int port = 8000, threads = 0, http_threads = 64, queue = 64, prefill_chunk = kPrefillChunkTokens;
     double sse_keepalive = 5.0;
     int64_t ctx = 0;
     std::vector<std::string> api_keys, served_names;
@@ -44,6 +44,10 @@ void register_serve(CLI::App& app) {
                   "Seconds between SSE keep-alives while a long prompt is prefilled")
       ->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
+  cmd->add_option("--prefill-chunk", o.prefill_chunk,
+                  "Prompt tokens per forward pass (longer: faster prefill, more activation memory)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-queue", o.queue, "Queued requests beyond which new ones get 503")->capture_default_str()->check(CLI::Range(1, 100000));
   cmd->add_option("--effort-profile", o.effort_profile, "Reasoning-effort prompt table of the checkpoint: preview | 0731")
       ->capture_default_str()->check(CLI::IsMember({"preview", "0731"}));
@@ -80,6 +84,7 @@ void register_serve(CLI::App& app) {
     eo.threads = o.threads;
     eo.max_context = o.ctx;
     eo.max_queue = o.queue;
+    eo.prefill_chunk = o.prefill_chunk;
     server::Engine engine(model, tok, eo);
 
     server::ServerOptions api;

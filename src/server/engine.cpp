@@ -25,9 +25,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Prefill chunk length. Chunks start at multiples of it (after the first token, see below), so
-// a prompt is cut the same way whatever was reused.
-constexpr int64_t kPrefillChunk = 512;
 
 double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
@@ -635,11 +632,25 @@ void Engine::Impl::run(Job& job) {
     int64_t pos = seq->state.pos;
     bool stopped = false;
     while (pos < L) {
-      int64_t end = pos == 0 ? 1 : std::min(L, (pos / kPrefillChunk + 1) * kPrefillChunk);
+      // Chunks start at multiples of the chunk length (after the first token), so a prompt is
+      // cut the same way whatever was reused.
+      const int64_t chunk = std::max(opt.prefill_chunk, 1);
+      int64_t end = pos == 0 ? 1 : std::min(L, (pos / chunk + 1) * chunk);
       if (interval > 0) end = std::min(end, (pos / interval + 1) * interval);
       if (pos < L - 1) end = std::min(end, L - 1);  // so a checkpoint can sit just before the last token
       const int n = static_cast<int>(end - pos);
-      model->forward(seq->state, req.prompt.data() + pos, n, end == L ? logits.data() : nullptr);
+      // Progress (keep-alives) and the cancel check after every block, not only per chunk: a
+      // chunk of a long prompt runs for seconds to minutes. A cancelled chunk leaves the state
+      // where it was, at the last chunk boundary.
+      const int blocks = model->config().n_layers;
+      const auto on_layer = [&](int done) {
+        if (job.on_progress) job.on_progress(pos + static_cast<int64_t>(n) * done / blocks, L);
+        return !cancelled(job);
+      };
+      if (!model->forward(seq->state, req.prompt.data() + pos, n, end == L ? logits.data() : nullptr, nullptr, on_layer)) {
+        stopped = true;
+        break;
+      }
       seq->tokens.insert(seq->tokens.end(), req.prompt.begin() + pos, req.prompt.begin() + end);
       pos = end;
       // At L-1 the snapshot serves a repeat of this prompt and a next turn that re-renders the

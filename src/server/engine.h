@@ -95,6 +95,9 @@ struct EngineOptions {
   // Added with the engine (docs/prefix-cache.md):
   int max_checkpoints = 32;   // per retained sequence; beyond it the closest-spaced one is dropped
   int64_t cache_bytes = 0;    // retained states + checkpoints; LRU sequences go first (0 = no limit)
+  // Prompt tokens per forward call (kPrefillChunkTokens: longer chunks feed the routed experts
+  // more rows); progress and cancellation are checked after every block of a chunk anyway.
+  int prefill_chunk = kPrefillChunkTokens;
 };
 
 // Called on the engine thread for every generated token; return false to stop (client gone).
