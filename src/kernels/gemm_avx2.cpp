@@ -26,10 +26,7 @@ inline void vstore(float* p, Vec v) {
   _mm256_storeu_ps(p + 8, v.hi);
 }
 inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
-inline Parts pzero() { return _mm_setzero_ps(); }
-inline Parts pload(const float* p) { return _mm_loadu_ps(p); }
 inline void pstore(float* p, Parts v) { _mm_storeu_ps(p, v); }
-inline Parts pfma(Parts a, Parts b, Parts c) { return _mm_fmadd_ps(a, b, c); }
 
 // Tree of gemm.h for 4 vectors: h = 8 is lo + hi; h = 4 pairs 128-bit halves of two vectors;
 // h = 2 and h = 1 shuffle within 128-bit lanes. Ends as [A, C, A, C | B, D, B, D].

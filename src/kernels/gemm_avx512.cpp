@@ -29,10 +29,7 @@ inline Vec vzero() { return _mm512_setzero_ps(); }
 inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
 inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline Parts pzero() { return _mm512_setzero_ps(); }
-inline Parts pload(const float* p) { return _mm512_loadu_ps(p); }
 inline void pstore(float* p, Parts v) { _mm512_storeu_ps(p, v); }
-inline Parts pfma(Parts a, Parts b, Parts c) { return _mm512_fmadd_ps(a, b, c); }
 
 // Tree of gemm.h for 16 vectors at once. Step h = 8 pairs 256-bit halves, h = 4 128-bit
 // quarters, h = 2 and h = 1 elements within quarters; each add combines two vectors' data, so
