@@ -90,7 +90,7 @@ start -n 24 --seed 7
 wait_for 'dsv4 chat: ' 1 180 "the banner (demo model creation and load)"
 wait_for '^> ' 1 30 "the first prompt"
 
-# A first message longer than one 256-token prefill chunk.
+# A first message longer than 256 tokens (it gets the prefill progress bar).
 long=""
 for _ in $(seq 40); do long+="the quick brown fox jumps over the lazy dog "; done
 send "$long"

@@ -109,7 +109,7 @@ class Model {
   std::unique_ptr<ThreadPool> pool_;
   RopeTable rope_swa_, rope_compressed_;
   // Attention's large per-chunk buffers (queries and outputs are [n, heads, 512]: 64 MiB each
-  // for a 512-token chunk of V4-Flash), kept between calls so that a chunk does not pay for
+  // for a 512-token attention piece of V4-Flash), kept between calls so that a chunk does not pay for
   // fresh zeroed pages; every element is written before it is read. Calls are not concurrent.
   // Growth leaves them uninitialised: the first writes, in parallel GEMMs and loops, then fault
   // the fresh pages in on every thread instead of a serial zero fill on the caller's.

@@ -115,7 +115,7 @@ test('queue full (--max-queue 1): 503 with Retry-After, OpenAI and Anthropic err
 test('SSE keep-alives flow while a long prompt is prefilled (before the first token)', async () => {
   const srv = await startServer(['--sse-keepalive', '0.001']);
   try {
-    const prompt = 'The quick brown fox jumps over the lazy dog. '.repeat(200);  // ~2K tokens: several prefill chunks
+    const prompt = 'The quick brown fox jumps over the lazy dog. '.repeat(200);  // ~2K tokens: progress after every block of the chunk
     const post = (path, body, extra = {}) => fetch(srv.base + path, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`,
