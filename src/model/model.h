@@ -19,7 +19,8 @@ namespace dsv4 {
 // routed experts see a chunk's tokens at once, and a product's cost per row falls with its rows:
 // V4-Flash routes 6 of 256 experts, so a 512-token chunk gives an expert ~12 rows and a 2048-token
 // one ~48 (docs/performance.md, "Prefill chunk"). Attention takes the chunk in pieces, so memory
-// grows only by the per-token streams (~100 KiB a token at V4-Flash widths).
+// grows only by the per-token streams and MoE rows (~200 KiB a token at V4-Flash widths,
+// measured by peak RSS).
 constexpr int kPrefillChunkTokens = 2048;
 
 // Called after each block of a forward call with the blocks done so far; false stops the call.
