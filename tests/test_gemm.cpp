@@ -139,19 +139,21 @@ void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b,
   EXPECT_EQ(bad, 0u) << what << ": first difference at " << first << ": " << a[first] << " vs " << b[first];
 }
 
-// Restores the GEMM tile and FP4 byte-form choices when a test is done.
+// Restores the GEMM tile choice and the VBMI small-M forms (FP4 bytes, FP8 GFNI) when a test is done.
 struct TilesGuard {
   GemmTiles saved = active_gemm_tiles();
   bool saved_bytes = fp4_bytes_active();
+  bool saved_gfni = fp8_gfni_active();
   ~TilesGuard() {
     force_gemm_tiles(saved);
     force_fp4_bytes(saved_bytes);
+    force_fp8_gfni(saved_gfni);
   }
 };
 
 // Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads; on
 // AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA), and where the CPU has VBMI
-// also without the small-M FP4 byte form (which is on in the other runs).
+// also without the small-M FP4 byte form and FP8 GFNI decode (which are on in the other runs).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
   IsaGuard g;
@@ -176,11 +178,13 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
       force_isa(isa);
       force_gemm_tiles(v.tiles);
       force_fp4_bytes(v.bytes);
+      force_fp8_gfni(v.bytes);
       for (ThreadPool* p : {&p1, &p2}) {
         std::vector<float> y(out_size, -7.0f);
         f(*p, y);
         const std::string variant = isa != Isa::Avx512                    ? ""
-                                    : std::string(" ") + gemm_tiles_name(v.tiles) + (fp4_bytes_active() ? " bytes" : "");
+                                    : std::string(" ") + gemm_tiles_name(v.tiles) + (fp4_bytes_active() ? " bytes" : "") +
+                                          (fp8_gfni_active() ? " gfni" : "");
         expect_bits_equal(ref, y, what + " " + isa_name(isa) + variant + " " + std::to_string(p->size()) + " threads");
       }
     }
@@ -722,6 +726,27 @@ TEST(Gemm, Fp8EveryCodeDecodes) {
       for (int i = 0; i < N; ++i)
         EXPECT_EQ(f32_bits(y[static_cast<size_t>(m) * N + i]), f32_bits(bf16_round(e4m3_to_f32(w[i]) * x[m] + 0.0f)))
             << "M=" << M << " code " << i;
+  }
+}
+
+// The same at every position of a full 128-block, where the small-M AVX-512 path decodes 32 codes
+// at a time (the GFNI form where the CPU has it): row n holds code n everywhere, and a one-hot
+// activation picks one column, so each output is one weight times a power of two.
+TEST(Gemm, Fp8EveryCodeDecodesAtEveryBlockPosition) {
+  const int N = 256, K = 256;
+  std::vector<uint8_t> w(static_cast<size_t>(N) * K);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k) w[static_cast<size_t>(n) * K + k] = (n & 0x7f) == 0x7f ? 0 : static_cast<uint8_t>(n);
+  std::vector<uint8_t> s(static_cast<size_t>(2 * 2), 127 + 3);  // 2^3
+  const Fp8Weight W{w.data(), s.data(), N, K};
+  for (int col : {0, 5, 15, 16, 31, 32, 47, 63, 64, 100, 127, 128, 200, 255}) {
+    std::vector<float> x(K, 0.0f);
+    x[col] = 0.5f;
+    const auto y = check_all_paths(N, "every e4m3 code at column " + std::to_string(col),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), 1, W, out.data(), p); });
+    for (int n = 0; n < N; ++n)
+      EXPECT_EQ(f32_bits(y[n]), f32_bits(bf16_round(e4m3_to_f32(w[static_cast<size_t>(n) * K]) * 4.0f + 0.0f)))
+          << "column " << col << " code " << n;
   }
 }
 

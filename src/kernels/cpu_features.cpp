@@ -64,15 +64,16 @@ Isa parse_env(Isa best) {
   return static_cast<int>(want) < static_cast<int>(best) ? want : best;
 }
 
-bool detect_vbmi() {
+// CPUID leaf 7 ECX bits, given AVX-512 F and BW and the OS's ZMM state (0 when not).
+unsigned avx512_leaf7_ecx() {
 #ifdef DSV4_X86
   unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
-  if ((read_xcr0() & 0xe6) != 0xe6 || __get_cpuid_max(0, nullptr) < 7) return false;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;  // OSXSAVE
+  if ((read_xcr0() & 0xe6) != 0xe6 || __get_cpuid_max(0, nullptr) < 7) return 0;
   __cpuid_count(7, 0, a, b, c, d);
-  return (b & (1u << 16)) && (b & (1u << 30)) && (c & (1u << 1));  // F, BW, VBMI
+  return (b & (1u << 16)) && (b & (1u << 30)) ? c : 0;  // F, BW
 #else
-  return false;
+  return 0;
 #endif
 }
 
@@ -95,8 +96,13 @@ Isa detected_isa() {
 }
 
 bool cpu_has_avx512_vbmi() {
-  static const bool vbmi = detect_vbmi();
+  static const bool vbmi = avx512_leaf7_ecx() & (1u << 1);
   return vbmi;
+}
+
+bool cpu_has_avx512_vbmi_gfni() {
+  static const bool both = cpu_has_avx512_vbmi() && (avx512_leaf7_ecx() & (1u << 8));
+  return both;
 }
 
 bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(detected_isa()); }

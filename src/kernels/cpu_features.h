@@ -18,6 +18,8 @@ bool isa_supported(Isa isa);
 // AVX512_VBMI (byte permutes), which some AVX-512 kernels use in addition where the CPU has it
 // (checked together with the OS's ZMM state; false on non-x86).
 bool cpu_has_avx512_vbmi();
+// VBMI and GFNI (bit-matrix byte transforms) together, the same way.
+bool cpu_has_avx512_vbmi_gfni();
 
 // The path the kernels use: detected_isa(), lowered by env DSV4_ISA=scalar|avx2|avx512 (read
 // once; a request the CPU cannot run is clamped down), or by force_isa().

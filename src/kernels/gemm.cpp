@@ -91,6 +91,8 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
   p.e4m3 = kE4M3Values;
   p.e2m1 = kE2M1Values;
   p.e8m0 = e8m0_table();
+  p.fp8_gfni = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < gd::kPairsMinM &&
+               active_isa() == Isa::Avx512 && fp8_gfni_active();
   return p;
 }
 
@@ -540,6 +542,24 @@ bool fp4_bytes_active() {
 bool force_fp4_bytes(bool on) {
   const bool before = fp4_bytes_active();
   g_fp4_bytes.store(on && cpu_has_avx512_vbmi(), std::memory_order_relaxed);
+  return before;
+}
+
+static std::atomic<int> g_fp8_gfni{-1};
+
+bool fp8_gfni_active() {
+  int v = g_fp8_gfni.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("DSV4_FP8_GFNI");
+    v = cpu_has_avx512_vbmi_gfni() && !(e && std::strcmp(e, "0") == 0);
+    g_fp8_gfni.store(v, std::memory_order_relaxed);
+  }
+  return v != 0;
+}
+
+bool force_fp8_gfni(bool on) {
+  const bool before = fp8_gfni_active();
+  g_fp8_gfni.store(on && cpu_has_avx512_vbmi_gfni(), std::memory_order_relaxed);
   return before;
 }
 

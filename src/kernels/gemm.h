@@ -114,6 +114,15 @@ bool fp4_bytes_active();
 // For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
 bool force_fp4_bytes(bool on);
 
+// Small-M FP8 on AVX-512 CPUs that also have VBMI and GFNI: the e4m3 codes become fp32 weights
+// through two GF2P8AFFINEQB (each code's bits moved to where the fp32 wants them) and VPERMI2B
+// (the two bytes into place), 10 instead of 16 vector instructions per 64 weights; the same
+// weight values and FMA chain, so the same bits. On by default where the CPU has both; env
+// DSV4_FP8_GFNI=0, or force_fp8_gfni(false), turns it off.
+bool fp8_gfni_active();
+// For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
+bool force_fp8_gfni(bool on);
+
 namespace gemm_detail {
 
 // One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
@@ -150,6 +159,8 @@ struct Problem {
   // FP8 kinds, M < 4: the fp32 back ends may scale the activations by 2^120 sw instead of the
   // weights (set where |a| * 2^120 sw stays finite and sw >= 2^-120, so a * 2^120 sw is exact).
   bool fold_w_scale = false;
+  // FP8 kinds, M < 4, AVX-512: the folded rows decode through GFNI + VBMI (fp8_gfni_active).
+  bool fp8_gfni = false;
   // Decoding tables from numerics (passed in so that the ISA files need no shared inlines).
   const float* e4m3 = nullptr;  // [256]
   const float* e2m1 = nullptr;  // [16]

@@ -140,6 +140,11 @@ inline Vec int_part(IVec x, Vec) { return x; }
 inline Vec fp4_part_from_ints(const uint32_t*, const float*) { return vzero(); }
 inline void fp8_chunk_pairs(const uint8_t*, int, uint32_t*, int) {}
 constexpr bool kBf16Pairs = false;
+struct RowPrefetch;
+constexpr bool kFp8Gfni = false;  // (an AVX-512 form; declared only, never instantiated here)
+template <int R>
+void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a, const uint8_t* scales, const float* e8m0, Vec* v,
+                   const RowPrefetch& ahead);
 inline bool fp4_scales_plain(const uint8_t*, int) { return false; }
 // Small-M FP4 in integers (gemm.h, fp4_int_activations) through VPMADDWD: per 32 code bytes the
 // doubled e2m1 values as int8 from a byte table, each moved into the high byte of its int16 word

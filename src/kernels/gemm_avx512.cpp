@@ -385,7 +385,74 @@ bool probe_dpbf16_is_two_fmas() {
   return true;
 }
 
+// Small-M FP8 through GFNI + VBMI (gemm.h, fp8_gfni_active): defined below the back end, whose
+// prefetch it shares.
+struct RowPrefetch;
+constexpr bool kFp8Gfni = true;
+template <int R>
+__attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a,
+                                                            const uint8_t* scales, const float* e8m0, Vec* v,
+                                                            const RowPrefetch& ahead);
+
 #include "kernels/gemm_simd.inc"
+
+// The folded FP8 rows of fold_rows, blocks 0 .. full-1, R rows at a time, with e4m3_16_raw's
+// fp32 weights (sign at bit 31, the other seven code bits at bits 20..26: e4m3 * 2^-120) built
+// byte-wise instead of by sign extension, shift and mask per 16 codes. A 32-chunk's codes are
+// loaded into both halves of a vector; one GF2P8AFFINEQB (its bit matrix is per qword) turns
+// the low half into the fp32s' byte 2 (code bits 0..3 at bits 4..7) and the high half into
+// their byte 3 (bits 4..6 at 0..2, the sign at 7); two VPERMB put those bytes into place,
+// zeroing bytes 0 and 1. Per 64 weights 2 + 4 + 4 FMAs = 10 vector instructions instead of 16
+// (VPERMI2B, with the two bytes in two vectors, issues at half VPERMB's rate here: measured
+// slower). Every FMA is the one tile_lanes does, in its order.
+template <int R>
+__attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a,
+                                                            const uint8_t* scales, const float* e8m0, Vec* v,
+                                                            const RowPrefetch& ahead) {
+  // GF2P8AFFINEQB: result bit i is the parity of (matrix byte 7 - i) & code.
+  const __m512i to_bytes = _mm512_set_epi64(0x1020400000000080, 0x1020400000000080, 0x1020400000000080,
+                                            0x1020400000000080,  // (high half) bits 0..2 <- 4..6, 7 <- 7
+                                            0x0000000001020408, 0x0000000001020408, 0x0000000001020408,
+                                            0x0000000001020408);  // (low half) bits 4..7 <- 0..3
+  // Dword d: byte 2 from byte e, byte 3 from byte 32 + e, for e = d (the chunk's low 16
+  // elements) or 16 + d (its high 16).
+  struct Indices {
+    alignas(64) uint8_t bytes[2][64] = {};
+    constexpr Indices() {
+      for (int q = 0; q < 2; ++q)
+        for (int d = 0; d < 16; ++d) {
+          bytes[q][4 * d + 2] = static_cast<uint8_t>(16 * q + d);
+          bytes[q][4 * d + 3] = static_cast<uint8_t>(32 + 16 * q + d);
+        }
+    }
+  };
+  static constexpr Indices kIdx;
+  const __m512i idx_lo = _mm512_load_si512(kIdx.bytes[0]), idx_hi = _mm512_load_si512(kIdx.bytes[1]);
+  const __mmask64 top_bytes = 0xCCCCCCCCCCCCCCCCull;  // bytes 2 and 3 of every dword
+  Vec acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = v[j];
+  for (int b = 0; b < full; ++b) {
+    const int k0 = 128 * b;
+    const Vec sc = _mm512_set1_ps(e8m0[scales[b]] * 0x1p120f);
+    Vec act[8];  // the block's activations times 2^120 sw: chunk u's low half, then its high one
+    for (int t = 0; t < 8; ++t) act[t] = _mm512_mul_ps(_mm512_loadu_ps(a + k0 + 16 * t), sc);
+    if (ahead.next)
+      for (int j = 0; j < R; ++j) {
+        ahead.ask(w[j], j, k0);
+        ahead.ask(w[j], j, k0 + 64);
+      }
+    for (int j = 0; j < R; ++j)
+      for (int u = 0; u < 4; ++u) {  // chunk u: the high half first (gemm.h FP8 order)
+        const __m512i c = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + k0 + 32 * u)));
+        const __m512i t = _mm512_gf2p8affine_epi64_epi8(c, to_bytes, 0);
+        const Vec wl = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(top_bytes, idx_lo, t));
+        const Vec wh = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(top_bytes, idx_hi, t));
+        acc[j] = _mm512_fmadd_ps(act[2 * u + 1], wh, acc[j]);
+        acc[j] = _mm512_fmadd_ps(act[2 * u], wl, acc[j]);
+      }
+  }
+  for (int j = 0; j < R; ++j) v[j] = acc[j];
+}
 
 }  // namespace
 
