@@ -8,7 +8,8 @@
 // Environment: DSV4_BENCH_THREADS=N (default: all cores); DSV4_BENCH_HOT=1 keeps one copy of the
 // weights so M = 1 runs from cache: the kernel's compute ceiling, to compare with the DRAM run.
 // DSV4_GEMM_TILES=dp|fma picks the AVX-512 tiles of the M = 512 runs (default: chosen at start-up);
-// DSV4_FP4_BYTES=0 keeps the small-M FP4 products off the VBMI byte form (gemm.h).
+// DSV4_FP4_BYTES=0 keeps the small-M FP4 products off the VBMI byte form, DSV4_FP8_GFNI=0 the
+// small-M FP8 ones off the GFNI decode (gemm.h).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
