@@ -526,42 +526,39 @@ void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, Threa
   gemm_fp8_as_bf16_rows(x, M, W.k, W, 0, W.n, y, W.n, pool);
 }
 
-// -1: not yet read from the environment.
-static std::atomic<int> g_fp4_bytes{-1};
-
-bool fp4_bytes_active() {
-  int v = g_fp4_bytes.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* e = std::getenv("DSV4_FP4_BYTES");
-    v = cpu_has_avx512_vbmi() && !(e && std::strcmp(e, "0") == 0);
-    g_fp4_bytes.store(v, std::memory_order_relaxed);
+// A kernel form that is on by default where the CPU has what it needs: `env`=0 turns it off
+// (read once), force() sets it for tests and benchmarks (clamped to the CPU).
+class CpuFormSwitch {
+ public:
+  CpuFormSwitch(const char* env, bool (*cpu_has)()) : env_(env), cpu_has_(cpu_has) {}
+  bool active() {
+    int v = state_.load(std::memory_order_relaxed);
+    if (v < 0) {
+      const char* e = std::getenv(env_);
+      v = cpu_has_() && !(e && std::strcmp(e, "0") == 0);
+      state_.store(v, std::memory_order_relaxed);
+    }
+    return v != 0;
   }
-  return v != 0;
-}
-
-bool force_fp4_bytes(bool on) {
-  const bool before = fp4_bytes_active();
-  g_fp4_bytes.store(on && cpu_has_avx512_vbmi(), std::memory_order_relaxed);
-  return before;
-}
-
-static std::atomic<int> g_fp8_gfni{-1};
-
-bool fp8_gfni_active() {
-  int v = g_fp8_gfni.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* e = std::getenv("DSV4_FP8_GFNI");
-    v = cpu_has_avx512_vbmi_gfni() && !(e && std::strcmp(e, "0") == 0);
-    g_fp8_gfni.store(v, std::memory_order_relaxed);
+  bool force(bool on) {
+    const bool before = active();
+    state_.store(on && cpu_has_(), std::memory_order_relaxed);
+    return before;
   }
-  return v != 0;
-}
 
-bool force_fp8_gfni(bool on) {
-  const bool before = fp8_gfni_active();
-  g_fp8_gfni.store(on && cpu_has_avx512_vbmi_gfni(), std::memory_order_relaxed);
-  return before;
-}
+ private:
+  const char* env_;
+  bool (*cpu_has_)();
+  std::atomic<int> state_{-1};  // -1: not yet read from the environment
+};
+
+static CpuFormSwitch g_fp4_bytes("DSV4_FP4_BYTES", cpu_has_avx512_vbmi);
+static CpuFormSwitch g_fp8_gfni("DSV4_FP8_GFNI", cpu_has_avx512_vbmi_gfni);
+
+bool fp4_bytes_active() { return g_fp4_bytes.active(); }
+bool force_fp4_bytes(bool on) { return g_fp4_bytes.force(on); }
+bool fp8_gfni_active() { return g_fp8_gfni.active(); }
+bool force_fp8_gfni(bool on) { return g_fp8_gfni.force(on); }
 
 GemmTiles active_gemm_tiles() {
   int v = g_tiles.load(std::memory_order_relaxed);
