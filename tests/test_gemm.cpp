@@ -585,6 +585,46 @@ TEST(Gemm, ManyRowsPreparedOnEveryThread) {
   }
 }
 
+// More activation rows than gemm_detail::kSliceRows: the products run slice by slice over M
+// (517 rows: three slices of 176, 176 and 165), also in a batch whose pool chunks span an
+// unsliced product and a sliced one. Every path must still give the scalar bits.
+TEST(Gemm, RowSlicesMatchTheWholeProduct) {
+  std::mt19937 rng(21);
+  const int M = 517, N = 40, K = 384;
+  static_assert(517 > 2 * gemm_detail::kSliceRows, "three slices");
+  auto d8 = make_fp8(rng, N, K);
+  auto d4 = make_fp4(rng, N, K);
+  auto d16 = make_bf16(rng, N, K);
+  const auto x = rand_act(rng, static_cast<size_t>(M) * K);
+  // FP4 also with small integers, which quantise to exact integers (the FP4 M >= 4 FMA tiles
+  // take them in integer arithmetic), but two rows past the first slice with one lane that has
+  // no integer form (448 next to 2^-8: such blocks are redone in fp32, by per-row flags). The
+  // rest of those two rows zero, so that where a weight row has 0 at 448's column the small
+  // term is the whole output.
+  std::vector<float> xi(x.size());
+  for (float& v : xi) v = static_cast<float>(static_cast<int>(rng() % 17) - 8);
+  for (int m : {300, 450}) {
+    std::fill(xi.begin() + static_cast<ptrdiff_t>(m) * K, xi.begin() + static_cast<ptrdiff_t>(m + 1) * K, 0.0f);
+    xi[static_cast<size_t>(m) * K + 128] = 448.0f;
+    xi[static_cast<size_t>(m) * K + 129] = 0x1p-8f;
+  }
+  check_all_paths(static_cast<size_t>(M) * N, "fp8 sliced",
+                  [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8(x.data(), M, d8.W, out.data(), p); });
+  const std::vector<float>* fp4_acts[] = {&x, &xi};
+  for (const std::vector<float>* a : fp4_acts)
+    check_all_paths(static_cast<size_t>(M) * N, a == &x ? "fp4 sliced" : "fp4 sliced, integer activations",
+                    [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(a->data(), M, d4.W, out.data(), p); });
+  check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 sliced",
+                  [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, d8.W, out.data(), p); });
+  check_all_paths(static_cast<size_t>(M) * N, "bf16 sliced",
+                  [&](ThreadPool& p, std::vector<float>& out) { gemm_bf16_f32(x.data(), M, d16.W, out.data(), p); });
+  const int small_m = 7;
+  check_all_paths(static_cast<size_t>(M + small_m) * N, "fp4 batch sliced", [&](ThreadPool& p, std::vector<float>& out) {
+    const GemmItem<Fp4Weight> items[] = {{xi.data(), small_m, &d4.W, out.data()}, {xi.data(), M, &d4.W, out.data() + small_m * N}};
+    gemm_fp4_batch(items, p);
+  });
+}
+
 // Grouped output projection: rows [r0, r1) with an offset x and strided y equal the matching
 // columns of the full product, on every path.
 TEST(Gemm, Fp8AsBf16RowsMatchesFull) {

@@ -129,7 +129,33 @@ struct Job {
   bool simd_ok = true;
 };
 
+// Rows [m0, m1) of p as a problem of their own: its per-row arrays offset (layouts in gemm.h).
+gd::Problem slice_rows(const gd::Problem& p, int m0, int m1) {
+  gd::Problem s = p;
+  const size_t m = static_cast<size_t>(m0), nb = static_cast<size_t>(p.nb);
+  s.M = m1 - m0;
+  s.a = p.a + m * static_cast<size_t>(p.a_stride);
+  if (p.a_pairs) s.a_pairs = p.a_pairs + m * static_cast<size_t>(p.kp / 2);
+  if (p.a_int) s.a_int = p.a_int + m * nb * 64;
+  if (p.a_int_unit) s.a_int_unit = p.a_int_unit + m * nb * 16;
+  if (p.a_int_corr) s.a_int_corr = p.a_int_corr + m * nb * 16;
+  if (p.a_int_ok) s.a_int_ok = p.a_int_ok + m * nb;
+  s.y = p.y + m * static_cast<size_t>(p.y_stride);
+  return s;
+}
+// Row slices of a product with M activation rows (gd::kSliceRows): equal ones, multiples of 4,
+// so that none falls below the M >= 4 tiles (M > kSliceRows >= 8 leaves every slice >= 4 rows).
+struct Slices {
+  int count = 1, rows = 0;
+};
+Slices row_slices(int M) {
+  if (M <= gd::kSliceRows) return {1, M};
+  const int count = (M + gd::kSliceRows - 1) / gd::kSliceRows;
+  return {count, ((M + count - 1) / count + 3) / 4 * 4};
+}
+
 // Runs the jobs' rows in panels of kPanelRows, all in one pool job (one hand-off for a batch).
+// A pool chunk's panels of one product run slice by slice over M (gd::kSliceRows).
 void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
   // Buffers live per thread and only grow: a decode step makes hundreds of small GEMM calls.
   // (Named through references below: a pool thread would see its own thread_locals.)
@@ -156,16 +182,25 @@ void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
     if (scratch.size() < need) scratch.resize(need);
     size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.begin() + static_cast<ptrdiff_t>(count) + 1, p0) -
                                    starts.begin()) - 1;
-    for (int64_t pi = p0; pi < p1; ++pi) {
+    for (int64_t pi = p0; pi < p1;) {
       while (pi >= starts[i + 1]) ++i;
       const Job& j = jobs[i];
-      const int n0 = j.row_begin + static_cast<int>(pi - starts[i]) * gd::kPanelRows;
-      const int n1 = std::min(j.row_end, n0 + gd::kPanelRows);
-      switch (j.simd_ok ? isa : Isa::Scalar) {
-        case Isa::Avx512: gd::rows_avx512(j.p, n0, n1, scratch.data()); break;
-        case Isa::Avx2: gd::rows_avx2(j.p, n0, n1, scratch.data()); break;
-        default: gd::rows_scalar(j.p, n0, n1); break;
+      const int64_t run_end = std::min(p1, starts[i + 1]);  // this product's panels in the chunk
+      const Slices sl = j.simd_ok ? row_slices(j.p.M) : Slices{1, j.p.M};
+      for (int si = 0; si < sl.count; ++si) {
+        const int m0 = si * sl.rows;
+        const gd::Problem p = sl.count == 1 ? j.p : slice_rows(j.p, m0, std::min(j.p.M, m0 + sl.rows));
+        for (int64_t q = pi; q < run_end; ++q) {
+          const int n0 = j.row_begin + static_cast<int>(q - starts[i]) * gd::kPanelRows;
+          const int n1 = std::min(j.row_end, n0 + gd::kPanelRows);
+          switch (j.simd_ok ? isa : Isa::Scalar) {
+            case Isa::Avx512: gd::rows_avx512(p, n0, n1, scratch.data()); break;
+            case Isa::Avx2: gd::rows_avx2(p, n0, n1, scratch.data()); break;
+            default: gd::rows_scalar(p, n0, n1); break;
+          }
+        }
       }
+      pi = run_end;
     }
   });
 }

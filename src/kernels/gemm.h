@@ -185,6 +185,12 @@ inline int act_stride(int kp) { return kp + kChunkK; }
 // k columns per chunk of bf16 weight pairs (M >= 4 VDPBF16PS path): 16 rows x 1024 x 2 bytes
 // (32 KB) stay in L1 while the tiles run over them (512 measured slower, 2048 the same).
 constexpr int kPairsChunkK = 1024;
+// M >= 4 products with more activation rows than this run in row slices of at most this many
+// (run_jobs, gemm.cpp): a pool thread's panels each meet one slice, then the next, so a slice's
+// activations (256 rows x 8 KiB of bf16 pairs at K = 4096) are read from cache by all of them.
+// With all rows at once (a 2048-token prefill chunk: 16 MiB at K = 4096) every panel streamed
+// them from DRAM. The cost: each panel's weights are decoded once per slice.
+constexpr int kSliceRows = 256;
 // The same for the integer FP4 tiles (int16 words, the same bytes per column): 512, since their
 // activation rows (int16 words plus a lane unit per block) also pass through L1 per tile. One
 // core of the Xeon VM, best of 7: M = 12 89 -> 94-99 GFLOP/s, M = 96 the same (98-107).
