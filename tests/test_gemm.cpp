@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -139,21 +141,25 @@ void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b,
   EXPECT_EQ(bad, 0u) << what << ": first difference at " << first << ": " << a[first] << " vs " << b[first];
 }
 
-// Restores the GEMM tile choice and the VBMI small-M forms (FP4 bytes, FP8 GFNI) when a test is done.
+// Restores the GEMM tile choice, the VBMI small-M forms (FP4 bytes, FP8 GFNI) and the FP8
+// prefetch hint when a test is done.
 struct TilesGuard {
   GemmTiles saved = active_gemm_tiles();
   bool saved_bytes = fp4_bytes_active();
   bool saved_gfni = fp8_gfni_active();
+  bool saved_nta = fp8_prefetch_nta_active();
   ~TilesGuard() {
     force_gemm_tiles(saved);
     force_fp4_bytes(saved_bytes);
     force_fp8_gfni(saved_gfni);
+    force_fp8_prefetch_nta(saved_nta);
   }
 };
 
 // Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads; on
 // AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA), and where the CPU has VBMI
 // also without the small-M FP4 byte form and FP8 GFNI decode (which are on in the other runs).
+// The FP8 rows' prefetch hint alternates with the thread count (NTA at 1 thread, T0 at 2).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
   IsaGuard g;
@@ -180,6 +186,7 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
       force_fp4_bytes(v.bytes);
       force_fp8_gfni(v.bytes);
       for (ThreadPool* p : {&p1, &p2}) {
+        force_fp8_prefetch_nta(p == &p1);
         std::vector<float> y(out_size, -7.0f);
         f(*p, y);
         const std::string variant = isa != Isa::Avx512                    ? ""
@@ -583,6 +590,26 @@ TEST(Gemm, ManyRowsPreparedOnEveryThread) {
     check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 many rows",
                     [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, d8.W, out.data(), p); });
   }
+}
+
+// The FP8 rows' prefetch hint: NTA by default on AMD CPUs only (the vendor as /proc/cpuinfo
+// names it), T0 elsewhere, and forcing sets it either way.
+TEST(Gemm, Fp8PrefetchHintDefaultsByVendorAndCanBeForced) {
+  std::ifstream info("/proc/cpuinfo");
+  std::string line, vendor;
+  while (vendor.empty() && std::getline(info, line))
+    if (line.rfind("vendor_id", 0) == 0) vendor = line.substr(line.find(':') + 2);
+  if (!vendor.empty()) {
+    EXPECT_EQ(cpu_is_amd(), vendor == "AuthenticAMD") << vendor;
+  }
+  TilesGuard g;
+  if (!std::getenv("DSV4_FP8_PREFETCH_NTA")) {
+    EXPECT_EQ(fp8_prefetch_nta_active(), cpu_is_amd());
+  }
+  force_fp8_prefetch_nta(true);
+  EXPECT_TRUE(fp8_prefetch_nta_active());
+  EXPECT_TRUE(force_fp8_prefetch_nta(false));
+  EXPECT_FALSE(fp8_prefetch_nta_active());
 }
 
 // More activation rows than gemm_detail::kSliceRows: the products run slice by slice over M

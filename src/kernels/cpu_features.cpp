@@ -105,6 +105,19 @@ bool cpu_has_avx512_vbmi_gfni() {
   return both;
 }
 
+bool cpu_is_amd() {
+#ifdef DSV4_X86
+  static const bool amd = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    return b == 0x68747541u && d == 0x69746E65u && c == 0x444D4163u;  // "Auth" "enti" "cAMD"
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(detected_isa()); }
 
 Isa active_isa() {

@@ -21,6 +21,10 @@ bool cpu_has_avx512_vbmi();
 // VBMI and GFNI (bit-matrix byte transforms) together, the same way.
 bool cpu_has_avx512_vbmi_gfni();
 
+// The CPU's vendor is AMD (CPUID "AuthenticAMD"): some memory-access choices of the kernels
+// were measured per vendor (gemm.h). False on non-x86.
+bool cpu_is_amd();
+
 // The path the kernels use: detected_isa(), lowered by env DSV4_ISA=scalar|avx2|avx512 (read
 // once; a request the CPU cannot run is clamped down), or by force_isa().
 Isa active_isa();

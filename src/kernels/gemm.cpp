@@ -93,6 +93,7 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
   p.e8m0 = e8m0_table();
   p.fp8_gfni = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < gd::kPairsMinM &&
                active_isa() == Isa::Avx512 && fp8_gfni_active();
+  p.fp8_nta = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < gd::kPairsMinM && fp8_prefetch_nta_active();
   return p;
 }
 
@@ -565,12 +566,16 @@ void gemm_fp8_as_bf16(const float* x, int M, const Fp8Weight& W, float* y, Threa
 // (read once), force() sets it for tests and benchmarks (clamped to the CPU).
 class CpuFormSwitch {
  public:
-  CpuFormSwitch(const char* env, bool (*cpu_has)()) : env_(env), cpu_has_(cpu_has) {}
+  // preferred: where the form is on by default (null: wherever the CPU has it); env "0" turns
+  // it off, "1" on (as far as the CPU has it).
+  CpuFormSwitch(const char* env, bool (*cpu_has)(), bool (*preferred)() = nullptr)
+      : env_(env), cpu_has_(cpu_has), preferred_(preferred) {}
   bool active() {
     int v = state_.load(std::memory_order_relaxed);
     if (v < 0) {
       const char* e = std::getenv(env_);
-      v = cpu_has_() && !(e && std::strcmp(e, "0") == 0);
+      const bool off = e && std::strcmp(e, "0") == 0, on = e && std::strcmp(e, "1") == 0;
+      v = cpu_has_() && !off && (on || !preferred_ || preferred_());
       state_.store(v, std::memory_order_relaxed);
     }
     return v != 0;
@@ -584,16 +589,20 @@ class CpuFormSwitch {
  private:
   const char* env_;
   bool (*cpu_has_)();
+  bool (*preferred_)();
   std::atomic<int> state_{-1};  // -1: not yet read from the environment
 };
 
 static CpuFormSwitch g_fp4_bytes("DSV4_FP4_BYTES", cpu_has_avx512_vbmi);
 static CpuFormSwitch g_fp8_gfni("DSV4_FP8_GFNI", cpu_has_avx512_vbmi_gfni);
+static CpuFormSwitch g_fp8_nta("DSV4_FP8_PREFETCH_NTA", [] { return true; }, cpu_is_amd);
 
 bool fp4_bytes_active() { return g_fp4_bytes.active(); }
 bool force_fp4_bytes(bool on) { return g_fp4_bytes.force(on); }
 bool fp8_gfni_active() { return g_fp8_gfni.active(); }
 bool force_fp8_gfni(bool on) { return g_fp8_gfni.force(on); }
+bool fp8_prefetch_nta_active() { return g_fp8_nta.active(); }
+bool force_fp8_prefetch_nta(bool on) { return g_fp8_nta.force(on); }
 
 GemmTiles active_gemm_tiles() {
   int v = g_tiles.load(std::memory_order_relaxed);

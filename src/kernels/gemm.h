@@ -122,6 +122,14 @@ bool force_fp4_bytes(bool on);
 bool fp8_gfni_active();
 // For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
 bool force_fp8_gfni(bool on);
+// Small-M FP8 rows ask for their weight lines ahead with PREFETCHNTA instead of PREFETCHT0:
+// the lines are used once, and on a Zen 5 VM the FP8 products at M = 1 read 4-7 % more of the
+// bandwidth so (two threads, four alternating runs of 4-8 rounds). The Xeon's tuning was
+// measured with T0, so the default is NTA on AMD CPUs only; env DSV4_FP8_PREFETCH_NTA=0|1, or
+// force_fp8_prefetch_nta(), overrides. Speed only: the results are the same.
+bool fp8_prefetch_nta_active();
+// For tests and benchmarks; returns the previous setting.
+bool force_fp8_prefetch_nta(bool on);
 
 namespace gemm_detail {
 
@@ -161,6 +169,8 @@ struct Problem {
   bool fold_w_scale = false;
   // FP8 kinds, M < 4, AVX-512: the folded rows decode through GFNI + VBMI (fp8_gfni_active).
   bool fp8_gfni = false;
+  // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
+  bool fp8_nta = false;
   // Decoding tables from numerics (passed in so that the ISA files need no shared inlines).
   const float* e4m3 = nullptr;  // [256]
   const float* e2m1 = nullptr;  // [16]
