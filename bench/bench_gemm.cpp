@@ -122,7 +122,7 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
   }
   st.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
   // (on AVX-512 the M >= 4 products run in the tiles chosen at start-up: env DSV4_GEMM_TILES)
-  st.SetLabel(want == Isa::Avx512 && M >= gemm_detail::kPairsMinM
+  st.SetLabel(want == Isa::Avx512 && M >= gemm_small_m_limit()
                   ? std::string(isa_name(want)) + " " + gemm_tiles_name(active_gemm_tiles())
                   : std::string(isa_name(want)));
   force_isa(saved);

@@ -217,7 +217,8 @@ void expect_close(const std::vector<float>& got, const std::vector<double>& ref,
 
 const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 257, 384},
                             {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512},
-                            {6, 40, 2080}};  // (last: three chunks of the M >= 4 pairs path, the last one short)
+                            {6, 40, 2080}, {9, 40, 2080}};  // (last two: three K chunks of the M >= 4 tiles, the
+                                                            // last one short; 9 rows: tiles at any small-M limit)
 
 // HC_PRE's sums over many tokens (tokens in the vector lanes) equal the one-token chains bit for
 // bit on every path: row counts that take full, partial and single-row passes, token counts
@@ -357,7 +358,7 @@ TEST(Gemm, Fp4IntegerBlocksKeepTheCanonicalOrder) {
   std::mt19937 rng(12);
   const Shape shapes[] = {{1, 64, 4096}, {2, 40, 2048}, {3, 33, 640}, {1, 20, 1056},
                           {4, 20, 640}, {5, 40, 1024}, {17, 33, 2304},  // (tiles; K chunks 1024, 1024, 256)
-                          {6, 24, 1120}};                               // (tiles, a last block of 96)
+                          {6, 24, 1120}, {9, 24, 1120}};                // (tiles, a last block of 96)
   for (Shape s : shapes) {
     auto d = make_fp4(rng, s.N, s.K);
     // Magnitudes in [1, 2) at even k, [2^-9, 2) at odd k (every lane has an integer form, and the
@@ -612,6 +613,26 @@ TEST(Gemm, Fp8PrefetchHintDefaultsByVendorAndCanBeForced) {
   EXPECT_FALSE(fp8_prefetch_nta_active());
 }
 
+// Below gemm_small_m_limit() rows the small-M back ends run: 8 rows with the VDPBF16PS tiles,
+// whose conversion of the weights costs more below that, 4 with the fp32 FMA tiles and on AVX2.
+TEST(Gemm, SmallMLimitFollowsTheTiles) {
+  IsaGuard g;
+  TilesGuard tg;
+  if (isa_supported(Isa::Avx512)) {
+    force_isa(Isa::Avx512);
+    force_gemm_tiles(GemmTiles::Dp);
+    EXPECT_EQ(gemm_small_m_limit(), 8);
+    force_gemm_tiles(GemmTiles::Fma);
+    EXPECT_EQ(gemm_small_m_limit(), 4);
+  }
+  for (Isa isa : {Isa::Avx2, Isa::Scalar})
+    if (isa_supported(isa)) {
+      force_isa(isa);
+      force_gemm_tiles(GemmTiles::Dp);
+      EXPECT_EQ(gemm_small_m_limit(), 4) << isa_name(isa);
+    }
+}
+
 // More activation rows than gemm_detail::kSliceRows: the products run slice by slice over M
 // (517 rows: three slices of 176, 176 and 165), also in a batch whose pool chunks span an
 // unsliced product and a sliced one. Every path must still give the scalar bits.
@@ -722,8 +743,8 @@ TEST(Gemm, Bf16TinyValuesKeepTheExactOrder) {
 
 // An FP8 order check: every row of W holds the codes `w` (zero elsewhere) with scale 1, every
 // activation row the values `x` (including an amax of 448 per block, so activation scales are 1);
-// every output must be exactly 2^-9 on every path, for both GEMM forms, at M = 1 (decode) and
-// M = 5 (VDPBF16PS on AVX-512).
+// every output must be exactly 2^-9 on every path, for both GEMM forms, at M = 1 (decode), M = 5
+// and M = 9 (the VDPBF16PS tiles on AVX-512 from gemm_small_m_limit() rows on).
 void expect_fp8_order_gives_2m9(int K, std::initializer_list<std::pair<int, uint8_t>> w,
                                 std::initializer_list<std::pair<int, float>> x_vals, const std::string& what) {
   const int N = 20;
@@ -731,7 +752,7 @@ void expect_fp8_order_gives_2m9(int K, std::initializer_list<std::pair<int, uint
   for (int n = 0; n < N; ++n)
     for (const auto& [k, code] : w) wb[static_cast<size_t>(n) * K + k] = code;
   const Fp8Weight W{wb.data(), s.data(), N, K};
-  for (int M : {1, 5}) {
+  for (int M : {1, 5, 9}) {
     std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
     for (int m = 0; m < M; ++m)
       for (const auto& [k, v] : x_vals) x[static_cast<size_t>(m) * K + k] = v;
@@ -782,9 +803,10 @@ TEST(Gemm, Fp8EveryCodeDecodes) {
   const int N = static_cast<int>(w.size()), K = 1;
   std::vector<uint8_t> s(static_cast<size_t>((N + 127) / 128), 127);
   const Fp8Weight W{w.data(), s.data(), N, K};
-  // Row m of x is 2^m: M = 1 decodes in registers, M = 4 through the bf16 pairs on AVX-512.
-  const float x[4] = {1.0f, 2.0f, 4.0f, 8.0f};
-  for (int M : {1, 4}) {
+  // Row m of x is 2^m: M = 1 decodes in registers, M = 9 goes through the bf16 pairs on AVX-512
+  // (M = 4 through either, by the tile choice: gemm_small_m_limit()).
+  const float x[9] = {1.0f, 2.0f, 4.0f, 8.0f, 16.0f, 32.0f, 64.0f, 128.0f, 256.0f};
+  for (int M : {1, 4, 9}) {
     const auto y = check_all_paths(static_cast<size_t>(M) * N, "every e4m3 code", [&](ThreadPool& p, std::vector<float>& out) {
       gemm_fp8_as_bf16(x, M, W, out.data(), p);
     });
@@ -973,14 +995,14 @@ TEST(Gemm, Fp8LanesRunOverAllBlocks) {
 
 // Weight scales outside the range the SIMD decoders are exact for (gemm.h) must still give the
 // canonical result: huge ones (2^120 sw overflows) and tiny ones (VDPBF16PS would flush
-// denormal products), at M = 1 and at M = 5.
+// denormal products), at M = 1, 5 and 9.
 TEST(Gemm, Fp8UnusualWeightScalesKeepTheExactOrder) {
   std::mt19937 rng(13);
   const int N = 40, K = 256;
   for (uint8_t scale : {uint8_t{140}, uint8_t{10}, uint8_t{30}}) {
     auto d = make_fp8(rng, N, K);
     for (auto& e : d.s) e = scale;
-    for (int M : {1, 5}) {
+    for (int M : {1, 5, 9}) {
       auto x = rand_act(rng, static_cast<size_t>(M) * K);
       if (scale < 127)  // small activations too: most products are then denormals
         for (float& v : x) v = std::ldexp(v, -20);

@@ -69,7 +69,7 @@ std::atomic<int> g_tiles{-1};  // -1: not yet chosen
 // Whether an M-row product on the active path runs through the VDPBF16PS tiles (its activations
 // are then prepared as bf16 pairs as well).
 bool pair_tiles(int M) {
-  return M >= gd::kPairsMinM && active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp;
+  return M >= gemm_small_m_limit() && active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp;
 }
 
 const float* e8m0_table() {
@@ -91,9 +91,10 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
   p.e4m3 = kE4M3Values;
   p.e2m1 = kE2M1Values;
   p.e8m0 = e8m0_table();
-  p.fp8_gfni = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < gd::kPairsMinM &&
+  p.small_m = gemm_small_m_limit();
+  p.fp8_gfni = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < p.small_m &&
                active_isa() == Isa::Avx512 && fp8_gfni_active();
-  p.fp8_nta = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < gd::kPairsMinM && fp8_prefetch_nta_active();
+  p.fp8_nta = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < p.small_m && fp8_prefetch_nta_active();
   return p;
 }
 
@@ -232,7 +233,7 @@ void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>&
 // Whether the small-M fp32 paths may fold the weight scales into the activations
 // (Problem::fold_w_scale): max |a| * 2^120 * sw_max < 2^127 and sw_min >= 2^-120.
 bool can_fold_w_scale(const float* a, int M, int K, int a_stride, int scale_lo, int scale_hi) {
-  if (M >= gd::kPairsMinM || scale_lo < 127 - 120) return false;
+  if (M >= gemm_small_m_limit() || scale_lo < 127 - 120) return false;
   // The largest magnitude as float bits: their unsigned order is the numeric one, and a NaN's
   // sort above infinity's (then no fold). Eight independent maxima: one chain of float maxima
   // was a latency-bound 6 us per call at K = 4096, a third of a small product's fixed cost.
@@ -400,12 +401,12 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   // FP4 in integers: small M on the SIMD paths, and the AVX-512 tiles where VDPBF16PS is not
   // the faster instruction (there VPDPWSSD takes 32 products per issue slot against FMA's 16).
   const bool fp4_ints = kind == gd::Kind::Fp4 && active_isa() != Isa::Scalar &&
-                        (M < gd::kPairsMinM || (active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Fma));
+                        (M < p.small_m || (active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Fma));
   if (fp4_ints) {
     // The activations as exact integers where they have that form (gemm_detail), in one
     // buffer: words (or byte planes), then lane units, then with bytes the lane corrections,
     // then block flags.
-    const bool bytes = M < gd::kPairsMinM && active_isa() == Isa::Avx512 && fp4_bytes_active();
+    const bool bytes = M < p.small_m && active_isa() == Isa::Avx512 && fp4_bytes_active();
     const size_t blocks = static_cast<size_t>(M) * p.nb;
     if (pairs.size() < blocks * 97) pairs.resize(blocks * 97);
     uint32_t* words = pairs.data();
@@ -426,7 +427,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     // they pay only when nearly all blocks have it: activations like gate x up products, with
     // heavier tails than a norm's output, often do not (then the fp32 tiles run).
     const size_t ok_blocks = static_cast<size_t>(std::count(ok, ok + blocks, uint8_t{1}));
-    if (M < gd::kPairsMinM || ok_blocks * 10 >= blocks * 9) {
+    if (M < p.small_m || ok_blocks * 10 >= blocks * 9) {
       p.a_int = words;
       p.a_int_unit = unit;
       p.a_int_ok = ok;
@@ -623,6 +624,10 @@ GemmTiles force_gemm_tiles(GemmTiles tiles) {
 
 const char* gemm_tiles_name(GemmTiles tiles) { return tiles == GemmTiles::Fma ? "fma" : "dp"; }
 
+int gemm_small_m_limit() {
+  return active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp ? 8 : gd::kTilesMinM;
+}
+
 void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
   // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
@@ -644,7 +649,7 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   }, 8);
   p.a = perm.data();
   p.a_stride = static_cast<int>(stride);
-  if (W.dp_exact && (M < gd::kPairsMinM || pair_tiles(M)) &&
+  if (W.dp_exact && (M < p.small_m || pair_tiles(M)) &&
       std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; }))
     p.a_pairs = pairs.data();
   p.w = reinterpret_cast<const uint8_t*>(W.w);

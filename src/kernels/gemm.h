@@ -26,7 +26,7 @@
 // 32-wide chunk takes element 2d+1, then element 2d, chunks in increasing k; the fp32 back ends
 // get the activations permuted per chunk (bf16_permuted_pos), and the activations must be bf16
 // values (they are: every BF16 GEMM input is an RMSNorm output).
-// FP8 products may also go through VDPBF16PS (AVX-512, M >= kPairsMinM): dequantised e4m3
+// FP8 products may also go through VDPBF16PS (AVX-512, M >= gemm_small_m_limit()): dequantised e4m3
 // weights and activations are exact in bf16; the path is taken only when no product or partial
 // sum can be a denormal (VDPBF16PS flushes them): weight scales >= 2^-86 for quantised
 // activations (every nonzero one is >= 2^-31), >= 2^-54 for FP8-as-BF16 with activations that
@@ -101,6 +101,15 @@ void quantize_rows_fp8(const float* x, int M, int K, float* q, float* s);
 // occupies the vector ports as long as four FMAs. Chosen once from the two instructions' measured rates
 // (a few ms, on first use); env DSV4_GEMM_TILES=dp|fma, or force_gemm_tiles(), overrides that.
 enum class GemmTiles { Dp, Fma };
+// Products with fewer activation rows than this run the small-M back ends, each row over weights
+// decoded in registers; from it on, the M >= 4 tiles (a panel's weights converted once for all
+// rows). 8 where the VDPBF16PS tiles run, whose conversion to bf16 pairs costs more than decoding
+// per row up to 7 rows (Zen 5 VM, two threads, weights from DRAM, alternating runs: expert w1 FP4
+// at M = 4 / 6 / 7 took 263-280 / 378-384 / 436-442 us against 408-446 / 510-527 / 513-527 in the
+// tiles, shared w1 FP8 454-486 / 666-673 / 775-822 against 715-819 / 783-835 / 808-878; at M = 8
+// the two are even); 4 with the fp32 FMA tiles and on AVX2, where those were tuned. Same bits
+// either way.
+int gemm_small_m_limit();
 GemmTiles active_gemm_tiles();
 // For tests and benchmarks; returns the previous choice. Not while GEMMs run on other threads.
 GemmTiles force_gemm_tiles(GemmTiles tiles);
@@ -133,20 +142,24 @@ bool force_fp8_prefetch_nta(bool on);
 
 namespace gemm_detail {
 
+// The fewest activation rows the M >= 4 tiles are made for (their MR); gemm_small_m_limit() is
+// never below it.
+constexpr int kTilesMinM = 4;
 // One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
 enum class Kind { Fp8, Fp4, Fp8AsBf16, Bf16 };
 struct Problem {
   Kind kind = Kind::Fp8;
   const float* a = nullptr;  // [M, a_stride]: q * sa (Fp8/Fp4, dequantised) or x
   int a_stride = 0, M = 0;
+  int small_m = kTilesMinM;  // M < small_m: the small-M back ends run (gemm_small_m_limit)
   const float* zero_row = nullptr;  // kp zeros, stands in for missing rows of a tile
   // Fp4: the activations as bf16 pairs, [M][nb][4][16]: dword d of vector u of a block holds
   // (element 8d+u, element 8d+4+u), the operand layout of the VDPBF16PS paths.
-  // Fp8, Fp8AsBf16 (M >= kPairsMinM, AVX-512 only): [M][kp / 2], dword d of the 32-chunk c holds
+  // Fp8, Fp8AsBf16 (M >= small_m, AVX-512 only): [M][kp / 2], dword d of the 32-chunk c holds
   // (element c+d, element c+16+d). Set only when the VDPBF16PS order is exact (see above).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
-  // Fp4 (M < kPairsMinM on AVX-512 and AVX2; M >= 4 where AVX-512 takes the FMA tiles): the
+  // Fp4 (M < small_m on AVX-512 and AVX2; M >= small_m where AVX-512 takes the FMA tiles): the
   // activations as exact integers (fp4_int_activations), per row [nb][64] dwords of int16 pairs
   // in the a_pairs layout, [nb][16] lane units and [nb] flags (0: the block has no such form and
   // takes the fp32 route through `a`).
@@ -176,9 +189,6 @@ struct Problem {
   const float* e2m1 = nullptr;  // [16]
   const float* e8m0 = nullptr;  // [256]
 };
-// From this many rows on, FP8 GEMMs on the AVX-512 path run through VDPBF16PS: the weights are
-// converted to bf16 pairs once per panel chunk and used by every row.
-constexpr int kPairsMinM = 4;
 
 constexpr int kPanelRows = 16;  // rows n per work item
 // M >= 4 fp32 path: the panel's weights are decoded once over all of K; blocks of kMBlock
