@@ -107,7 +107,8 @@ enum class GemmTiles { Dp, Fma };
 // per row up to 7 rows (Zen 5 VM, two threads, weights from DRAM, alternating runs: expert w1 FP4
 // at M = 4 / 6 / 7 took 263-280 / 378-384 / 436-442 us against 408-446 / 510-527 / 513-527 in the
 // tiles, shared w1 FP8 454-486 / 666-673 / 775-822 against 715-819 / 783-835 / 808-878; at M = 8
-// the two are even); 4 with the fp32 FMA tiles and on AVX2, where those were tuned. Same bits
+// about even: FP4 a little faster per row, FP8 in the tiles); 4 with the fp32 FMA tiles and on
+// AVX2, where those were tuned. Same bits
 // either way.
 int gemm_small_m_limit();
 GemmTiles active_gemm_tiles();
