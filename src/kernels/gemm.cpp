@@ -625,7 +625,8 @@ GemmTiles force_gemm_tiles(GemmTiles tiles) {
 const char* gemm_tiles_name(GemmTiles tiles) { return tiles == GemmTiles::Fma ? "fma" : "dp"; }
 
 int gemm_small_m_limit() {
-  return active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp ? 8 : gd::kTilesMinM;
+  const Isa isa = active_isa();
+  return isa == Isa::Avx2 || (isa == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp) ? 8 : gd::kTilesMinM;
 }
 
 void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {

@@ -107,8 +107,10 @@ enum class GemmTiles { Dp, Fma };
 // per row up to 7 rows (Zen 5 VM, two threads, weights from DRAM, alternating runs: expert w1 FP4
 // at M = 4 / 6 / 7 took 263-280 / 378-384 / 436-442 us against 408-446 / 510-527 / 513-527 in the
 // tiles, shared w1 FP8 454-486 / 666-673 / 775-822 against 715-819 / 783-835 / 808-878; at M = 8
-// about even: FP4 a little faster per row, FP8 in the tiles); 4 with the fp32 FMA tiles and on
-// AVX2, where those were tuned. Same bits
+// about even: FP4 a little faster per row, FP8 in the tiles), and 8 on AVX2 (its fp32 tiles on
+// the same VM: 631-677 against 845-964 us at M = 4, 916-1049 against 1300-1339 at 6). 4 with the
+// AVX-512 fp32 FMA tiles, which the start-up probe picks where VDPBF16PS is slow (the Xeon VM),
+// and where the small-M FP8 decode was compute-bound: not measured against there. Same bits
 // either way.
 int gemm_small_m_limit();
 GemmTiles active_gemm_tiles();
