@@ -145,8 +145,10 @@ gd::Problem slice_rows(const gd::Problem& p, int m0, int m1) {
   s.y = p.y + m * static_cast<size_t>(p.y_stride);
   return s;
 }
-// Row slices of a product with M activation rows (gd::kSliceRows): equal ones, multiples of 4,
-// so that none falls below the M >= 4 tiles (M > kSliceRows >= 8 leaves every slice >= 4 rows).
+// Row slices of a product with M activation rows (gd::kSliceRows): equal ones, multiples of 4
+// (the tiles' MR). M > kSliceRows leaves every slice over kSliceRows / 2 rows, so each stays
+// on the tiles the product was prepared for (far above gemm_small_m_limit()).
+static_assert(gd::kSliceRows / 2 >= 8, "a slice stays above every gemm_small_m_limit()");
 struct Slices {
   int count = 1, rows = 0;
 };
