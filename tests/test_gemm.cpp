@@ -1016,6 +1016,40 @@ TEST(Gemm, Fp8UnusualWeightScalesKeepTheExactOrder) {
   }
 }
 
+// The FP4 tiles take the group scales into their bf16 weights where the sums stay normal numbers
+// (gemm.h, kFp4FoldMinByte); elsewhere the lanes take the scales as before. Each 16-row panel
+// here has one scale byte throughout: 32 (a product 0.5 * 2^-95 * 2^-31 would be a denormal, so
+// those rows must not fold), 33 (the smallest that folds: products down to 2^-126), 120 and
+// 200 (large scales, bounded by the activations' magnitude). The activations are the smallest
+// quantised values (multiples of 2^-31 under the amax floor) in every block of the even rows
+// and half of the blocks of the odd ones, ordinary ones in the rest, or huge (2^120 and more), where an unscaled partial overflows while a scaled
+// one would not.
+TEST(Gemm, Fp4ScalesInTheWeightsKeepTheExactOrder) {
+  std::mt19937 rng(19);
+  const int K = 512, groups = K / 32;
+  const uint8_t bytes[] = {32, 33, 120, 200};
+  const int N = 16 * 4;
+  auto d = make_fp4(rng, N, K);
+  for (int n = 0; n < N; ++n)
+    for (int g = 0; g < groups; ++g) d.s[size_t(n) * groups + g] = bytes[n / 16];
+  for (uint8_t& c : d.w)  // many codes of magnitude 0.5 (1, 9): the smallest nonzero products
+    if (rng() % 2) c = static_cast<uint8_t>((c & 0xF0) | (rng() % 2 ? 1 : 9));
+  for (const char* acts : {"tiny", "huge"})
+    for (int M : {4, 9, 13}) {
+      auto x = rand_act(rng, static_cast<size_t>(M) * K);
+      for (int m = 0; m < M; ++m)
+        for (int k = 0; k < K; ++k) {
+          float& v = x[size_t(m) * K + k];
+          if (acts[0] == 'h')
+            v = std::ldexp(v, 118);
+          else if (m % 2 == 0 || (k / 128) % 2 == 0)  // below the floor: sa = 2^-22, multiples of 2^-31
+            v = static_cast<float>(static_cast<int>(rng() % 17) - 8) * 0x1p-31f;
+        }
+      check_all_paths(static_cast<size_t>(M) * N, std::string("fp4 folded scales, ") + acts + " M=" + std::to_string(M),
+                      [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), M, d.W, out.data(), p); });
+    }
+}
+
 // FP4 scale bytes 0 (2^-127) and 255 (NaN) are not e << 23: a group holding one must not take
 // the AVX-512 decode that reads the bytes in place. Rows 0..15 have only 2^-127 scales (their
 // outputs are then tiny but not zero), rows 16..31 one such group among plain ones, rows

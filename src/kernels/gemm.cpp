@@ -437,17 +437,28 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     }
   } else if (kind == gd::Kind::Fp4 && pair_tiles(M)) {  // the VDPBF16PS tiles
     if (pairs.size() < static_cast<size_t>(M) * p.nb * 64) pairs.resize(static_cast<size_t>(M) * p.nb * 64);
+    std::vector<uint32_t> row_top(static_cast<size_t>(M));  // per row: the largest exponent field of |a|
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
+      for (int64_t m = m0; m < m1; ++m) {
+        uint32_t top = 0;
         for (int b = 0; b < p.nb; ++b) {
           const float* qb = q.data() + static_cast<size_t>(m) * p.a_stride + b * 128;
           uint32_t* out = pairs.data() + (static_cast<size_t>(m) * p.nb + b) * 64;
           for (int u = 0; u < 4; ++u)
-            for (int d = 0; d < 16; ++d)  // e4m3 values times 2^e are exact in bf16: the high halves
-              out[16 * u + d] = (f32_bits(qb[16 * (2 * u + 1) + d]) >> 16) | (f32_bits(qb[16 * (2 * u) + d]) & 0xFFFF0000u);
+            for (int d = 0; d < 16; ++d) {  // e4m3 values times 2^e are exact in bf16: the high halves
+              const uint32_t lo = f32_bits(qb[16 * (2 * u + 1) + d]), hi = f32_bits(qb[16 * (2 * u) + d]);
+              top = std::max(top, std::max(lo, hi) & 0x7F800000u);
+              out[16 * u + d] = (lo >> 16) | (hi & 0xFFFF0000u);
+            }
         }
+        row_top[static_cast<size_t>(m)] = top;
+      }
     }, 8);
     p.a_pairs = pairs.data();
+    // Scales in the weights (gemm.h, kFp4FoldMinByte): |a| < 2^ea, so a partial is below 48 * 2^ea
+    // unscaled and 48 * 2^ea * sw scaled; both stay below 2^127 for ea <= 121 and sw <= 2^(121 - ea).
+    const int ea = static_cast<int>(*std::max_element(row_top.begin(), row_top.end()) >> 23) - 126;
+    if (ea <= 121) p.fp4_fold_max_byte = std::min(gd::kFp4FoldMaxByte, 127 + 121 - std::max(ea, 0));
   } else if (fp8_pairs) {  // dequantised e4m3 values are bf16s >= 2^-31: always usable
     fp8_act_pairs(q.data(), M, k, p.a_stride, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();

@@ -187,6 +187,9 @@ struct Problem {
   bool fp8_gfni = false;
   // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
   bool fp8_nta = false;
+  // Fp4 through the VDPBF16PS tiles: panels whose scale bytes all lie in kFp4FoldMinByte ..
+  // fp4_fold_max_byte take the scales into their bf16 weights (0: none do; see kFp4FoldMinByte).
+  int fp4_fold_max_byte = 0;
   // Decoding tables from numerics (passed in so that the ISA files need no shared inlines).
   const float* e4m3 = nullptr;  // [256]
   const float* e2m1 = nullptr;  // [16]
@@ -222,6 +225,17 @@ static_assert(kFp4IntChunkK <= kPairsChunkK && kFp4IntChunkK % 128 == 0, "an int
 // Weight-scale bounds of the FP8 kinds (ue8m0 bytes): up to 2^7 the fp32 decoders are exact
 // (e4m3 * 2^-120 times 2^120 sw); from 2^-86 (2^-54 for FP8-as-BF16) VDPBF16PS is exact.
 constexpr int kFp8ScaleMaxByte = 127 + 7, kFp8PairsMinByte = 127 - 86, kFp8AsBf16PairsMinByte = 127 - 54;
+// FP4 in the VDPBF16PS tiles with the group scales taken into the bf16 weights: w' = e2m1 * sw,
+// so that a block's partial is added to its lane (VADDPS) instead of an FMA with the lane scales,
+// and the tile loads no scales. (On the Zen 5 VM the adds issue on other ports than VDPBF16PS,
+// whose FMAs took a fifth of the tile's issue slots.) The partials are then sw times the
+// canonical ones, exactly, as long as no product, partial sum or weight leaves the normal range
+// (VDPBF16PS flushes denormals). Nonzero quantised activations are multiples of 2^-31 (the amax
+// floor 1e-4 makes sa >= 2^-22, e4m3 steps are 2^-9) and e2m1 values multiples of 0.5, so with
+// sw >= 2^-94 every sum is zero or at least 2^-126. Above: w' stays a finite bf16 up to sw =
+// 2^125, and the partials (at most 48 max |a| in magnitude, times sw) must stay finite in both
+// forms, which gemm.cpp bounds per call through max |a| (Problem::fp4_fold_max_byte).
+constexpr int kFp4FoldMinByte = 127 - 94, kFp4FoldMaxByte = 127 + 125;
 // The scratch of one work item, in floats (see Scratch in gemm_simd.inc): wbuf (the panel's
 // decoded weights, rows act_stride(kp) apart, or a chunk of bf16 pairs; also the FP4 small-M lane
 // stash), the lane vectors of the M >= 4 tiles, FP4 lane scales, the FP4 group scales of a

@@ -59,6 +59,7 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
 }
 inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
 inline Vec vset1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
+inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
 
 // FP4 block as in gemm_avx512.cpp, the 16 dwords split over two ymm (lanes 0-7, 8-15).
 struct Fp4Blk {
@@ -131,6 +132,8 @@ constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the 
 inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
 template <bool kFull, bool kInt = false>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
+template <bool kFull>
+inline void fp4_blk_pairs_scaled(const uint8_t*, const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
 constexpr bool kFp4IntTiles = false;  // (M >= 4 in integers: AVX-512 only)
 using IVec = Vec;

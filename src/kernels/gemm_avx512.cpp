@@ -73,6 +73,7 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
 constexpr bool kBf16Pairs = true;
 inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 inline Vec vset1(float f) { return _mm512_set1_ps(f); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
 
 // FP4 block (gemm.h): the 64 code bytes as 16 dwords; dword d holds elements 8d .. 8d+7 as
 // nibbles, so lane vector t is nibble t of every dword (vpermps reads the low 4 index bits).
@@ -301,6 +302,26 @@ inline void fp4_blk_pairs(const uint8_t* codes, int len, uint32_t* out) {
   for (int u = 0; u < 4; ++u)
     _mm512_storeu_si512(out + 16 * u, _mm512_permutexvar_epi16(
                                           u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab));
+}
+// The same bf16 pairs with the block's group scales taken into the weights (rows_tiled_pairs_fp4,
+// kFold): e2m1 * 2^(e-127), the scale's exponent added to every nonzero word (lane d: group d/4).
+// Exact while the exponents stay normal, which the caller's bounds on the bytes ensure
+// (kFp4FoldMinByte .. kFp4FoldMaxByte).
+template <bool kFull>
+inline void fp4_blk_pairs_scaled(const uint8_t* codes, const uint8_t* scales, int len, uint32_t* out) {
+  const __m512i tab = fp4_bf16_table();
+  Fp4Blk blk;
+  fp4_blk_load_codes<kFull>(codes, len, blk);
+  const int groups = kFull ? 4 : (len + 31) / 32;
+  const __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << groups) - 1), scales));
+  const __m512i lane_e = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), e);
+  const __m512i t = _mm512_slli_epi32(_mm512_sub_epi32(lane_e, _mm512_set1_epi32(127)), 7);  // (e - 127) << 7
+  const __m512i delta = _mm512_or_si512(_mm512_and_si512(t, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(t, 16));
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
+  for (int u = 0; u < 4; ++u) {
+    const __m512i w = _mm512_permutexvar_epi16(u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab);
+    _mm512_storeu_si512(out + 16 * u, _mm512_mask_add_epi16(w, _mm512_test_epi16_mask(w, magnitude), w, delta));
+  }
 }
 // 32 e4m3 weights of one chunk, dequantised (times 2^exp_delta), as the bf16 pairs of gemm.h
 // (dword d = element d, element 16+d), converted exactly: normal codes by shifting into place and
