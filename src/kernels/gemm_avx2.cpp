@@ -135,6 +135,10 @@ inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 template <bool kFull>
 inline void fp4_blk_pairs_scaled(const uint8_t*, const uint8_t*, int, uint32_t*) {}
 inline Vec dp_pairs(Vec acc, const uint32_t*, const uint32_t*) { return acc; }
+using PairVec = int;
+inline PairVec pairs_load(const uint32_t*) { return 0; }
+inline PairVec pairs_load_held(const uint32_t*) { return 0; }
+inline Vec dp_pairs_reg(Vec acc, PairVec, PairVec) { return acc; }
 constexpr bool kFp4IntTiles = false;  // (M >= 4 in integers: AVX-512 only)
 using IVec = Vec;
 inline IVec ivzero() { return vzero(); }

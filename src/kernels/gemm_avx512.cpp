@@ -312,8 +312,15 @@ inline void fp4_blk_pairs_scaled(const uint8_t* codes, const uint8_t* scales, in
   const __m512i tab = fp4_bf16_table();
   Fp4Blk blk;
   fp4_blk_load_codes<kFull>(codes, len, blk);
-  const int groups = kFull ? 4 : (len + 31) / 32;
-  const __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << groups) - 1), scales));
+  __m128i bytes;
+  if constexpr (kFull) {  // (a plain load: the masked one was 4 % of the tiles' samples)
+    uint32_t four;
+    std::memcpy(&four, scales, 4);
+    bytes = _mm_cvtsi32_si128(static_cast<int>(four));
+  } else {
+    bytes = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << ((len + 31) / 32)) - 1), scales);
+  }
+  const __m512i e = _mm512_cvtepu8_epi32(bytes);
   const __m512i lane_e = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), e);
   const __m512i t = _mm512_slli_epi32(_mm512_sub_epi32(lane_e, _mm512_set1_epi32(127)), 7);  // (e - 127) << 7
   const __m512i delta = _mm512_or_si512(_mm512_and_si512(t, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(t, 16));
@@ -373,6 +380,17 @@ inline Vec fp4_part_from_ints(const uint32_t* w, const float* a) {
 inline Vec dp_pairs(Vec acc, const uint32_t* a, const uint32_t* w) {
   return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a), (__m512bh)_mm512_loadu_si512(w));
 }
+// The same on operands already in registers (tiles that hold a row's pairs over several products).
+using PairVec = __m512i;
+inline PairVec pairs_load(const uint32_t* p) { return _mm512_loadu_si512(p); }
+// A load the compiler must keep in its register: under register pressure GCC 12 otherwise
+// reloads it from memory at every use (an empty asm that may change it rules that out).
+inline PairVec pairs_load_held(const uint32_t* p) {
+  PairVec v = _mm512_loadu_si512(p);
+  asm("" : "+v"(v));
+  return v;
+}
+inline Vec dp_pairs_reg(Vec acc, PairVec a, PairVec w) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)w); }
 
 // VDPBF16PS must add the odd product, then the even one, each rounded like an FMA (the order
 // gemm.h defines); checked on awkward values once, before the AVX-512 path is chosen.
