@@ -228,7 +228,8 @@ constexpr int kFp8ScaleMaxByte = 127 + 7, kFp8PairsMinByte = 127 - 86, kFp8AsBf1
 // FP4 in the VDPBF16PS tiles with the group scales taken into the bf16 weights: w' = e2m1 * sw,
 // so that a block's partial is added to its lane (VADDPS) instead of an FMA with the lane scales,
 // and the tile loads no scales. (On the Zen 5 VM the adds issue on other ports than VDPBF16PS,
-// whose FMAs took a fifth of the tile's issue slots.) The partials are then sw times the
+// whose FMAs took a fifth of the tile's issue slots; without scale registers the tiles are 3 x 4,
+// rows_tiled_pairs_fp4_folded.) The partials are then sw times the
 // canonical ones, exactly, as long as no product, partial sum or weight leaves the normal range
 // (VDPBF16PS flushes denormals). Nonzero quantised activations are multiples of 2^-31 (the amax
 // floor 1e-4 makes sa >= 2^-22, e4m3 steps are 2^-9) and e2m1 values multiples of 0.5, so with
