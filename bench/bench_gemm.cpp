@@ -134,11 +134,13 @@ void Args(benchmark::internal::Benchmark* b) {
   for (int isa : {1, 2}) b->Args({512, isa});
   b->ArgNames({"M", "isa"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
-// Routed experts also at M = 12: a 512-token prefill chunk of V4-Flash gives each of its 256
-// experts 512 * 6 / 256 = 12 rows on average, so that is the M their prefill products run at.
+// Routed experts also at M = 12 and 48: a prefill chunk of V4-Flash gives each of its 256
+// experts chunk * 6 / 256 rows on average, 12 for 512 tokens and 48 for the default 2048
+// (kPrefillChunkTokens), so those are the M their prefill products run at.
 void ExpertArgs(benchmark::internal::Benchmark* b) {
   Args(b);
-  for (int isa : {1, 2}) b->Args({12, isa});
+  for (int M : {12, 48})
+    for (int isa : {1, 2}) b->Args({M, isa});
 }
 void ArgsWithScalar512(benchmark::internal::Benchmark* b) {
   Args(b);
