@@ -312,18 +312,14 @@ inline void fp4_blk_pairs_scaled(const uint8_t* codes, const uint8_t* scales, in
   const __m512i tab = fp4_bf16_table();
   Fp4Blk blk;
   fp4_blk_load_codes<kFull>(codes, len, blk);
-  __m128i bytes;
-  if constexpr (kFull) {  // (a plain load: the masked one was 4 % of the tiles' samples)
-    uint32_t four;
-    std::memcpy(&four, scales, 4);
-    bytes = _mm_cvtsi32_si128(static_cast<int>(four));
-  } else {
-    bytes = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << ((len + 31) / 32)) - 1), scales);
-  }
-  const __m512i e = _mm512_cvtepu8_epi32(bytes);
-  const __m512i lane_e = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), e);
-  const __m512i t = _mm512_slli_epi32(_mm512_sub_epi32(lane_e, _mm512_set1_epi32(127)), 7);  // (e - 127) << 7
-  const __m512i delta = _mm512_or_si512(_mm512_and_si512(t, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(t, 16));
+  uint32_t four = 0;  // (a plain load: the masked one was 4 % of the tiles' samples)
+  std::memcpy(&four, scales, kFull ? 4 : static_cast<size_t>((len + 31) / 32));
+  // Word w of the output belongs to group w / 8, i.e. to the 128-bit quarter it sits in: each
+  // quarter picks its scale byte out of the broadcast into the low byte of its words.
+  const __m512i pick = _mm512_set_epi64(0x8003800380038003, 0x8003800380038003, 0x8002800280028002, 0x8002800280028002,
+                                        0x8001800180018001, 0x8001800180018001, 0x8000800080008000, 0x8000800080008000);
+  const __m512i e = _mm512_shuffle_epi8(_mm512_set1_epi32(static_cast<int>(four)), pick);
+  const __m512i delta = _mm512_slli_epi16(_mm512_sub_epi16(e, _mm512_set1_epi16(127)), 7);  // (e - 127) << 7
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
   for (int u = 0; u < 4; ++u) {
     const __m512i w = _mm512_permutexvar_epi16(u == 0 ? blk.dw : _mm512_srli_epi16(blk.dw, static_cast<unsigned>(4 * u)), tab);
