@@ -100,15 +100,19 @@ inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {
 }
 // True when all n scale bytes are in 1..254, the bytes whose 2^(e-127) is just e << 23 (so
 // fp4_rows_int may read them in place); 0 and 255 need e8m0_to_f32's special values.
+// (The smallest and largest byte in two vectors: a mask OR-ed over the loop was kept on the stack,
+// a store-to-load chain through every step of a scan that runs once per 16 rows in decode.)
 inline bool fp4_scales_plain(const uint8_t* scales, int n) {
-  __mmask64 special = 0;
+  const __m512i one = _mm512_set1_epi8(1);
+  __m512i lo = _mm512_set1_epi8(static_cast<char>(255)), hi = _mm512_setzero_si512();
   for (int i = 0; i < n; i += 64) {
     const __mmask64 live = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1;
-    const __m512i e = _mm512_maskz_loadu_epi8(live, scales + i);
-    special |= _mm512_mask_cmpeq_epi8_mask(live, e, _mm512_setzero_si512()) |
-               _mm512_mask_cmpeq_epi8_mask(live, e, _mm512_set1_epi8(static_cast<char>(255)));
+    const __m512i e = _mm512_mask_loadu_epi8(one, live, scales + i);  // (past n: 1, a plain byte)
+    lo = _mm512_min_epu8(lo, e);
+    hi = _mm512_max_epu8(hi, e);
   }
-  return special == 0;
+  return _mm512_cmpeq_epi8_mask(lo, _mm512_setzero_si512()) == 0 &&
+         _mm512_cmpeq_epi8_mask(hi, _mm512_set1_epi8(static_cast<char>(255))) == 0;
 }
 // Lane scales of block j (0..3) of a 16-group run: lane d takes group 4j + d/4.
 inline Vec fp4_spread(Vec s16, int j) {
