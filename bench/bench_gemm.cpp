@@ -13,8 +13,10 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <immintrin.h>
 #include <cstring>
 #include <cstdlib>
 #include <memory>
@@ -164,6 +166,76 @@ BENCHMARK(BM_shared_w2_fp8_2048x4096)->Apply(Args);
 BENCHMARK(BM_expert_w1_fp4_4096x2048)->Apply(ExpertArgs);
 BENCHMARK(BM_expert_w2_fp4_2048x4096)->Apply(ExpertArgs);
 BENCHMARK(BM_head_bf16_4096x16384)->Apply(Args);
+
+// The memory side of the small-M products alone: 8 KiB rows read `rows` at a time, their 64-byte
+// lines interleaved (line k of each, then line k + 1), each thread over its half of 512 MiB, with
+// no software prefetch and almost no work per line. The small-M kernels stream kDirectRows (8)
+// rows at once so that each row's chain of multiply-adds (the canonical order allows one per row)
+// has company. With stream 1 the rows read together are adjacent, as in those kernels, so every
+// stream ends after one row; with stream S > 1 the j-th of them runs on through S consecutive
+// rows (rows j S + i, i = 0 .. S-1, of each block of rows x S). Zen 5 VM, two threads: one row
+// at a time reads at 0.91-0.97 of the probe, 8 adjacent rows at 0.75-0.85, 8 streams of 16 or 64
+// rows at 0.80-0.96 (performance.md, "M = 1").
+template <int R>
+__attribute__((target("avx2"))) uint64_t xor_rows(const uint8_t* p, size_t r0, size_t r1, size_t row, size_t stream) {
+  __m256i x = _mm256_setzero_si256(), y = _mm256_setzero_si256();
+  for (size_t r = r0; r < r1; r += R)
+    for (size_t k = 0; k < row; k += 64)
+      for (int j = 0; j < R; ++j) {
+        const size_t block = (r - r0) / (R * stream), i = (r - r0) / R % stream;
+        const uint8_t* line = p + (r0 + block * R * stream + static_cast<size_t>(j) * stream + i) * row + k;
+        x = _mm256_xor_si256(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line)));
+        y = _mm256_xor_si256(y, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32)));
+      }
+  alignas(32) uint64_t q[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(q), _mm256_xor_si256(x, y));
+  return q[0] ^ q[1] ^ q[2] ^ q[3];
+}
+void BM_row_streams(benchmark::State& st) {
+  const int rows_at_once = static_cast<int>(st.range(0));
+  const size_t stream = static_cast<size_t>(st.range(1));
+  if (!isa_supported(Isa::Avx2)) {
+    st.SkipWithError("needs AVX2");
+    return;
+  }
+  constexpr size_t kRow = 8192;
+  static const std::vector<uint8_t> buf = rand_bytes(2 * kMinBytes, 3, false);
+  const size_t rows = buf.size() / kRow, unit = static_cast<size_t>(rows_at_once) * stream;
+  const int parts = pool().size();
+  const auto xor_fn = rows_at_once == 1 ? xor_rows<1> : rows_at_once == 2 ? xor_rows<2> : rows_at_once == 4 ? xor_rows<4> : xor_rows<8>;
+  const double read_before = measure_read_gbs(pool(), buf.size(), 0.2, buf.data());
+  size_t bytes = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : st) {
+    std::atomic<uint64_t> sink{0};
+    std::atomic<size_t> done{0};
+    pool().parallel_for(parts, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const size_t r0 = rows * static_cast<size_t>(p) / static_cast<size_t>(parts);
+        const size_t r1 = r0 + (rows * static_cast<size_t>(p + 1) / static_cast<size_t>(parts) - r0) / unit * unit;
+        sink ^= xor_fn(buf.data(), r0, r1, kRow, stream);
+        done += (r1 - r0) * kRow;
+      }
+    });
+    benchmark::DoNotOptimize(sink.load());
+    bytes += done.load();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double read = (read_before + measure_read_gbs(pool(), buf.size(), 0.2, buf.data())) / 2;
+  st.counters["bytes_per_second"] = static_cast<double>(bytes) / seconds;
+  st.counters["read_GBps"] = read;
+  st.counters["of_read"] = static_cast<double>(bytes) / seconds / 1e9 / read;
+}
+BENCHMARK(BM_row_streams)
+    ->ArgNames({"rows", "stream"})
+    ->Args({1, 1})
+    ->Args({2, 1})
+    ->Args({4, 1})
+    ->Args({8, 1})
+    ->Args({8, 16})
+    ->Args({8, 64})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace dsv4
