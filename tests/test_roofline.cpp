@@ -72,6 +72,16 @@ TEST(Roofline, DotLoopCountsItsWork) {
   }
 }
 
+// The AMX peak loop does the work it counts: four tile products per iteration, each adding
+// 32 products of 2^-24 * 2^-24 to every element (exact at this count).
+TEST(Roofline, AmxLoopCountsItsWork) {
+  if (cpu_has_amx_bf16()) {
+    float out[1] = {};
+    EXPECT_EQ(roofline_detail::tdpbf16_loop_amx(1000, out), 2.0 * 4 * 16 * 16 * 32 * 1000);
+    EXPECT_EQ(out[0], 1000 * 32 * 0x1p-48f);
+  }
+}
+
 // Prefill is reported against the faster multiply-add instruction, whichever it is on this CPU.
 TEST(Roofline, GemmPeakIsTheFasterInstruction) {
   Roofline zen5;

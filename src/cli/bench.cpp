@@ -155,6 +155,10 @@ void register_bench(CLI::App& app) {
                   use_head ? "over the mapped output head" : "fresh 1 GiB buffer", roof.fma_gflops);
       if (roof.dot_gflops > 0) std::printf(", peak VDPBF16PS %.1f GFLOP/s", roof.dot_gflops);
       std::printf(" (%s, all threads); prefill/peak is against the faster of the two, %s\n", roof.isa, roof.gemm_peak_name());
+      if (roof.amx_gflops > 0)
+        std::printf("roofline: AMX bf16 tiles %.1f GFLOP/s (%.1fx the %s peak), not used by the products: their "
+                    "arithmetic is not the canonical order (docs/performance.md, \"AMX tiles\")\n",
+                    roof.amx_gflops, roof.amx_gflops / roof.gemm_peak_gflops(), roof.gemm_peak_name());
     }
     const double bytes_per_token = static_cast<double>(m.bytes_per_token());
     const double macs_per_token = m.prefill_macs_per_token();
@@ -169,7 +173,7 @@ void register_bench(CLI::App& app) {
       if (!csv) throw Error(csv_path + ": cannot create");
       csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
              "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,peak_dot_gflops,decode_bw_ratio,"
-             "prefill_gflops,prefill_peak_ratio,products_gflops,products_peak_ratio\n";
+             "prefill_gflops,prefill_peak_ratio,products_gflops,products_peak_ratio,peak_amx_gflops\n";
     }
     // A fixed pseudo-random token walk (same for every run and machine).
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -241,7 +245,8 @@ void register_bench(CLI::App& app) {
             << ',' << decode_tps << ',' << decode_gbs << ',' << st.bytes() << ',' << read_gbs << ','
             << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
             << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << ','
-            << products_gflops << ',' << (roofline ? products_gflops / roof.gemm_peak_gflops() : 0) << '\n';
+            << products_gflops << ',' << (roofline ? products_gflops / roof.gemm_peak_gflops() : 0) << ','
+            << roof.amx_gflops << '\n';
     }
     if (profile) {
       print_profile("decode profile (ms per token, and the GB/s of the stage's weight reads, at each context)",

@@ -11,6 +11,10 @@
 #include <cpuid.h>
 #define DSV4_X86 1
 #endif
+#if defined(DSV4_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace dsv4 {
 
@@ -103,6 +107,25 @@ bool cpu_has_avx512_vbmi() {
 bool cpu_has_avx512_vbmi_gfni() {
   static const bool both = cpu_has_avx512_vbmi() && (avx512_leaf7_ecx() & (1u << 8));
   return both;
+}
+
+bool cpu_has_amx_bf16() {
+#if defined(DSV4_X86) && defined(__linux__) && defined(__x86_64__)
+  static const bool amx = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+    if (__get_cpuid_max(0, nullptr) < 0xd) return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool tile = d & (1u << 24), bf16 = d & (1u << 22);
+    const uint64_t tile_state = (uint64_t{1} << 17) | (uint64_t{1} << 18);  // XTILECFG, XTILEDATA
+    if (!tile || !bf16 || (read_xcr0() & tile_state) != tile_state) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return amx;
+#else
+  return false;
+#endif
 }
 
 bool cpu_is_amd() {

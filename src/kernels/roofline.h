@@ -14,6 +14,8 @@ struct Roofline {
   double read_gbs = 0;       // GB/s (1e9 bytes)
   double fma_gflops = 0;     // GFLOP/s, counting a multiply-add as 2 flops
   double dot_gflops = 0;     // VDPBF16PS GFLOP/s (32 multiply-adds per instruction); 0 if unused
+  double amx_gflops = 0;     // AMX TDPBF16PS tile products (16 x 16 x 32 per instruction); 0 if
+                             // the CPU has none. Not used by the products (kernels/tile_dot.h).
   const char* isa = "";
   // The peak prefill is measured against: the faster of the multiply-add instructions the GEMMs
   // have a path for. Both paths give the same bits (gemm.h), so the slower instruction's peak
@@ -49,6 +51,9 @@ double fma_loop_avx512(long iters, const float* seeds, float* out);
 // seeds[j] and adding 1 * 2^-24 twice per iteration in every lane; out[j] gets lane 0 of chain j.
 constexpr int kDotChains = 16;
 double dpbf16_loop_avx512(long iters, const float* seeds, float* out);
+// TDPBF16PS loop (AMX): `iters` iterations of four independent tile products on operands in the
+// tile registers; out[0] gets one accumulator element.
+double tdpbf16_loop_amx(long iters, float* out);
 // Per-ISA read loops: XOR of all bytes of [p, p + len), len a multiple of 512.
 uint64_t read_xor_scalar(const uint8_t* p, size_t len);
 uint64_t read_xor_avx2(const uint8_t* p, size_t len);
