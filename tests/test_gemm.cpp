@@ -744,16 +744,17 @@ TEST(Gemm, Bf16TinyValuesKeepTheExactOrder) {
 
 // An FP8 order check: every row of W holds the codes `w` (zero elsewhere) with scale 1, every
 // activation row the values `x` (including an amax of 448 per block, so activation scales are 1);
-// every output must be exactly 2^-9 on every path, for both GEMM forms, at M = 1 (decode), M = 5
-// and M = 9 (the VDPBF16PS tiles on AVX-512 from gemm_small_m_limit() rows on).
-void expect_fp8_order_gives_2m9(int K, std::initializer_list<std::pair<int, uint8_t>> w,
-                                std::initializer_list<std::pair<int, float>> x_vals, const std::string& what) {
+// every output must be exactly `want` on every path, for both GEMM forms, at M = 1 (decode), 5,
+// 9 (the VDPBF16PS tiles on AVX-512 from gemm_small_m_limit() rows on) and 40 (AMX tiles where
+// the CPU has them).
+void expect_fp8_order_gives(float want, int K, std::initializer_list<std::pair<int, uint8_t>> w,
+                            std::initializer_list<std::pair<int, float>> x_vals, const std::string& what) {
   const int N = 20;
   std::vector<uint8_t> wb(static_cast<size_t>(N) * K, 0x00), s(static_cast<size_t>((K + 127) / 128), 127);
   for (int n = 0; n < N; ++n)
     for (const auto& [k, code] : w) wb[static_cast<size_t>(n) * K + k] = code;
   const Fp8Weight W{wb.data(), s.data(), N, K};
-  for (int M : {1, 5, 9}) {
+  for (int M : {1, 5, 9, 40}) {
     std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
     for (int m = 0; m < M; ++m)
       for (const auto& [k, v] : x_vals) x[static_cast<size_t>(m) * K + k] = v;
@@ -763,18 +764,18 @@ void expect_fp8_order_gives_2m9(int K, std::initializer_list<std::pair<int, uint
     const auto as_bf16 = check_all_paths(static_cast<size_t>(M) * N, "fp8_as_bf16 " + at,
                                          [&](ThreadPool& p, std::vector<float>& out) { gemm_fp8_as_bf16(x.data(), M, W, out.data(), p); });
     for (size_t i = 0; i < plain.size(); ++i) {
-      EXPECT_EQ(plain[i], 0x1p-9f) << "fp8 " << at << " at " << i;
-      EXPECT_EQ(as_bf16[i], 0x1p-9f) << "fp8_as_bf16 " << at << " at " << i;
+      EXPECT_EQ(plain[i], want) << "fp8 " << at << " at " << i;
+      EXPECT_EQ(as_bf16[i], want) << "fp8_as_bf16 " << at << " at " << i;
     }
   }
 }
 
-// The FP8 order takes each chunk's high half first (gemm.h). Lane 5 gets +2^16 (element 21),
-// 2^-18 (element 5, lost), -2^16 (element 53), then 2^-9 (element 37): 2^-9 in that order, 0 in
-// increasing k (2^-9 is lost against 2^16 there).
-TEST(Gemm, Fp8LanesTakeTheHighHalfFirst) {
-  expect_fp8_order_gives_2m9(64, {{5, 0x01}, {21, 0x78}, {37, 0x01}, {53, 0xF8}},  // 2^-9, 256, 2^-9, -256
-                             {{5, 0x1p-9f}, {21, 256.0f}, {37, 1.0f}, {53, 256.0f}, {60, 448.0f}}, "high half first");
+// The FP8 slots take their elements in increasing k (gemm.h). Slot 5 gets +2^16 (element 5),
+// 2^-18 (element 21, lost), -2^16 (element 37), then 2^-9 (element 53): 2^-9. The order before
+// the step order (each 32-chunk's high half first) gave 0: 2^-9 was lost against 2^16 there.
+TEST(Gemm, Fp8SlotsRunInIncreasingK) {
+  expect_fp8_order_gives(0x1p-9f, 64, {{5, 0x78}, {21, 0x01}, {37, 0xF8}, {53, 0x01}},  // 256, 2^-9, -256, 2^-9
+                         {{5, 256.0f}, {21, 0x1p-9f}, {37, 256.0f}, {53, 1.0f}, {60, 448.0f}}, "increasing k");
 }
 
 // VDPBF16PS flushes denormals and reads bf16 only: activations below 2^-56, or ones that are not
@@ -986,12 +987,17 @@ TEST(Dot, AllPathsBitIdentical) {
   }
 }
 
-// Lanes run over all of K (gemm.h): lane 0 gets +2^16 (block 0, element 16), then in block 1
-// -2^16 (element 144, high half first) and 2^-9 (element 128). Over all of K that is 2^-9; with
-// a partial per block (-2^16 + 2^-9 rounds to -2^16) it would be 0.
-TEST(Gemm, Fp8LanesRunOverAllBlocks) {
-  expect_fp8_order_gives_2m9(256, {{16, 0x78}, {144, 0xF8}, {128, 0x01}},  // 256, -256, 2^-9
-                             {{16, 256.0f}, {144, 256.0f}, {128, 1.0f}, {100, 448.0f}, {200, 448.0f}}, "all blocks");
+// The slots fold into the lanes every 256 elements, slot d with slot d+8 (gemm.h): step 0 leaves
+// lane 0 at 2^16 (element 0); in step 1 slots 0 and 8 each sum two 2^-9 (elements 256, 272 and
+// 264, 280), and lane 0 takes their 2^-7 whole; step 2 subtracts 2^16 (element 512): 2^-7.
+// Chains over all of K lose every 2^-9 against 2^16 (2^-8 from slot or lane 8 alone), and
+// lanes that take slots d and d+8 apart lose 2^-8 in a tie (also 2^-8).
+TEST(Gemm, Fp8SlotsFoldIntoTheLanesEveryStep) {
+  expect_fp8_order_gives(0x1p-7f, 768,
+                         {{0, 0x78}, {256, 0x01}, {264, 0x01}, {272, 0x01}, {280, 0x01}, {512, 0xF8}},  // 256, 2^-9 x 4, -256
+                         {{0, 256.0f}, {256, 1.0f}, {264, 1.0f}, {272, 1.0f}, {280, 1.0f}, {512, 256.0f}, {100, 448.0f},
+                          {228, 448.0f}, {356, 448.0f}, {484, 448.0f}, {612, 448.0f}, {740, 448.0f}},
+                         "steps");
 }
 
 // Weight scales outside the range the SIMD decoders are exact for (gemm.h) must still give the

@@ -260,7 +260,7 @@ std::pair<int, int> fp8_scale_range(const uint8_t* ws, int n, int k) {
 }
 
 // Activations as the VDPBF16PS operand of the FP8 kinds (gemm.h): dword d of 32-chunk c holds
-// (element c+d, element c+16+d) as bf16 words, zero past K; `out` is only grown (every dword is
+// element c+d in its high word and element c+16+d in its low one, as bf16, zero past K; `out` is only grown (every dword is
 // written). With `check`, returns false (and leaves `out` unusable) if a value is not a bf16, or
 // is a nonzero below 2^-56 (bf16_dp_exact): then the fp32 back ends must run. Quantised
 // activations (e4m3 values) need no check.
@@ -275,9 +275,9 @@ bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, bool chec
       uint32_t low_bits = 0;
       for (int c = 0; c < kp; c += 32)
         for (int d = 0; d < 16; ++d) {
-          const uint32_t lo = c + d < K ? f32_bits(xr[c + d]) : 0u, hi = c + 16 + d < K ? f32_bits(xr[c + 16 + d]) : 0u;
-          low_bits |= (lo | hi) & 0xFFFFu;
-          o[c / 2 + d] = (lo >> 16) | (hi & 0xFFFF0000u);
+          const uint32_t first = c + d < K ? f32_bits(xr[c + d]) : 0u, second = c + 16 + d < K ? f32_bits(xr[c + 16 + d]) : 0u;
+          low_bits |= (first | second) & 0xFFFFu;
+          o[c / 2 + d] = (first & 0xFFFF0000u) | (second >> 16);
         }
       if (check)
         row_ok[static_cast<size_t>(m)] =
@@ -296,7 +296,7 @@ void rows_scalar(const Problem& p, int n0, int n1) {
   for (int n = n0; n < n1; ++n) {
     for (int m = 0; m < p.M; ++m) {
       const float* a = p.a + static_cast<size_t>(m) * p.a_stride;
-      float lane[16] = {};
+      float lane[16] = {}, slot[16] = {};
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, k1 = std::min(p.K, k0 + 128);
         if (p.kind == Kind::Fp4) {
@@ -323,14 +323,16 @@ void rows_scalar(const Problem& p, int n0, int n1) {
                 lane[d] = std::fma(a[bf16_permuted_pos(k)], w, lane[d]);
               }
         } else {
-          // Lane d of each 32-chunk: element c+16+d, then c+d; weights dequantised (exact).
+          // Slot k mod 16 in increasing k, weights dequantised (exact); every step and at the
+          // end of K the slots fold into the lanes (gemm.h "step order").
           const float sw = p.e8m0[p.ws[static_cast<size_t>(n / 128) * p.nb + b]];
-          for (int c = k0; c < k1; c += 32)
-            for (int d = 0; d < 16; ++d)
-              for (int k : {c + 16 + d, c + d}) {
-                if (k >= k1) continue;
-                lane[d] = std::fma(a[k], p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]] * sw, lane[d]);
-              }
+          for (int k = k0; k < k1; ++k) {
+            slot[k % 16] = std::fma(a[k], p.e4m3[p.w[static_cast<size_t>(n) * p.K + k]] * sw, slot[k % 16]);
+            if ((k + 1) % kFp8StepK == 0 || k + 1 == p.K) {
+              for (int d = 0; d < 8; ++d) lane[d] = lane[d] + (slot[d] + slot[d + 8]);
+              std::fill(slot, slot + 16, 0.0f);
+            }
+          }
         }
       }
       for (int h = 8; h >= 1; h /= 2)

@@ -7,23 +7,29 @@
 //     power-of-two scale; FP8-as-BF16 and BF16 take x as it is) and, for FP8 weights,
 //     w = e4m3 * sw[n/128, k/128] (a power of two, so exact; the SIMD decoders need sw <= 2^7,
 //     else the call runs the scalar reference; no checkpoint has such scales).
-//   * Element k goes to lane (k mod 16) of 16 fp32 lanes that start at +0 and accumulate over
-//     all of K with fused multiply-add, lane = fma(a_k, w_k, lane), 32-wide chunks in increasing
-//     k; within a chunk c lane d takes element c+16+d, then element c+d. That is the order
-//     VDPBF16PS gives when dword d holds (element c+d, element c+16+d), and for the fp32 back
-//     ends it is the two 16-wide halves of a chunk taken high half first.
+//   * FP8 and FP8-as-BF16 ("step order"): element k goes to slot (k mod 16) of 16 fp32 slots that
+//     start at +0 and accumulate with fused multiply-add, slot = fma(a_k, w_k, slot), in
+//     increasing k; every kFp8StepK (256) elements, and at the end of K, the slots fold into 16
+//     lanes: lane d += (slot d + slot d+8) for d < 8, lanes 8..15 stay +0, and the slots restart
+//     at +0. This is what AMX computes (kernels/tile_dot.h): one tile product per step and lane d
+//     takes pairs (element 16j+d, element 16j+8+d), j = 0..15, whose two chains are the slots d
+//     and d+8, and adds their sum to C, lane d. The fp32 back ends take each 16-wide half of a
+//     32-chunk in natural order (one FMA per half into the slots), VDPBF16PS takes dword i =
+//     (element c+i, element c+16+i) of chunk c with element c+i in the high word (it adds the
+//     high product first). A step is 8 chunks.
 //   * At the end the lanes are reduced by a fixed tree: l += l+8, then l += l+4, l += l+2,
 //     l += l+1, and lane 0 is the output (rounded to bf16 where the GEMM says so).
 //   This is the "dequantise, then one fp32 dot product" form of spec §4.7/4.8: no per-block
-//   partial sums, so no per-block reduction or scaling in the inner loops.
+//   scaling in the inner loops (the weights and activations are dequantised exactly).
 // FP4 differs in the lanes: per 128-block, lane d sums elements 8d .. 8d+7 (one ue8m0 scale
 // group) from +0, in the order 8d + kFp4Order[t], t = 0..7, with unscaled e2m1 weights; then
 // lane = fma(part, sw[n, group], lane) (the reference's per-block partial times its scale).
 // The order within a block is the one VDPBF16PS produces when element pairs (8d+u, 8d+4+u)
 // share a dword: it adds the odd product, then the even one, each rounded (probed at start-up,
 // cpu_features.h). The activations reach the back ends permuted per block (fp4_permuted_pos).
-// BF16 differs in the lanes too (the VDPBF16PS order on adjacent elements): lane d of each
-// 32-wide chunk takes element 2d+1, then element 2d, chunks in increasing k; the fp32 back ends
+// BF16 differs (the VDPBF16PS order on adjacent elements, no steps): lane d of each 32-wide
+// chunk takes element 2d+1, then element 2d, chunks in increasing k over all of K, 16 lanes
+// straight into the tree; the fp32 back ends
 // get the activations permuted per chunk (bf16_permuted_pos), and the activations must be bf16
 // values (they are: every BF16 GEMM input is an RMSNorm output).
 // FP8 products may also go through VDPBF16PS (AVX-512, M >= gemm_small_m_limit()): dequantised e4m3
@@ -197,10 +203,13 @@ struct Problem {
 };
 
 constexpr int kPanelRows = 16;  // rows n per work item
+// Elements per step of the FP8 order (above): one AMX tile product per lane.
+constexpr int kFp8StepK = 256;
 // M >= 4 fp32 path: the panel's weights are decoded once over all of K; blocks of kMBlock
 // activation rows then run over them kChunkK columns at a time, so that a chunk of the weights,
 // the block's activation rows and the lane vectors of its tiles share L1.
 constexpr int kChunkK = 256;
+static_assert(kChunkK == kFp8StepK, "an FP8 chunk of the fp32 tiles is one step of the order");
 constexpr int kMBlock = 8;
 // Row stride (floats) of the activation buffers the GEMMs prepare and of the decoded weights:
 // kp plus one chunk. With a stride that is a multiple of 4 KiB (every K of V4 gives one) the
@@ -211,6 +220,7 @@ inline int act_stride(int kp) { return kp + kChunkK; }
 // k columns per chunk of bf16 weight pairs (M >= 4 VDPBF16PS path): 16 rows x 1024 x 2 bytes
 // (32 KB) stay in L1 while the tiles run over them (512 measured slower, 2048 the same).
 constexpr int kPairsChunkK = 1024;
+static_assert(kPairsChunkK % kFp8StepK == 0, "FP8 steps never span two chunks of pairs");
 // M >= 4 products with more activation rows than this run in row slices of at most this many
 // (run_jobs, gemm.cpp): a pool thread's panels each meet one slice, then the next, so a slice's
 // activations (256 rows x 8 KiB of bf16 pairs at K = 4096) are read from cache by all of them.

@@ -60,6 +60,7 @@ inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
 inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
 inline Vec vset1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
 inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline Vec vfold_add(Vec lanes, Vec slots) { return {_mm256_add_ps(lanes.lo, _mm256_add_ps(slots.lo, slots.hi)), lanes.hi}; }
 
 // FP4 block as in gemm_avx512.cpp, the 16 dwords split over two ymm (lanes 0-7, 8-15).
 struct Fp4Blk {

@@ -74,6 +74,9 @@ constexpr bool kBf16Pairs = true;
 inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 inline Vec vset1(float f) { return _mm512_set1_ps(f); }
 inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vfold_add(Vec lanes, Vec slots) {
+  return _mm512_mask_add_ps(lanes, 0x00FF, lanes, _mm512_add_ps(slots, _mm512_shuffle_f32x4(slots, slots, 0x4E)));
+}
 
 // FP4 block (gemm.h): the 64 code bytes as 16 dwords; dword d holds elements 8d .. 8d+7 as
 // nibbles, so lane vector t is nibble t of every dword (vpermps reads the low 4 index bits).
@@ -331,7 +334,7 @@ inline void fp4_blk_pairs_scaled(const uint8_t* codes, const uint8_t* scales, in
   }
 }
 // 32 e4m3 weights of one chunk, dequantised (times 2^exp_delta), as the bf16 pairs of gemm.h
-// (dword d = element d, element 16+d), converted exactly: normal codes by shifting into place and
+// (dword d: element d in the high word, element 16+d in the low one), converted exactly: normal codes by shifting into place and
 // rebiasing the exponent (+120), the subnormal ones (exponent field 0) from a table, then the
 // scale's exponent added to every nonzero word (the callers keep the results normal bf16s).
 // len = bytes left in the row (zeros past it).
@@ -345,7 +348,7 @@ inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out, int ex
     lo = _mm_maskz_loadu_epi8(mask(len), codes);
     hi = _mm_maskz_loadu_epi8(mask(len - 16), codes + 16);
   }
-  const __m512i w = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi)));
+  const __m512i w = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi8(hi, lo), _mm_unpacklo_epi8(hi, lo)));
   const __m512i sub_tab = _mm512_setr_epi32(0x3B000000, 0x3BC03B80, 0x3C203C00, 0x3C603C40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                             0, 0);
   __m512i bits = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(w, 4), _mm512_set1_epi16(0x07F0)),
@@ -431,7 +434,7 @@ constexpr bool kFp8Gfni = true;
 template <int R>
 __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a,
                                                             const uint8_t* scales, const float* e8m0, Vec* v,
-                                                            const RowPrefetch& ahead);
+                                                            Vec* lanes, const RowPrefetch& ahead);
 
 #include "kernels/gemm_simd.inc"
 
@@ -447,7 +450,7 @@ __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* con
 template <int R>
 __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a,
                                                             const uint8_t* scales, const float* e8m0, Vec* v,
-                                                            const RowPrefetch& ahead) {
+                                                            Vec* lanes, const RowPrefetch& ahead) {
   // GF2P8AFFINEQB: result bit i is the parity of (matrix byte 7 - i) & code.
   const __m512i to_bytes = _mm512_set_epi64(0x1020400000000080, 0x1020400000000080, 0x1020400000000080,
                                             0x1020400000000080,  // (high half) bits 0..2 <- 4..6, 7 <- 7
@@ -481,14 +484,15 @@ __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* con
         ahead.ask(w[j], j, k0 + 64);
       }
     for (int j = 0; j < R; ++j)
-      for (int u = 0; u < 4; ++u) {  // chunk u: the high half first (gemm.h FP8 order)
+      for (int u = 0; u < 4; ++u) {  // chunk u in natural order into the slots (gemm.h FP8 order)
         const __m512i c = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + k0 + 32 * u)));
         const __m512i t = _mm512_gf2p8affine_epi64_epi8(c, to_bytes, 0);
         const Vec wl = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(top_bytes, idx_lo, t));
         const Vec wh = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(top_bytes, idx_hi, t));
-        acc[j] = _mm512_fmadd_ps(act[2 * u + 1], wh, acc[j]);
         acc[j] = _mm512_fmadd_ps(act[2 * u], wl, acc[j]);
+        acc[j] = _mm512_fmadd_ps(act[2 * u + 1], wh, acc[j]);
       }
+    if (block_ends_step(b)) fold_step(lanes, acc, R);
   }
   for (int j = 0; j < R; ++j) v[j] = acc[j];
 }
