@@ -148,7 +148,9 @@ struct TilesGuard {
   bool saved_bytes = fp4_bytes_active();
   bool saved_gfni = fp8_gfni_active();
   bool saved_nta = fp8_prefetch_nta_active();
+  bool saved_amx = gemm_amx_active();
   ~TilesGuard() {
+    force_gemm_amx(saved_amx);
     force_gemm_tiles(saved);
     force_fp4_bytes(saved_bytes);
     force_fp8_gfni(saved_gfni);
@@ -158,7 +160,8 @@ struct TilesGuard {
 
 // Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads; on
 // AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA), and where the CPU has VBMI
-// also without the small-M FP4 byte form and FP8 GFNI decode (which are on in the other runs).
+// also without the small-M FP4 byte form and FP8 GFNI decode (which are on in the other runs),
+// and where it has AMX once more with the AMX tiles (off in the other runs).
 // The FP8 rows' prefetch hint alternates with the thread count (NTA at 1 thread, T0 at 2).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
@@ -176,22 +179,26 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
   struct Variant {
     GemmTiles tiles;
     bool bytes;
+    bool amx = false;
   };
   for (Isa isa : simd_isas())
-    for (Variant v : {Variant{GemmTiles::Dp, true}, Variant{GemmTiles::Fma, true}, Variant{GemmTiles::Dp, false}}) {
+    for (Variant v : {Variant{GemmTiles::Dp, true}, Variant{GemmTiles::Fma, true}, Variant{GemmTiles::Dp, false},
+                      Variant{GemmTiles::Fma, true, true}}) {
       if (isa != Isa::Avx512 && (v.tiles == GemmTiles::Fma || !v.bytes)) continue;  // (only AVX-512 has these)
       if (!v.bytes && !cpu_has_avx512_vbmi()) continue;                             // (the same run as the first)
+      if (v.amx && !cpu_has_amx_bf16()) continue;
       force_isa(isa);
       force_gemm_tiles(v.tiles);
       force_fp4_bytes(v.bytes);
       force_fp8_gfni(v.bytes);
+      force_gemm_amx(v.amx);
       for (ThreadPool* p : {&p1, &p2}) {
         force_fp8_prefetch_nta(p == &p1);
         std::vector<float> y(out_size, -7.0f);
         f(*p, y);
         const std::string variant = isa != Isa::Avx512                    ? ""
                                     : std::string(" ") + gemm_tiles_name(v.tiles) + (fp4_bytes_active() ? " bytes" : "") +
-                                          (fp8_gfni_active() ? " gfni" : "");
+                                          (fp8_gfni_active() ? " gfni" : "") + (gemm_amx_active() ? " amx" : "");
         expect_bits_equal(ref, y, what + " " + isa_name(isa) + variant + " " + std::to_string(p->size()) + " threads");
       }
     }
@@ -217,8 +224,9 @@ void expect_close(const std::vector<float>& got, const std::vector<double>& ref,
 
 const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 257, 384},
                             {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512},
-                            {6, 40, 2080}, {9, 40, 2080}};  // (last two: three K chunks of the M >= 4 tiles, the
-                                                            // last one short; 9 rows: tiles at any small-M limit)
+                            {6, 40, 2080}, {9, 40, 2080},  // (three K chunks of the M >= 4 tiles, the last one
+                                                           // short; 9 rows: tiles at any small-M limit)
+                            {16, 16, 256}, {6, 50, 512}, {40, 300, 768}, {33, 129, 1280}};  // (AMX: 1-3 token and row blocks)
 
 // HC_PRE's sums over many tokens (tokens in the vector lanes) equal the one-token chains bit for
 // bit on every path: row counts that take full, partial and single-row passes, token counts

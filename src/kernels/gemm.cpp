@@ -177,6 +177,7 @@ void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
     j.p.row_end = j.row_end;
     if (!j.simd_ok || active_isa() == Isa::Scalar) j.simd_ok = false;
     if (!empty && j.simd_ok) need = std::max(need, static_cast<size_t>(gd::scratch_floats(j.p.M, j.p.nb)));
+    if (!empty && j.simd_ok && j.p.a_amx) need = std::max(need, static_cast<size_t>(gd::amx_scratch_floats(j.p.K)));
     starts[i + 1] = starts[i] + (empty ? 0 : (j.row_end - j.row_begin + gd::kPanelRows - 1) / gd::kPanelRows);
   }
   for (size_t i = 0; i < count; ++i) jobs[i].p.zero_row = zero.data();
@@ -190,6 +191,13 @@ void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
       while (pi >= starts[i + 1]) ++i;
       const Job& j = jobs[i];
       const int64_t run_end = std::min(p1, starts[i + 1]);  // this product's panels in the chunk
+      if (j.simd_ok && j.p.a_amx && isa == Isa::Avx512) {  // all of the chunk's panels at once
+        const int n0 = j.row_begin + static_cast<int>(pi - starts[i]) * gd::kPanelRows;
+        const int n1 = std::min(j.row_end, j.row_begin + static_cast<int>(run_end - starts[i]) * gd::kPanelRows);
+        gd::rows_amx_fp8(j.p, n0, n1, scratch.data());
+        pi = run_end;
+        continue;
+      }
       const Slices sl = j.simd_ok ? row_slices(j.p.M) : Slices{1, j.p.M};
       for (int si = 0; si < sl.count; ++si) {
         const int m0 = si * sl.rows;
@@ -285,6 +293,33 @@ bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, bool chec
     }
   }, 8);
   return std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; });
+}
+
+// Whether an FP8-kind product of M rows and K columns runs through the AMX tiles (gemm.h).
+bool amx_tiles(int M, int K) {
+  return active_isa() == Isa::Avx512 && M >= gemm_amx_min_m() && K % gd::kFp8StepK == 0 && gemm_amx_active() &&
+         cpu_has_avx512_vbmi();  // (the tile rows are gathered with byte permutes)
+}
+
+// Activations as AMX tile rows (Problem::a_amx), token blocks over the pool. With `check`,
+// false if a value is not a bf16 or is a nonzero below 2^-56 (then the AMX tiles must not run).
+bool fp8_amx_activations(const float* x, int M, int K, int x_stride, bool check, AlignedVector<uint32_t>& out,
+                         ThreadPool& pool) {
+  const int blocks = (M + 15) / 16;
+  const size_t block_dw = static_cast<size_t>(K) * 8;  // 16 tokens x K / 2
+  if (out.size() < blocks * block_dw) out.resize(blocks * block_dw);
+  std::vector<char> ok(static_cast<size_t>(blocks), 1);
+  pool.parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+    thread_local AlignedVector<uint32_t> work_buf;
+    AlignedVector<uint32_t>& work = work_buf;
+    if (work.size() < 16 * 128) work.resize(16 * 128);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int rows = std::min(16, M - static_cast<int>(b) * 16);
+      ok[static_cast<size_t>(b)] = gd::amx_fp8_activation_block(x + static_cast<size_t>(b) * 16 * x_stride, rows, K, x_stride,
+                                                                 out.data() + static_cast<size_t>(b) * block_dw, work.data());
+    }
+  });
+  return !check || std::all_of(ok.begin(), ok.end(), [](char c) { return c != 0; });
 }
 
 }  // namespace
@@ -388,7 +423,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   Job job;
   gd::Problem& p = job.p;
   p = base_problem(kind, M, k);
-  bool fp8_pairs = false;
+  bool fp8_pairs = false, fp8_amx = false;
   int scale_lo = 0, scale_hi = 0;
   if (kind == gd::Kind::Fp8) {
     const auto [lo, hi] = fp8_scale_range(ws, n, k);
@@ -396,6 +431,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     job.simd_ok = hi <= gd::kFp8ScaleMaxByte;
     // Many rows on AVX-512: the VDPBF16PS path, when it is exact for these scales.
     fp8_pairs = job.simd_ok && lo >= gd::kFp8PairsMinByte && pair_tiles(M);
+    fp8_amx = job.simd_ok && lo >= gd::kFp8PairsMinByte && amx_tiles(M, k);
   }
   quantize_padded(x, p, q, pool);
   p.a = q.data();
@@ -461,6 +497,9 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     // unscaled and 48 * 2^ea * sw scaled; both stay below 2^127 for ea <= 121 and sw <= 2^(121 - ea).
     const int ea = static_cast<int>(*std::max_element(row_top.begin(), row_top.end()) >> 23) - 126;
     if (ea <= 121) p.fp4_fold_max_byte = std::min(gd::kFp4FoldMaxByte, 127 + 121 - std::max(ea, 0));
+  } else if (fp8_amx) {  // (as the pairs: always exact here)
+    fp8_amx_activations(q.data(), M, k, p.a_stride, false, pairs, pool);
+    p.a_amx = pairs.data();
   } else if (fp8_pairs) {  // dequantised e4m3 values are bf16s >= 2^-31: always usable
     fp8_act_pairs(q.data(), M, k, p.a_stride, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();
@@ -554,9 +593,12 @@ void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool&
     const auto [lo, hi] = fp8_scale_range(W.scale, W.n, W.k);
     job.simd_ok = hi <= gd::kFp8ScaleMaxByte;
     p.fold_w_scale = can_fold_w_scale(p.a, it.M, W.k, p.a_stride, lo, hi);
-    if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && pair_tiles(it.M) &&
-        fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool))
+    if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && amx_tiles(it.M, W.k)) {
+      if (fp8_amx_activations(it.x, it.M, W.k, it.x_stride, true, prs[i], pool)) p.a_amx = prs[i].data();
+    } else if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && pair_tiles(it.M) &&
+               fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool)) {
       p.a_pairs = prs[i].data();
+    }
     p.w = W.w;
     p.ws = W.scale;
     p.y = it.y;
@@ -612,6 +654,7 @@ class CpuFormSwitch {
 static CpuFormSwitch g_fp4_bytes("DSV4_FP4_BYTES", cpu_has_avx512_vbmi);
 static CpuFormSwitch g_fp8_gfni("DSV4_FP8_GFNI", cpu_has_avx512_vbmi_gfni);
 static CpuFormSwitch g_fp8_nta("DSV4_FP8_PREFETCH_NTA", [] { return true; }, cpu_is_amd);
+static CpuFormSwitch g_amx("DSV4_GEMM_AMX", cpu_has_amx_bf16);
 
 bool fp4_bytes_active() { return g_fp4_bytes.active(); }
 bool force_fp4_bytes(bool on) { return g_fp4_bytes.force(on); }
@@ -619,6 +662,9 @@ bool fp8_gfni_active() { return g_fp8_gfni.active(); }
 bool force_fp8_gfni(bool on) { return g_fp8_gfni.force(on); }
 bool fp8_prefetch_nta_active() { return g_fp8_nta.active(); }
 bool force_fp8_prefetch_nta(bool on) { return g_fp8_nta.force(on); }
+bool gemm_amx_active() { return g_amx.active(); }
+bool force_gemm_amx(bool on) { return g_amx.force(on); }
+int gemm_amx_min_m() { return 4; }
 
 GemmTiles active_gemm_tiles() {
   int v = g_tiles.load(std::memory_order_relaxed);

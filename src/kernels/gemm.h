@@ -149,6 +149,18 @@ bool fp8_prefetch_nta_active();
 // For tests and benchmarks; returns the previous setting.
 bool force_fp8_prefetch_nta(bool on);
 
+// FP8 products of at least gemm_amx_min_m() rows through AMX tiles (gemm_detail::rows_amx_fp8)
+// where the CPU has them (cpu_has_amx_bf16) and K is a multiple of kFp8StepK, under the
+// VDPBF16PS guards (the tiles flush denormals alike). Same bits as every other path (the step
+// order is theirs). Env DSV4_GEMM_AMX=0 turns it off; force_gemm_amx() sets it for tests and
+// benchmarks (clamped to the CPU) and returns the previous setting.
+// From 4 rows on (gemm_amx_min_m): on the Xeon VM with AMX, 2 threads, an 8 MB FP8 product
+// (4096 -> 2048) with its weights in L3, against the fp32 FMA tiles: M = 3 0.49 / 0.45 ms,
+// 4 0.50 / 0.65, 8 0.51 / 0.87, 16 0.60 / 1.37, 128 2.1 / 9.3.
+bool gemm_amx_active();
+bool force_gemm_amx(bool on);
+int gemm_amx_min_m();
+
 namespace gemm_detail {
 
 // The fewest activation rows the M >= 4 tiles are made for (their MR); gemm_small_m_limit() is
@@ -193,6 +205,10 @@ struct Problem {
   bool fp8_gfni = false;
   // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
   bool fp8_nta = false;
+  // FP8 kinds through AMX tiles (rows_amx_fp8): the activations as tile rows, [ceil(M / 16)]
+  // [K / 256][8][16][16] dwords (token block, step, lane d, pair j, token): dword = element
+  // 256 s + 16 j + d (low word), element 256 s + 16 j + 8 + d (high word), as bf16.
+  const uint32_t* a_amx = nullptr;
   // Fp4 through the VDPBF16PS tiles: panels whose scale bytes all lie in kFp4FoldMinByte ..
   // fp4_fold_max_byte take the scales into their bf16 weights (0: none do; see kFp4FoldMinByte).
   int fp4_fold_max_byte = 0;
@@ -265,6 +281,25 @@ inline ScratchLayout scratch_layout(int M, int nb) {
   return l;
 }
 inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).total; }
+
+// ---- AMX (gemm_amx.cpp; only where cpu_has_amx_bf16()) ----
+// FP8 products through TDPBF16PS in the canonical step order: per group of weight rows, their
+// e4m3 codes become tile rows of bf16 pairs (lane d, step s: pairs (16j+d, 16j+8+d)), then every
+// lane is a tile product chain over the steps, 2 x 2 tiles of 16 rows x 16 tokens at a time; the
+// lanes meet in the tree. Rows [n0, n1) of p (any number of panels); K % kFp8StepK == 0.
+void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch);
+// Rows of weights per group: their tile rows (rows x K bf16) stay in L2 while every token block
+// runs over them. (static: gemm_amx.cpp's copy is compiled for AMX CPUs only.)
+static inline int amx_group_rows(int K) {
+  const int rows = (1 << 19) / (K > 0 ? K : 1) / 32 * 32;
+  return rows < 32 ? 32 : rows > 128 ? 128 : rows;
+}
+static inline int64_t amx_scratch_floats(int K) { return int64_t{amx_group_rows(K)} * K / 2 + 8 * 4 * 256 + 16; }
+// Rows [0, rows) of x (rows <= 16, K % 256 == 0) as token block tb of p.a_amx (out points at
+// that block): zeros for rows past `rows`. Returns false if a value is not a bf16 or is a
+// nonzero below 2^-56 (bf16_dp_exact; only FP8-as-BF16 takes such inputs), as the VDPBF16PS
+// guard; `work` holds 16 x 128 dwords.
+bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work);
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds
 // element 8 d + kFp4Order[t], so that lane vector t meets the t-th element of every lane.

@@ -1,0 +1,236 @@
+// AMX back end of the FP8 GEMMs (compiled with AMX and AVX-512 flags; run only where
+// cpu_has_amx_bf16() and the AVX-512 path is active). The canonical step order of gemm.h is what
+// TDPBF16PS computes when lane d of a step is one tile product whose pairs are elements
+// (256 s + 16 j + d, 256 s + 16 j + 8 + d), j = 0..15: its two chains from +0 are slots d and
+// d + 8, and their sum goes to C, which holds lane d over the steps (kernels/tile_dot.h).
+// Only plain C++ and intrinsics here (see gemm_simd.inc: no std:: templates with these flags).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/amx_tiles.h"
+#include "kernels/gemm.h"
+
+namespace dsv4::gemm_detail {
+namespace {
+
+constexpr int kLanes = 8;                     // lanes of the step order that carry sums
+constexpr int kTileDw = 256;                  // dwords of one 16 x 64-byte tile
+
+
+// ---- weights: one row's step (256 e4m3 codes) -> 8 tile rows of 32 bf16 (one per lane) ----
+// The codes of lanes 2q and 2q+1 are gathered into one vector whose bytes VPUNPCKLBW/HBW then
+// spread into the two rows' words in order: byte P of vector q belongs to lane 2q when P mod 16 <
+// 8 (unpacklo), else to lane 2q+1, as its word i = 8 (P / 16) + P mod 8; word i of lane d is
+// element 16 (i / 2) + 8 (i mod 2) + d. The step's 256 codes come as four vectors: elements of
+// pairs j < 8 from the first two (one VPERMT2B), j >= 8 from the last two.
+struct CodeIndex {
+  alignas(64) uint8_t idx[4][64] = {};
+  uint64_t from_high = 0;  // bytes taken from the last two vectors (j >= 8)
+  constexpr CodeIndex() {
+    for (int q = 0; q < 4; ++q)
+      for (int P = 0; P < 64; ++P) {
+        const int lane = 2 * q + (P % 16 >= 8 ? 1 : 0), i = 8 * (P / 16) + P % 8;
+        const int j = i / 2, element = 16 * j + 8 * (i % 2) + lane;
+        idx[q][P] = static_cast<uint8_t>(element % 128);
+        if (q == 0 && j >= 8) from_high |= uint64_t{1} << P;
+      }
+  }
+};
+constexpr CodeIndex kCodeIndex;
+
+// bf16 bits of the e4m3 magnitudes 0..127 (code 0x7F, NaN, is never decoded: gemm.h), as two
+// 64-entry byte tables each for the high and the low byte. Subnormal codes are normal bf16s.
+struct Bf16Bytes {
+  alignas(64) uint8_t hi[128] = {}, lo[128] = {};
+  constexpr Bf16Bytes() {
+    for (int m = 0; m < 128; ++m) {
+      const int e = m >> 3, f = m & 7;
+      uint32_t bits = 0;
+      if (e > 0) {
+        bits = static_cast<uint32_t>(e - 7 + 127) << 7 | static_cast<uint32_t>(f) << 4;
+      } else if (f > 0) {  // f / 8 * 2^-6: the leading bit of f sets the exponent
+        const int top = f >= 4 ? 2 : f >= 2 ? 1 : 0;
+        bits = static_cast<uint32_t>(top - 9 + 127) << 7 | static_cast<uint32_t>((f << (7 - top)) & 0x7F);
+      }
+      hi[m] = static_cast<uint8_t>(bits >> 8);
+      lo[m] = static_cast<uint8_t>(bits & 0xFF);
+    }
+  }
+};
+constexpr Bf16Bytes kBf16Bytes;
+
+// Row `codes` (K codes; scales: the row's block scale bytes) into its tile rows: for step s,
+// lane d, the 64 bytes at out + (s * 8 + d) * tile_dw, exact bf16 of e4m3 * sw.
+inline void convert_row(const uint8_t* codes, const uint8_t* scales, int steps, uint32_t* out, int tile_dw) {
+  const __m512i hi0 = _mm512_load_si512(kBf16Bytes.hi), hi1 = _mm512_load_si512(kBf16Bytes.hi + 64);
+  const __m512i lo0 = _mm512_load_si512(kBf16Bytes.lo), lo1 = _mm512_load_si512(kBf16Bytes.lo + 64);
+  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
+  for (int s = 0; s < steps; ++s) {
+    const uint8_t* c = codes + s * kFp8StepK;
+    const __m512i in0 = _mm512_loadu_si512(c), in1 = _mm512_loadu_si512(c + 64);
+    const __m512i in2 = _mm512_loadu_si512(c + 128), in3 = _mm512_loadu_si512(c + 192);
+    // Words 0..15 of a lane row are block 2s, 16..31 block 2s + 1: their scales' exponents.
+    const __m512i delta = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>((scales[2 * s] - 127) * 128)),
+                                             _mm256_set1_epi16(static_cast<short>((scales[2 * s + 1] - 127) * 128)), 1);
+    for (int q = 0; q < 4; ++q) {
+      const __m512i idx = _mm512_load_si512(kCodeIndex.idx[q]);
+      const __m512i z = _mm512_mask_blend_epi8(kCodeIndex.from_high, _mm512_permutex2var_epi8(in0, idx, in1),
+                                               _mm512_permutex2var_epi8(in2, idx, in3));
+      const __m512i h = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi0, z, hi1), z, sign, 0xF8);  // | sign
+      const __m512i l = _mm512_permutex2var_epi8(lo0, z, lo1);
+      __m512i w0 = _mm512_unpacklo_epi8(l, h), w1 = _mm512_unpackhi_epi8(l, h);
+      w0 = _mm512_mask_add_epi16(w0, _mm512_test_epi16_mask(w0, magnitude), w0, delta);
+      w1 = _mm512_mask_add_epi16(w1, _mm512_test_epi16_mask(w1, magnitude), w1, delta);
+      _mm512_store_si512(out + static_cast<size_t>(s * kLanes + 2 * q) * tile_dw, w0);
+      _mm512_store_si512(out + static_cast<size_t>(s * kLanes + 2 * q + 1) * tile_dw, w1);
+    }
+  }
+}
+
+// One (lane, pair of row blocks, pair of token blocks) chain over all steps: C tiles 0..3
+// (row block i, token block k at 2 i + k), A (weights) in tiles 4, 5, B (activations) in 6, 7.
+// NR, NT: how many of the two row / token blocks are real.
+template <int NR, int NT>
+inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b0, const uint32_t* b1, int steps,
+                       int a_step_dw, int b_step_dw, float* c) {
+  _tile_zero(0);
+  if constexpr (NT > 1) _tile_zero(1);
+  if constexpr (NR > 1) _tile_zero(2);
+  if constexpr (NR > 1 && NT > 1) _tile_zero(3);
+  for (int s = 0; s < steps; ++s) {
+    DSV4_TILE_LOAD(4, a0 + static_cast<size_t>(s) * a_step_dw, 64);
+    DSV4_TILE_LOAD(6, b0 + static_cast<size_t>(s) * b_step_dw, 64);
+    if constexpr (NT > 1) DSV4_TILE_LOAD(7, b1 + static_cast<size_t>(s) * b_step_dw, 64);
+    if constexpr (NR > 1) DSV4_TILE_LOAD(5, a1 + static_cast<size_t>(s) * a_step_dw, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NT > 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (NR > 1) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (NR > 1 && NT > 1) _tile_dpbf16ps(3, 5, 7);
+  }
+  DSV4_TILE_STORE(0, c, 64);
+  if constexpr (NT > 1) DSV4_TILE_STORE(1, c + kTileDw, 64);
+  if constexpr (NR > 1) DSV4_TILE_STORE(2, c + 2 * kTileDw, 64);
+  if constexpr (NR > 1 && NT > 1) DSV4_TILE_STORE(3, c + 3 * kTileDw, 64);
+}
+
+// Same rounding as numerics.h bf16_round (kept local, see above).
+inline float bf16_round_local(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    u = (u | 0x400000u) & 0xffff0000u;
+  else
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace
+
+bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work) {
+  const int steps = K / kFp8StepK;
+  __mmask16 bad = 0;
+  const __m512i low = _mm512_set1_epi32(0xFFFF), high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512i exp_field = _mm512_set1_epi32(0x7F800000), min_exp = _mm512_set1_epi32(71 << 23);
+  for (int s = 0; s < steps; ++s) {
+    // work[t][j][d]: token t's pair (j, d) of this step, from its chunk j's two 8-element halves.
+    for (int t = 0; t < 16; ++t)
+      for (int j = 0; j < 16; ++j) {
+        __m512i v = _mm512_setzero_si512();
+        if (t < rows) v = _mm512_loadu_si512(x + static_cast<size_t>(t) * x_stride + s * kFp8StepK + 16 * j);
+        // Not a bf16 (low bits set), or a nonzero below 2^-56 / a denormal (bf16_dp_exact).
+        const __m512i e = _mm512_and_si512(v, exp_field);
+        bad |= _mm512_test_epi32_mask(v, low) | _mm512_cmpeq_epi32_mask(e, exp_field) |
+               (_mm512_cmplt_epu32_mask(e, min_exp) & _mm512_test_epi32_mask(v, _mm512_set1_epi32(0x7FFFFFFF)));
+        const __m512i d = _mm512_or_si512(_mm512_srli_epi32(v, 16), _mm512_and_si512(_mm512_shuffle_i32x4(v, v, 0x4E), high));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(work + t * 128 + j * 8), _mm512_castsi512_si256(d));
+      }
+    // Tile rows: for lane d, pair j, the 16 tokens' dwords.
+    const __m512i token = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32(128));
+    for (int d = 0; d < kLanes; ++d)
+      for (int j = 0; j < 16; ++j)
+        _mm512_storeu_si512(out + (static_cast<size_t>(s) * kLanes + d) * kTileDw + j * 16,
+                            _mm512_i32gather_epi32(_mm512_add_epi32(token, _mm512_set1_epi32(j * 8 + d)), work, 4));
+  }
+  return bad == 0;
+}
+
+void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
+  amx::configure_full_tiles();
+  const int steps = p.K / kFp8StepK;
+  const int token_blocks = (p.M + 15) / 16;
+  const int group = amx_group_rows(p.K);
+  // Tile rows of a group: [row block][step][lane] tiles, so that a lane's tiles of consecutive
+  // steps are kLanes tiles apart; then the C tiles of one (lane) x 2 x 2 block per lane.
+  uint32_t* wt = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
+  const size_t block_dw = static_cast<size_t>(steps) * kLanes * kTileDw;  // one row block's tiles
+  const int b_step_dw = kLanes * kTileDw, a_step_dw = kLanes * kTileDw;
+  for (int g0 = n0; g0 < n1; g0 += group) {
+    const int g1 = g0 + group < n1 ? g0 + group : n1;
+    const int row_blocks = (g1 - g0 + 15) / 16;
+    for (int r = 0; r < row_blocks * 16; ++r) {
+      uint32_t* out = wt + static_cast<size_t>(r / 16) * block_dw + (r % 16) * 16;
+      if (g0 + r < g1) {
+        const int n = g0 + r;
+        if (n + 2 < p.row_end)  // the row after next asked for while this one converts
+          for (int off = 0; off < p.K; off += 64) _mm_prefetch(reinterpret_cast<const char*>(p.w) + static_cast<size_t>(n + 2) * p.K + off, _MM_HINT_T0);
+        convert_row(p.w + static_cast<size_t>(n) * p.K, p.ws + static_cast<size_t>(n / 128) * p.nb, steps, out, kTileDw);
+      } else {
+        for (int t = 0; t < steps * kLanes; ++t) _mm512_store_si512(out + static_cast<size_t>(t) * kTileDw, _mm512_setzero_si512());
+      }
+    }
+    for (int tb = 0; tb < token_blocks; tb += 2) {
+      const int nt = token_blocks - tb >= 2 ? 2 : 1;
+      const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
+      const uint32_t* b1 = b0 + block_dw;
+      for (int rb = 0; rb < row_blocks; rb += 2) {
+        const int nr = row_blocks - rb >= 2 ? 2 : 1;
+        const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
+        const uint32_t* a1 = a0 + block_dw;
+        for (int d = 0; d < kLanes; ++d) {
+          float* c = cbuf + d * 4 * kTileDw;
+          const int off = d * kTileDw;
+          if (nr == 2 && nt == 2)
+            lane_chain<2, 2>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
+          else if (nr == 2)
+            lane_chain<2, 1>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
+          else if (nt == 2)
+            lane_chain<1, 2>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
+          else
+            lane_chain<1, 1>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
+        }
+        // The tree of gemm.h over the lanes, 16 tokens per vector (lanes 8..15 are +0).
+        for (int i = 0; i < nr; ++i)
+          for (int k = 0; k < nt; ++k)
+            for (int r = 0; r < 16; ++r) {
+              const int n = g0 + (rb + i) * 16 + r;
+              if (n >= g1) break;
+              __m512 l[16];
+              for (int d = 0; d < kLanes; ++d) l[d] = _mm512_loadu_ps(cbuf + (d * 4 + 2 * i + k) * kTileDw + r * 16);
+              for (int d = 0; d < kLanes; ++d) l[d] = _mm512_add_ps(l[d], _mm512_setzero_ps());
+              for (int h = 4; h >= 1; h /= 2)
+                for (int d = 0; d < h; ++d) l[d] = _mm512_add_ps(l[d], l[d + h]);
+              alignas(64) float o[16];
+              _mm512_store_ps(o, l[0]);
+              for (int t = 0; t < 16; ++t) {
+                const int m = (tb + k) * 16 + t;
+                if (m >= p.M) break;
+                p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round_local(o[t]) : o[t];
+              }
+            }
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace dsv4::gemm_detail
