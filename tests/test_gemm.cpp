@@ -325,7 +325,8 @@ TEST(Gemm, Fp4AllPathsBitIdentical) {
   std::mt19937 rng(2);
   const Shape shapes[] = {{1, 300, 1024}, {2, 129, 96}, {3, 17, 160}, {17, 65, 4096}, {4, 31, 32}, {6, 50, 288},
                           {1, 33, 640}, {2, 20, 928},  // (runs of 4 blocks cut short: 5 and 7 full blocks)
-                          {37, 33, 384}, {36, 20, 2304}};  // (several M blocks; K chunks 1024, 1024, 256)
+                          {37, 33, 384}, {36, 20, 2304},  // (several M blocks; K chunks 1024, 1024, 256)
+                          {48, 16, 128}, {50, 33, 1024}, {80, 70, 512}};  // (AMX: 1-5 token and row blocks)
   for (Shape s : shapes) {
     auto d = make_fp4(rng, s.N, s.K);
     const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);
@@ -1049,7 +1050,7 @@ TEST(Gemm, Fp4ScalesInTheWeightsKeepTheExactOrder) {
   for (uint8_t& c : d.w)  // many codes of magnitude 0.5 (1, 9): the smallest nonzero products
     if (rng() % 2) c = static_cast<uint8_t>((c & 0xF0) | (rng() % 2 ? 1 : 9));
   for (const char* acts : {"tiny", "huge"})
-    for (int M : {4, 9, 13}) {
+    for (int M : {4, 9, 13, 50}) {  // (50: AMX where the CPU has it, the unfoldable panels beside it)
       auto x = rand_act(rng, static_cast<size_t>(M) * K);
       for (int m = 0; m < M; ++m)
         for (int k = 0; k < K; ++k) {

@@ -121,6 +121,23 @@ PaddedRows pad_rows(const float* x, int M, int K, int x_stride, int kp) {
   return r;
 }
 
+// Whether rows [n0, n1) of an FP4 product have every group scale byte in kFp4FoldMinByte ..
+// p.fp4_fold_max_byte (their scales fold into bf16 weights: gemm.h).
+bool fp4_rows_foldable(const gd::Problem& p, int n0, int n1) {
+  if (p.fp4_fold_max_byte < gd::kFp4FoldMinByte) return false;
+  const uint8_t* s = p.ws + static_cast<size_t>(n0) * (p.K / 32);
+  const auto [lo, hi] = std::minmax_element(s, s + static_cast<size_t>(n1 - n0) * (p.K / 32));
+  return *lo >= gd::kFp4FoldMinByte && *hi <= p.fp4_fold_max_byte;
+}
+
+// The largest scale byte whose FP4 weights may fold for activations whose largest exponent field
+// is top (gemm.h kFp4FoldMinByte): |a| < 2^ea, so a partial is below 48 * 2^ea unscaled and
+// 48 * 2^ea * sw scaled; both stay below 2^127 for ea <= 121 and sw <= 2^(121 - ea). 0: none.
+int fp4_fold_max_byte(uint32_t top) {
+  const int ea = static_cast<int>(top >> 23) - 126;
+  return ea <= 121 ? std::min(gd::kFp4FoldMaxByte, 127 + 121 - std::max(ea, 0)) : 0;
+}
+
 // Runs rows [row_begin, row_end) in panels of kPanelRows, split over the pool.
 // One product ready to run: its problem (activations prepared) and the rows it computes.
 // simd_ok = false keeps it on the scalar reference (weight scales outside the range the SIMD
@@ -194,7 +211,23 @@ void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
       if (j.simd_ok && j.p.a_amx && isa == Isa::Avx512) {  // all of the chunk's panels at once
         const int n0 = j.row_begin + static_cast<int>(pi - starts[i]) * gd::kPanelRows;
         const int n1 = std::min(j.row_end, j.row_begin + static_cast<int>(run_end - starts[i]) * gd::kPanelRows);
-        gd::rows_amx_fp8(j.p, n0, n1, scratch.data());
+        if (j.p.kind != gd::Kind::Fp4) {
+          gd::rows_amx_fp8(j.p, n0, n1, scratch.data());
+        } else {  // runs of panels whose scales fold; the others through the fp32 tiles
+          gd::Problem plain = j.p;
+          plain.a_amx = nullptr;
+          for (int a = n0; a < n1;) {
+            int b = a;
+            while (b < n1 && fp4_rows_foldable(j.p, b, std::min(n1, b + gd::kPanelRows))) b = std::min(n1, b + gd::kPanelRows);
+            if (b > a) {
+              gd::rows_amx_fp4(j.p, a, b, scratch.data());
+            } else {
+              b = std::min(n1, a + gd::kPanelRows);
+              gd::rows_avx512(plain, a, b, scratch.data());
+            }
+            a = b;
+          }
+        }
         pi = run_end;
         continue;
       }
@@ -440,9 +473,32 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   // FP4: q is permuted per block, vector t holds element 8d + kFp4Order[t].
   // FP4 in integers: small M on the SIMD paths, and the AVX-512 tiles where VDPBF16PS is not
   // the faster instruction (there VPDPWSSD takes 32 products per issue slot against FMA's 16).
-  const bool fp4_ints = kind == gd::Kind::Fp4 && active_isa() != Isa::Scalar &&
+  // (FP4 from kAmxFp4MinM rows: below, converting the codes into tile rows costs more than the
+  // fp32 tiles' whole product.)
+  const bool fp4_amx = kind == gd::Kind::Fp4 && M >= gd::kAmxFp4MinM && amx_tiles(M, k) && k % 128 == 0;
+  const bool fp4_ints = kind == gd::Kind::Fp4 && !fp4_amx && active_isa() != Isa::Scalar &&
                         (M < p.small_m || (active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Fma));
-  if (fp4_ints) {
+  if (fp4_amx) {
+    // The activations as tile rows, and the bound on the scales that fold (panels whose scales
+    // do not fold run the fp32 tiles: run_jobs).
+    const int blocks = (M + 15) / 16;
+    const size_t block_dw = static_cast<size_t>(k) * 16;
+    if (pairs.size() < blocks * block_dw) pairs.resize(blocks * block_dw);
+    std::vector<uint32_t> block_top(static_cast<size_t>(blocks));
+    pool.parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int rows = std::min(16, M - static_cast<int>(b) * 16);
+        const float* a = q.data() + static_cast<size_t>(b) * 16 * p.a_stride;
+        gd::amx_fp4_activation_block(a, rows, p.nb, p.a_stride, pairs.data() + static_cast<size_t>(b) * block_dw);
+        uint32_t top = 0;
+        for (int r = 0; r < rows; ++r)
+          for (int i = 0; i < k; ++i) top = std::max(top, f32_bits(a[static_cast<size_t>(r) * p.a_stride + i]) & 0x7F800000u);
+        block_top[static_cast<size_t>(b)] = top;
+      }
+    });
+    p.a_amx = pairs.data();
+    p.fp4_fold_max_byte = fp4_fold_max_byte(*std::max_element(block_top.begin(), block_top.end()));
+  } else if (fp4_ints) {
     // The activations as exact integers where they have that form (gemm_detail), in one
     // buffer: words (or byte planes), then lane units, then with bytes the lane corrections,
     // then block flags.
@@ -493,10 +549,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
       }
     }, 8);
     p.a_pairs = pairs.data();
-    // Scales in the weights (gemm.h, kFp4FoldMinByte): |a| < 2^ea, so a partial is below 48 * 2^ea
-    // unscaled and 48 * 2^ea * sw scaled; both stay below 2^127 for ea <= 121 and sw <= 2^(121 - ea).
-    const int ea = static_cast<int>(*std::max_element(row_top.begin(), row_top.end()) >> 23) - 126;
-    if (ea <= 121) p.fp4_fold_max_byte = std::min(gd::kFp4FoldMaxByte, 127 + 121 - std::max(ea, 0));
+    p.fp4_fold_max_byte = fp4_fold_max_byte(*std::max_element(row_top.begin(), row_top.end()));
   } else if (fp8_amx) {  // (as the pairs: always exact here)
     fp8_amx_activations(q.data(), M, k, p.a_stride, false, pairs, pool);
     p.a_amx = pairs.data();

@@ -205,9 +205,10 @@ struct Problem {
   bool fp8_gfni = false;
   // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
   bool fp8_nta = false;
-  // FP8 kinds through AMX tiles (rows_amx_fp8): the activations as tile rows, [ceil(M / 16)]
-  // [K / 256][8][16][16] dwords (token block, step, lane d, pair j, token): dword = element
-  // 256 s + 16 j + d (low word), element 256 s + 16 j + 8 + d (high word), as bf16.
+  // Through AMX tiles (rows_amx_fp8, rows_amx_fp4): the activations as tile rows. FP8 kinds:
+  // [ceil(M / 16)][K / 256][8][16][16] dwords (token block, step, lane d, pair j, token): dword =
+  // element 256 s + 16 j + d (low word), element 256 s + 16 j + 8 + d (high word), as bf16.
+  // FP4: amx_fp4_activation_block's layout per token block.
   const uint32_t* a_amx = nullptr;
   // Fp4 through the VDPBF16PS tiles: panels whose scale bytes all lie in kFp4FoldMinByte ..
   // fp4_fold_max_byte take the scales into their bf16 weights (0: none do; see kFp4FoldMinByte).
@@ -288,18 +289,38 @@ inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).tota
 // lane is a tile product chain over the steps, 2 x 2 tiles of 16 rows x 16 tokens at a time; the
 // lanes meet in the tree. Rows [n0, n1) of p (any number of panels); K % kFp8StepK == 0.
 void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch);
-// Rows of weights per group: their tile rows (rows x K bf16) stay in L2 while every token block
-// runs over them. (static: gemm_amx.cpp's copy is compiled for AMX CPUs only.)
-static inline int amx_group_rows(int K) {
-  const int rows = (1 << 19) / (K > 0 ? K : 1) / 32 * 32;
+// FP4 products through TDPBF16PS in their own canonical order, for rows whose group scales fold
+// into bf16 weights (kFp4FoldMinByte .. p.fp4_fold_max_byte): one tile product per lane and
+// 128-block whose 8 pairs each hold one product (element 8d + kFp4Order[u], u = 0..7) and a
+// zero, so the first chain is the block partial from +0 and the second is +0; C + partial is
+// the lane update. A quarter of the tiles' products are used. K % 128 == 0.
+void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch);
+// Rows of weights per group: their tile rows (K x tile_bytes_per_k bytes each) stay in L2 while
+// every token block runs over them. (static: gemm_amx.cpp's copy is compiled for AMX CPUs only.)
+static inline int amx_group_rows(int K, int tile_bytes_per_k) {
+  const int rows = (1 << 20) / (K > 0 ? K : 1) / tile_bytes_per_k / 32 * 32;
   return rows < 32 ? 32 : rows > 128 ? 128 : rows;
 }
-static inline int64_t amx_scratch_floats(int K) { return int64_t{amx_group_rows(K)} * K / 2 + 8 * 4 * 256 + 16; }
+constexpr int kAmxFp8TileBytesPerK = 2, kAmxFp4TileBytesPerK = 4;
+// The fewest rows an FP4 product runs on AMX with: the codes' conversion into tile rows (about a
+// cycle per weight) is paid once per product. Xeon VM with AMX, 2 threads, 4096 -> 2048 with the
+// weights in L3, AMX against the fp32 tiles: M = 16 1.64 / 1.14 ms, 32 2.17 / 2.13, 48 2.71 /
+// 3.10, 512 (dsv4_bench) 445 / 179 GFLOP/s.
+constexpr int kAmxFp4MinM = 48;
+static inline int64_t amx_scratch_floats(int K) {
+  const int64_t fp8 = int64_t{amx_group_rows(K, kAmxFp8TileBytesPerK)} * K * kAmxFp8TileBytesPerK / 4;
+  const int64_t fp4 = int64_t{amx_group_rows(K, kAmxFp4TileBytesPerK)} * K * kAmxFp4TileBytesPerK / 4;
+  return (fp8 > fp4 ? fp8 : fp4) + 16 * 4 * 256 + 16;
+}
 // Rows [0, rows) of x (rows <= 16, K % 256 == 0) as token block tb of p.a_amx (out points at
 // that block): zeros for rows past `rows`. Returns false if a value is not a bf16 or is a
 // nonzero below 2^-56 (bf16_dp_exact; only FP8-as-BF16 takes such inputs), as the VDPBF16PS
 // guard; `work` holds 16 x 128 dwords.
 bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work);
+// The FP4 form (Problem::a_amx for Kind::Fp4): rows [0, rows) of the permuted activations a
+// (fp4_permuted_pos; bf16 values) as token block tb, [nb][16 lanes][8][16 tokens] dwords, the
+// value in the low word and zero in the high one.
+void amx_fp4_activation_block(const float* a, int rows, int nb, int a_stride, uint32_t* out);
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds
 // element 8 d + kFp4Order[t], so that lane vector t meets the t-th element of every lane.

@@ -97,7 +97,7 @@ inline void convert_row(const uint8_t* codes, const uint8_t* scales, int steps, 
 // One (lane, pair of row blocks, pair of token blocks) chain over all steps: C tiles 0..3
 // (row block i, token block k at 2 i + k), A (weights) in tiles 4, 5, B (activations) in 6, 7.
 // NR, NT: how many of the two row / token blocks are real.
-template <int NR, int NT>
+template <int NR, int NT, int kARowBytes = 64>
 inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b0, const uint32_t* b1, int steps,
                        int a_step_dw, int b_step_dw, float* c) {
   _tile_zero(0);
@@ -105,10 +105,10 @@ inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b
   if constexpr (NR > 1) _tile_zero(2);
   if constexpr (NR > 1 && NT > 1) _tile_zero(3);
   for (int s = 0; s < steps; ++s) {
-    DSV4_TILE_LOAD(4, a0 + static_cast<size_t>(s) * a_step_dw, 64);
+    DSV4_TILE_LOAD(4, a0 + static_cast<size_t>(s) * a_step_dw, kARowBytes);
     DSV4_TILE_LOAD(6, b0 + static_cast<size_t>(s) * b_step_dw, 64);
     if constexpr (NT > 1) DSV4_TILE_LOAD(7, b1 + static_cast<size_t>(s) * b_step_dw, 64);
-    if constexpr (NR > 1) DSV4_TILE_LOAD(5, a1 + static_cast<size_t>(s) * a_step_dw, 64);
+    if constexpr (NR > 1) DSV4_TILE_LOAD(5, a1 + static_cast<size_t>(s) * a_step_dw, kARowBytes);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (NT > 1) _tile_dpbf16ps(1, 4, 7);
     if constexpr (NR > 1) _tile_dpbf16ps(2, 5, 6);
@@ -130,6 +130,30 @@ inline float bf16_round_local(float f) {
     u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+// The outputs of up to 2 x 2 blocks of 16 rows (from row n_first, below n_end) x 16 tokens
+// (from token block tb) out of their lane tiles (cbuf: lane d, block 2 i + k at (4 d + 2 i + k)
+// tiles): the tree of gemm.h over 16 lanes, 16 tokens per vector; lanes past `lanes` are +0.
+inline void store_lanes(const Problem& p, const float* cbuf, int lanes, int n_first, int n_end, int tb, int nr, int nt) {
+  for (int i = 0; i < nr; ++i)
+    for (int k = 0; k < nt; ++k)
+      for (int r = 0; r < 16; ++r) {
+        const int n = n_first + i * 16 + r;
+        if (n >= n_end) break;
+        __m512 l[16];
+        for (int d = 0; d < 16; ++d)
+          l[d] = d < lanes ? _mm512_loadu_ps(cbuf + (d * 4 + 2 * i + k) * kTileDw + r * 16) : _mm512_setzero_ps();
+        for (int h = 8; h >= 1; h /= 2)
+          for (int d = 0; d < h; ++d) l[d] = _mm512_add_ps(l[d], l[d + h]);
+        alignas(64) float o[16];
+        _mm512_store_ps(o, l[0]);
+        for (int t = 0; t < 16; ++t) {
+          const int m = (tb + k) * 16 + t;
+          if (m >= p.M) break;
+          p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round_local(o[t]) : o[t];
+        }
+      }
 }
 
 }  // namespace
@@ -167,7 +191,7 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
   amx::configure_full_tiles();
   const int steps = p.K / kFp8StepK;
   const int token_blocks = (p.M + 15) / 16;
-  const int group = amx_group_rows(p.K);
+  const int group = amx_group_rows(p.K, kAmxFp8TileBytesPerK);
   // Tile rows of a group: [row block][step][lane] tiles, so that a lane's tiles of consecutive
   // steps are kLanes tiles apart; then the C tiles of one (lane) x 2 x 2 block per lane.
   uint32_t* wt = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
@@ -208,25 +232,141 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
           else
             lane_chain<1, 1>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
         }
-        // The tree of gemm.h over the lanes, 16 tokens per vector (lanes 8..15 are +0).
-        for (int i = 0; i < nr; ++i)
-          for (int k = 0; k < nt; ++k)
-            for (int r = 0; r < 16; ++r) {
-              const int n = g0 + (rb + i) * 16 + r;
-              if (n >= g1) break;
-              __m512 l[16];
-              for (int d = 0; d < kLanes; ++d) l[d] = _mm512_loadu_ps(cbuf + (d * 4 + 2 * i + k) * kTileDw + r * 16);
-              for (int d = 0; d < kLanes; ++d) l[d] = _mm512_add_ps(l[d], _mm512_setzero_ps());
-              for (int h = 4; h >= 1; h /= 2)
-                for (int d = 0; d < h; ++d) l[d] = _mm512_add_ps(l[d], l[d + h]);
-              alignas(64) float o[16];
-              _mm512_store_ps(o, l[0]);
-              for (int t = 0; t < 16; ++t) {
-                const int m = (tb + k) * 16 + t;
-                if (m >= p.M) break;
-                p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round_local(o[t]) : o[t];
-              }
-            }
+        store_lanes(p, cbuf, kLanes, g0 + rb * 16, g1, tb, nr, nt);
+      }
+    }
+  }
+  _tile_release();
+}
+
+// ---- FP4 ----
+namespace {
+
+// The 8 x 16 dword matrix v[u][d] transposed into 16 runs of 8 (lane d's dwords u = 0..7 at
+// 8 d): three rounds of pairing vector i with i + 4 element by element (a perfect shuffle).
+inline void transpose_8x16(__m512i* v) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int round = 0; round < 3; ++round) {
+    __m512i out[8];
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = _mm512_permutex2var_epi32(v[i], lo, v[i + 4]);
+      out[2 * i + 1] = _mm512_permutex2var_epi32(v[i], hi, v[i + 4]);
+    }
+    for (int i = 0; i < 8; ++i) v[i] = out[i];
+  }
+}
+
+// Row `codes` (K / 2 bytes; scales: its K / 32 group scale bytes, all foldable) into tile rows:
+// for block b, lane d, 8 dwords at out + (b * 16 + d) * tile_dw: dword u = bf16 of e2m1 * sw of
+// element 8 d + kFp4Order[u] in the low word, zero in the high one (e2m1: the bf16 bits of
+// p.e2m1 per nibble).
+inline void convert_row_fp4(const uint8_t* codes, const uint8_t* scales, int nb, const __m512i& e2m1, uint32_t* out,
+                            int tile_dw) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFF);
+  const __m512i nibble = _mm512_set1_epi32(0xF);
+  // Lane d takes the scale of group d / 4: byte d / 4 of the block's four, into every dword.
+  const __m512i group_of = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  for (int b = 0; b < nb; ++b) {
+    const __m512i dw = _mm512_loadu_si512(codes + 64 * b);  // dword d: elements 8d .. 8d+7 as nibbles
+    uint32_t four;
+    std::memcpy(&four, scales + 4 * b, 4);
+    const __m512i bytes = _mm512_permutexvar_epi32(group_of, _mm512_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(four))));
+    const __m512i delta = _mm512_slli_epi32(_mm512_sub_epi32(bytes, _mm512_set1_epi32(127)), 7);
+    __m512i v[8];
+    for (int u = 0; u < 8; ++u) {
+      const __m512i n = _mm512_and_si512(_mm512_srli_epi32(dw, static_cast<unsigned>(4 * kFp4Order[u])), nibble);
+      const __m512i w = _mm512_permutexvar_epi32(n, e2m1);
+      v[u] = _mm512_mask_add_epi32(w, _mm512_test_epi32_mask(w, magnitude), w, delta);
+    }
+    transpose_8x16(v);  // v[k]: lanes 2k and 2k+1, 8 dwords each
+    for (int k = 0; k < 8; ++k) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 16 + 2 * k) * tile_dw), _mm512_castsi512_si256(v[k]));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 16 + 2 * k + 1) * tile_dw),
+                         _mm512_extracti64x4_epi64(v[k], 1));
+    }
+  }
+}
+
+// LDTILECFG for the FP4 tiles: C (0-3) 16 x 64 bytes, A (4, 5) 16 rows of 8 pairs, B (6, 7)
+// 8 rows (pairs) of 16 tokens.
+struct alignas(64) Fp4TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 32, 32, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 8, 8};
+};
+
+}  // namespace
+
+void amx_fp4_activation_block(const float* a, int rows, int nb, int a_stride, uint32_t* out) {
+  // Token t's value of lane d, slot u in block b sits at 128 b + 16 u + d of its permuted row.
+  const __mmask16 real = rows >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << rows) - 1);
+  const __m512i token = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(a_stride));
+  for (int b = 0; b < nb; ++b)
+    for (int d = 0; d < 16; ++d)
+      for (int u = 0; u < 8; ++u) {
+        const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real,
+                                                      _mm512_add_epi32(token, _mm512_set1_epi32(128 * b + 16 * u + d)), a, 4);
+        _mm512_storeu_si512(out + (static_cast<size_t>(b) * 16 + d) * 128 + u * 16, _mm512_srli_epi32(g, 16));
+      }
+}
+
+void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
+  const Fp4TileConfig cfg;
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
+  constexpr int kTile4Dw = 128;  // an A or B tile of this form: 16 x 8 or 8 x 16 dwords
+  const int nb = p.K / 128;
+  const int token_blocks = (p.M + 15) / 16;
+  const int group = amx_group_rows(p.K, kAmxFp4TileBytesPerK);
+  alignas(64) uint32_t table[16];
+  for (int i = 0; i < 16; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &p.e2m1[i], 4);
+    table[i] = bits >> 16;  // (e2m1 values are bf16s)
+  }
+  const __m512i e2m1 = _mm512_load_si512(table);
+  uint32_t* wt = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K);
+  const size_t block_dw = static_cast<size_t>(nb) * 16 * kTile4Dw;  // one row (token) block's tiles
+  const int step_dw = 16 * kTile4Dw;                                 // from one 128-block to the next
+  for (int g0 = n0; g0 < n1; g0 += group) {
+    const int g1 = g0 + group < n1 ? g0 + group : n1;
+    const int row_blocks = (g1 - g0 + 15) / 16;
+    for (int r = 0; r < row_blocks * 16; ++r) {
+      uint32_t* out = wt + static_cast<size_t>(r / 16) * block_dw + (r % 16) * 8;
+      if (g0 + r < g1) {
+        const int n = g0 + r;
+        const uint8_t* codes = p.w + static_cast<size_t>(n) * (p.K / 2);
+        if (n + 2 < p.row_end)
+          for (int off = 0; off < p.K / 2; off += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + p.K + off), _MM_HINT_T0);
+        convert_row_fp4(codes, p.ws + static_cast<size_t>(n) * (p.K / 32), nb, e2m1, out, kTile4Dw);
+      } else {
+        for (int t = 0; t < nb * 16; ++t)
+          _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
+      }
+    }
+    for (int tb = 0; tb < token_blocks; tb += 2) {
+      const int nt = token_blocks - tb >= 2 ? 2 : 1;
+      const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
+      const uint32_t* b1 = b0 + block_dw;
+      for (int rb = 0; rb < row_blocks; rb += 2) {
+        const int nr = row_blocks - rb >= 2 ? 2 : 1;
+        const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
+        const uint32_t* a1 = a0 + block_dw;
+        for (int d = 0; d < 16; ++d) {
+          float* c = cbuf + d * 4 * kTileDw;
+          const int off = d * kTile4Dw;  // (A rows are 32 bytes apart, B rows 64)
+          if (nr == 2 && nt == 2)
+            lane_chain<2, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
+          else if (nr == 2)
+            lane_chain<2, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
+          else if (nt == 2)
+            lane_chain<1, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
+          else
+            lane_chain<1, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
+        }
+        store_lanes(p, cbuf, 16, g0 + rb * 16, g1, tb, nr, nt);
       }
     }
   }
