@@ -92,6 +92,10 @@ TEST(Roofline, GemmPeakIsTheFasterInstruction) {
   xeon.fma_gflops = 352, xeon.dot_gflops = 171;
   EXPECT_EQ(xeon.gemm_peak_gflops(), 352);
   EXPECT_STREQ(xeon.gemm_peak_name(), "FMA");
+  Roofline amx = xeon;  // products on AMX tiles
+  amx.amx_gflops = 7500;
+  EXPECT_EQ(amx.gemm_peak_gflops(), 7500);
+  EXPECT_STREQ(amx.gemm_peak_name(), "AMX");
   Roofline avx2;  // no VDPBF16PS path
   avx2.fma_gflops = 200;
   EXPECT_EQ(avx2.gemm_peak_gflops(), 200);

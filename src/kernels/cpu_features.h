@@ -23,9 +23,8 @@ bool cpu_has_avx512_vbmi_gfni();
 
 // Intel AMX with BF16 tiles (AMX-TILE and AMX-BF16 in CPUID, tile state enabled in XCR0) and,
 // on Linux, the process's permission to use the tile data state, which is requested here once
-// (arch_prctl ARCH_REQ_XCOMP_PERM; kernels before 5.16 refuse it). False elsewhere. The tile
-// instructions' arithmetic is not the GEMMs' canonical order (kernels/tile_dot.h), so the products
-// do not use them yet; the roofline probe reports their peak.
+// (arch_prctl ARCH_REQ_XCOMP_PERM; kernels before 5.16 refuse it). False elsewhere. The FP8 and
+// FP4 products of several rows run on the tiles then (gemm.h gemm_amx_active).
 bool cpu_has_amx_bf16();
 
 // The CPU's vendor is AMD (CPUID "AuthenticAMD"): some memory-access choices of the kernels

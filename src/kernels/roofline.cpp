@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu_features.h"
+#include "kernels/gemm.h"
 
 namespace dsv4 {
 
@@ -123,7 +124,7 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds, const 
                       isa == Isa::Scalar ? 20'000'000 : 50'000'000);
   // (the AVX-512 path is only chosen on CPUs with AVX512_BF16, cpu_features)
   if (isa == Isa::Avx512) r.dot_gflops = peak(roofline_detail::dpbf16_loop_avx512, 30'000'000);
-  if (isa == Isa::Avx512 && cpu_has_amx_bf16())
+  if (isa == Isa::Avx512 && gemm_amx_active())
     r.amx_gflops = peak([](long iters, const float*, float* out) { return roofline_detail::tdpbf16_loop_amx(iters, out); },
                         2'000'000);
   return r;

@@ -14,17 +14,17 @@ struct Roofline {
   double read_gbs = 0;       // GB/s (1e9 bytes)
   double fma_gflops = 0;     // GFLOP/s, counting a multiply-add as 2 flops
   double dot_gflops = 0;     // VDPBF16PS GFLOP/s (32 multiply-adds per instruction); 0 if unused
-  double amx_gflops = 0;     // AMX TDPBF16PS tile products (16 x 16 x 32 per instruction); 0 if
-                             // the CPU has none. Not used by the products (kernels/tile_dot.h).
+  double amx_gflops = 0;     // AMX TDPBF16PS tile products (16 x 16 x 32 per instruction) where
+                             // the products use them (gemm_amx_active()); else 0
   const char* isa = "";
-  // The peak prefill is measured against: the faster of the multiply-add instructions the GEMMs
-  // have a path for. Both paths give the same bits (gemm.h), so the slower instruction's peak
-  // would flatter a kernel that leaves the faster one unused: VDPBF16PS does 32 multiply-adds to
-  // FMA's 16, yet measured 863 GFLOP/s on a Zen 5 VM, well above FMA, and 170 vs FMA's 340 on
-  // a Xeon VM.
+  // The peak prefill is measured against: the fastest of the multiply-add instructions the GEMMs
+  // run on here. All paths give the same bits (gemm.h), so a slower instruction's peak would
+  // flatter a kernel that leaves the faster one unused: VDPBF16PS does 32 multiply-adds to FMA's
+  // 16, yet measured 863 GFLOP/s on a Zen 5 VM, well above FMA, and 170 vs FMA's 340 on a Xeon
+  // VM; AMX tiles (where the products take them) run 15x FMA's peak on a Xeon VM.
   bool dot_is_peak() const { return dot_gflops > fma_gflops; }
-  double gemm_peak_gflops() const { return dot_is_peak() ? dot_gflops : fma_gflops; }
-  const char* gemm_peak_name() const { return dot_is_peak() ? "VDPBF16PS" : "FMA"; }
+  double gemm_peak_gflops() const { return amx_gflops > 0 ? amx_gflops : dot_is_peak() ? dot_gflops : fma_gflops; }
+  const char* gemm_peak_name() const { return amx_gflops > 0 ? "AMX" : dot_is_peak() ? "VDPBF16PS" : "FMA"; }
 };
 
 // bytes: size of the buffer read (default 1 GiB); seconds: minimum time per measurement.

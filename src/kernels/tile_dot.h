@@ -10,9 +10,10 @@
 // c (either element of a pair first), one rounding per pair, or an exact sum of a tile's products
 // did not (tests/test_tile_dot.cpp; docs/performance.md, "AMX tiles").
 //
-// So a tile product adds a partial that starts from zero every 16 pairs. The GEMMs' canonical
-// order (gemm.h) continues each lane's chain over all of K, which these tiles cannot reproduce;
-// using them needs an order built from such partials (docs/performance.md).
+// So a tile product adds a partial that starts from zero every 16 pairs: a chain that continues
+// over all of K cannot be reproduced with them. The GEMMs' canonical orders (gemm.h) are built
+// from such partials: FP8's step order is one tile product per lane and 256 elements, FP4's
+// block partial one tile product with a zero in every pair (gemm_amx.cpp).
 #pragma once
 #include <cstdint>
 
