@@ -15,6 +15,7 @@
 
 #include "kernels/amx_tiles.h"
 #include "kernels/gemm.h"
+#include "kernels/isa_local.h"
 
 namespace dsv4::gemm_detail {
 namespace {
@@ -120,18 +121,6 @@ inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b
   if constexpr (NR > 1 && NT > 1) DSV4_TILE_STORE(3, c + 3 * kTileDw, 64);
 }
 
-// Same rounding as numerics.h bf16_round (kept local, see above).
-inline float bf16_round_local(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    u = (u | 0x400000u) & 0xffff0000u;
-  else
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 // The outputs of up to 2 x 2 blocks of 16 rows (from row n_first, below n_end) x 16 tokens
 // (from token block tb) out of their lane tiles (cbuf: lane d, block 2 i + k at (4 d + 2 i + k)
 // tiles): the tree of gemm.h over 16 lanes, 16 tokens per vector; lanes past `lanes` are +0.
@@ -151,7 +140,7 @@ inline void store_lanes(const Problem& p, const float* cbuf, int lanes, int n_fi
         for (int t = 0; t < 16; ++t) {
           const int m = (tb + k) * 16 + t;
           if (m >= p.M) break;
-          p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? bf16_round_local(o[t]) : o[t];
+          p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? isa_local::bf16_round(o[t]) : o[t];
         }
       }
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels/gemm.h"
+#include "kernels/isa_local.h"
 
 namespace dsv4::gemm_detail {
 namespace {
