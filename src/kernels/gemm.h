@@ -291,9 +291,11 @@ inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).tota
 void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch);
 // FP4 products through TDPBF16PS in their own canonical order, for rows whose group scales fold
 // into bf16 weights (kFp4FoldMinByte .. p.fp4_fold_max_byte): one tile product per lane and
-// 128-block whose 8 pairs each hold one product (element 8d + kFp4Order[u], u = 0..7) and a
-// zero, so the first chain is the block partial from +0 and the second is +0; C + partial is
-// the lane update. A quarter of the tiles' products are used. K % 128 == 0.
+// 128-block over 8 pairs (element 8d + kFp4Order[u], u = 0..7), whose activation tile holds the
+// lane's values in one slot of each pair and zeros in the other, so one chain is the block
+// partial from +0 and the other +0; C + partial is the lane update. The weight tiles hold lanes
+// 2q and 2q+1 in the two slots and serve both. A quarter of the tiles' products are used.
+// K % 128 == 0.
 void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch);
 // Rows of weights per group: their tile rows (K x tile_bytes_per_k bytes each) stay in L2 while
 // every token block runs over them. (static: gemm_amx.cpp's copy is compiled for AMX CPUs only.)
@@ -301,12 +303,12 @@ static inline int amx_group_rows(int K, int tile_bytes_per_k) {
   const int rows = (1 << 20) / (K > 0 ? K : 1) / tile_bytes_per_k / 32 * 32;
   return rows < 32 ? 32 : rows > 128 ? 128 : rows;
 }
-constexpr int kAmxFp8TileBytesPerK = 2, kAmxFp4TileBytesPerK = 4;
-// The fewest rows an FP4 product runs on AMX with: the codes' conversion into tile rows (about a
-// cycle per weight) is paid once per product. Xeon VM with AMX, 2 threads, 4096 -> 2048 with the
-// weights in L3, AMX against the fp32 tiles: M = 16 1.64 / 1.14 ms, 32 2.17 / 2.13, 48 2.71 /
-// 3.10, 512 (dsv4_bench) 445 / 179 GFLOP/s.
-constexpr int kAmxFp4MinM = 48;
+constexpr int kAmxFp8TileBytesPerK = 2, kAmxFp4TileBytesPerK = 2;
+// The fewest rows an FP4 product runs on AMX with: converting the codes into tile rows is paid
+// once per product. Xeon VM with AMX, one thread, 4096 -> 2048 with the weights in L3, AMX
+// against the fp32 tiles: M = 8 1.83 / 1.27 ms, 12 1.88 / 1.73, 16 1.94 / 1.98, 32 2.60 / 3.70,
+// 128 6.90 / 14.1.
+constexpr int kAmxFp4MinM = 16;
 static inline int64_t amx_scratch_floats(int K) {
   const int64_t fp8 = int64_t{amx_group_rows(K, kAmxFp8TileBytesPerK)} * K * kAmxFp8TileBytesPerK / 4;
   const int64_t fp4 = int64_t{amx_group_rows(K, kAmxFp4TileBytesPerK)} * K * kAmxFp4TileBytesPerK / 4;
@@ -319,7 +321,7 @@ static inline int64_t amx_scratch_floats(int K) {
 bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work);
 // The FP4 form (Problem::a_amx for Kind::Fp4): rows [0, rows) of the permuted activations a
 // (fp4_permuted_pos; bf16 values) as token block tb, [nb][16 lanes][8][16 tokens] dwords, the
-// value in the low word and zero in the high one.
+// value in the low word for even lanes, the high word for odd ones, zero in the other.
 void amx_fp4_activation_block(const float* a, int rows, int nb, int a_stride, uint32_t* out);
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds

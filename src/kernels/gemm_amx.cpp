@@ -95,12 +95,12 @@ inline void convert_row(const uint8_t* codes, const uint8_t* scales, int steps, 
   }
 }
 
-// One (lane, pair of row blocks, pair of token blocks) chain over all steps: C tiles 0..3
-// (row block i, token block k at 2 i + k), A (weights) in tiles 4, 5, B (activations) in 6, 7.
-// NR, NT: how many of the two row / token blocks are real.
+// One chain over all steps of up to 2 x 2 tile products: C tiles 0..3 (A i times B k at 2 i + k,
+// stored to c[2 i + k]), A (weights) in tiles 4, 5, B (activations) in 6, 7. NR, NT: how many
+// of the two A / B tiles are real.
 template <int NR, int NT, int kARowBytes = 64>
 inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b0, const uint32_t* b1, int steps,
-                       int a_step_dw, int b_step_dw, float* c) {
+                       int a_step_dw, int b_step_dw, float* const* c) {
   _tile_zero(0);
   if constexpr (NT > 1) _tile_zero(1);
   if constexpr (NR > 1) _tile_zero(2);
@@ -115,10 +115,10 @@ inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b
     if constexpr (NR > 1) _tile_dpbf16ps(2, 5, 6);
     if constexpr (NR > 1 && NT > 1) _tile_dpbf16ps(3, 5, 7);
   }
-  DSV4_TILE_STORE(0, c, 64);
-  if constexpr (NT > 1) DSV4_TILE_STORE(1, c + kTileDw, 64);
-  if constexpr (NR > 1) DSV4_TILE_STORE(2, c + 2 * kTileDw, 64);
-  if constexpr (NR > 1 && NT > 1) DSV4_TILE_STORE(3, c + 3 * kTileDw, 64);
+  DSV4_TILE_STORE(0, c[0], 64);
+  if constexpr (NT > 1) DSV4_TILE_STORE(1, c[1], 64);
+  if constexpr (NR > 1) DSV4_TILE_STORE(2, c[2], 64);
+  if constexpr (NR > 1 && NT > 1) DSV4_TILE_STORE(3, c[3], 64);
 }
 
 // The outputs of up to 2 x 2 blocks of 16 rows (from row n_first, below n_end) x 16 tokens
@@ -210,7 +210,8 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
         const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
         const uint32_t* a1 = a0 + block_dw;
         for (int d = 0; d < kLanes; ++d) {
-          float* c = cbuf + d * 4 * kTileDw;
+          float* const c[4] = {cbuf + d * 4 * kTileDw, cbuf + (d * 4 + 1) * kTileDw, cbuf + (d * 4 + 2) * kTileDw,
+                               cbuf + (d * 4 + 3) * kTileDw};
           const int off = d * kTileDw;
           if (nr == 2 && nt == 2)
             lane_chain<2, 2>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
@@ -231,48 +232,43 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
 // ---- FP4 ----
 namespace {
 
-// The 8 x 16 dword matrix v[u][d] transposed into 16 runs of 8 (lane d's dwords u = 0..7 at
-// 8 d): three rounds of pairing vector i with i + 4 element by element (a perfect shuffle).
-inline void transpose_8x16(__m512i* v) {
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  for (int round = 0; round < 3; ++round) {
-    __m512i out[8];
-    for (int i = 0; i < 4; ++i) {
-      out[2 * i] = _mm512_permutex2var_epi32(v[i], lo, v[i + 4]);
-      out[2 * i + 1] = _mm512_permutex2var_epi32(v[i], hi, v[i + 4]);
-    }
-    for (int i = 0; i < 8; ++i) v[i] = out[i];
+// Row `codes` (K / 2 bytes; scales: its K / 32 group scale bytes, all foldable) into tile rows
+// that serve two lanes: for block b and lane pair q (lanes 2q, 2q+1), 8 dwords at out + (b * 8
+// + q) * tile_dw, dword u = (element 8 (2q) + kFp4Order[u] of lane 2q in the low word, the same
+// of lane 2q+1 in the high word), each the bf16 of e2m1 * sw. Two lane pairs per vector: word i
+// of vector v is lane 4v + 2 (i / 16) + i % 2, slot u = (i % 16) / 2; one byte permute brings
+// every word its code byte, a variable shift and a mask its nibble, a word-table permute its
+// value with the group's scale (lanes 4v .. 4v+3 share one group).
+struct NibbleIndex {
+  alignas(64) uint8_t byte[4][64] = {};
+  alignas(64) uint16_t shift[32] = {};
+  constexpr NibbleIndex() {
+    for (int v = 0; v < 4; ++v)
+      for (int i = 0; i < 32; ++i) {
+        const int lane = 4 * v + 2 * (i / 16) + i % 2, e = kFp4Order[(i % 16) / 2];
+        byte[v][2 * i] = static_cast<uint8_t>(4 * lane + e / 2);
+        byte[v][2 * i + 1] = 0;
+        if (v == 0) shift[i] = static_cast<uint16_t>(4 * (e % 2));
+      }
   }
-}
+};
+constexpr NibbleIndex kNibbleIndex;
 
-// Row `codes` (K / 2 bytes; scales: its K / 32 group scale bytes, all foldable) into tile rows:
-// for block b, lane d, 8 dwords at out + (b * 16 + d) * tile_dw: dword u = bf16 of e2m1 * sw of
-// element 8 d + kFp4Order[u] in the low word, zero in the high one (e2m1: the bf16 bits of
-// p.e2m1 per nibble).
-inline void convert_row_fp4(const uint8_t* codes, const uint8_t* scales, int nb, const __m512i& e2m1, uint32_t* out,
+inline void convert_row_fp4(const uint8_t* codes, const uint8_t* scales, int nb, const __m512i& e2m1_words, uint32_t* out,
                             int tile_dw) {
-  const __m512i magnitude = _mm512_set1_epi32(0x7FFF);
-  const __m512i nibble = _mm512_set1_epi32(0xF);
-  // Lane d takes the scale of group d / 4: byte d / 4 of the block's four, into every dword.
-  const __m512i group_of = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF), low_nibble = _mm512_set1_epi16(0xF);
+  const __m512i shift = _mm512_load_si512(kNibbleIndex.shift);
   for (int b = 0; b < nb; ++b) {
-    const __m512i dw = _mm512_loadu_si512(codes + 64 * b);  // dword d: elements 8d .. 8d+7 as nibbles
-    uint32_t four;
-    std::memcpy(&four, scales + 4 * b, 4);
-    const __m512i bytes = _mm512_permutexvar_epi32(group_of, _mm512_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(four))));
-    const __m512i delta = _mm512_slli_epi32(_mm512_sub_epi32(bytes, _mm512_set1_epi32(127)), 7);
-    __m512i v[8];
-    for (int u = 0; u < 8; ++u) {
-      const __m512i n = _mm512_and_si512(_mm512_srli_epi32(dw, static_cast<unsigned>(4 * kFp4Order[u])), nibble);
-      const __m512i w = _mm512_permutexvar_epi32(n, e2m1);
-      v[u] = _mm512_mask_add_epi32(w, _mm512_test_epi32_mask(w, magnitude), w, delta);
-    }
-    transpose_8x16(v);  // v[k]: lanes 2k and 2k+1, 8 dwords each
-    for (int k = 0; k < 8; ++k) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 16 + 2 * k) * tile_dw), _mm512_castsi512_si256(v[k]));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 16 + 2 * k + 1) * tile_dw),
-                         _mm512_extracti64x4_epi64(v[k], 1));
+    const __m512i cb = _mm512_loadu_si512(codes + 64 * b);  // dword d: elements 8d .. 8d+7 as nibbles
+    for (int v = 0; v < 4; ++v) {
+      const __m512i n = _mm512_and_si512(
+          _mm512_srlv_epi16(_mm512_permutexvar_epi8(_mm512_load_si512(kNibbleIndex.byte[v]), cb), shift), low_nibble);
+      const __m512i w = _mm512_permutexvar_epi16(n, e2m1_words);
+      const __m512i delta = _mm512_set1_epi16(static_cast<short>((scales[4 * b + v] - 127) * 128));
+      const __m512i x = _mm512_mask_add_epi16(w, _mm512_test_epi16_mask(w, magnitude), w, delta);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 8 + 2 * v) * tile_dw), _mm512_castsi512_si256(x));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 8 + 2 * v + 1) * tile_dw),
+                         _mm512_extracti64x4_epi64(x, 1));
     }
   }
 }
@@ -288,16 +284,19 @@ struct alignas(64) Fp4TileConfig {
 }  // namespace
 
 void amx_fp4_activation_block(const float* a, int rows, int nb, int a_stride, uint32_t* out) {
-  // Token t's value of lane d, slot u in block b sits at 128 b + 16 u + d of its permuted row.
+  // Token t's value of lane d, slot u in block b sits at 128 b + 16 u + d of its permuted row;
+  // even lanes take the low word of a pair, odd lanes the high one (the weights' lane pairs).
   const __mmask16 real = rows >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << rows) - 1);
   const __m512i token = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(a_stride));
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int b = 0; b < nb; ++b)
     for (int d = 0; d < 16; ++d)
       for (int u = 0; u < 8; ++u) {
         const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real,
                                                       _mm512_add_epi32(token, _mm512_set1_epi32(128 * b + 16 * u + d)), a, 4);
-        _mm512_storeu_si512(out + (static_cast<size_t>(b) * 16 + d) * 128 + u * 16, _mm512_srli_epi32(g, 16));
+        _mm512_storeu_si512(out + (static_cast<size_t>(b) * 16 + d) * 128 + u * 16,
+                            d % 2 ? _mm512_and_si512(g, high) : _mm512_srli_epi32(g, 16));
       }
 }
 
@@ -308,22 +307,22 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
   const int nb = p.K / 128;
   const int token_blocks = (p.M + 15) / 16;
   const int group = amx_group_rows(p.K, kAmxFp4TileBytesPerK);
-  alignas(64) uint32_t table[16];
-  for (int i = 0; i < 16; ++i) {
+  alignas(64) uint16_t table[32];
+  for (int i = 0; i < 32; ++i) {
     uint32_t bits;
-    std::memcpy(&bits, &p.e2m1[i], 4);
-    table[i] = bits >> 16;  // (e2m1 values are bf16s)
+    std::memcpy(&bits, &p.e2m1[i % 16], 4);
+    table[i] = static_cast<uint16_t>(bits >> 16);  // (e2m1 values are bf16s)
   }
   const __m512i e2m1 = _mm512_load_si512(table);
   uint32_t* wt = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
-  float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K);
-  const size_t block_dw = static_cast<size_t>(nb) * 16 * kTile4Dw;  // one row (token) block's tiles
-  const int step_dw = 16 * kTile4Dw;                                 // from one 128-block to the next
+  float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
+  const size_t a_block_dw = static_cast<size_t>(nb) * 8 * kTile4Dw;   // one row block's weight tiles
+  const size_t b_block_dw = static_cast<size_t>(nb) * 16 * kTile4Dw;  // one token block's activation tiles
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
     const int row_blocks = (g1 - g0 + 15) / 16;
     for (int r = 0; r < row_blocks * 16; ++r) {
-      uint32_t* out = wt + static_cast<size_t>(r / 16) * block_dw + (r % 16) * 8;
+      uint32_t* out = wt + static_cast<size_t>(r / 16) * a_block_dw + (r % 16) * 8;
       if (g0 + r < g1) {
         const int n = g0 + r;
         const uint8_t* codes = p.w + static_cast<size_t>(n) * (p.K / 2);
@@ -331,31 +330,27 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
           for (int off = 0; off < p.K / 2; off += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + p.K + off), _MM_HINT_T0);
         convert_row_fp4(codes, p.ws + static_cast<size_t>(n) * (p.K / 32), nb, e2m1, out, kTile4Dw);
       } else {
-        for (int t = 0; t < nb * 16; ++t)
+        for (int t = 0; t < nb * 8; ++t)
           _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
       }
     }
-    for (int tb = 0; tb < token_blocks; tb += 2) {
-      const int nt = token_blocks - tb >= 2 ? 2 : 1;
-      const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
-      const uint32_t* b1 = b0 + block_dw;
+    for (int tb = 0; tb < token_blocks; ++tb) {
+      const uint32_t* bt = p.a_amx + static_cast<size_t>(tb) * b_block_dw;
       for (int rb = 0; rb < row_blocks; rb += 2) {
         const int nr = row_blocks - rb >= 2 ? 2 : 1;
-        const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
-        const uint32_t* a1 = a0 + block_dw;
-        for (int d = 0; d < 16; ++d) {
-          float* c = cbuf + d * 4 * kTileDw;
-          const int off = d * kTile4Dw;  // (A rows are 32 bytes apart, B rows 64)
-          if (nr == 2 && nt == 2)
-            lane_chain<2, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
-          else if (nr == 2)
-            lane_chain<2, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
-          else if (nt == 2)
-            lane_chain<1, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
+        const uint32_t* a0 = wt + static_cast<size_t>(rb) * a_block_dw;
+        const uint32_t* a1 = a0 + a_block_dw;
+        for (int q = 0; q < 8; ++q) {  // lanes 2q and 2q+1 share their weight tiles
+          // C tile (row block i, lane 2q + k) into lane 2q + k's tiles of the tree (store_lanes).
+          float* const c[4] = {cbuf + (2 * q) * 4 * kTileDw, cbuf + (2 * q + 1) * 4 * kTileDw,
+                               cbuf + ((2 * q) * 4 + 2) * kTileDw, cbuf + ((2 * q + 1) * 4 + 2) * kTileDw};
+          const uint32_t* be = bt + (2 * q) * kTile4Dw;
+          if (nr == 2)
+            lane_chain<2, 2, 32>(a0 + q * kTile4Dw, a1 + q * kTile4Dw, be, be + kTile4Dw, nb, 8 * kTile4Dw, 16 * kTile4Dw, c);
           else
-            lane_chain<1, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, nb, step_dw, step_dw, c);
+            lane_chain<1, 2, 32>(a0 + q * kTile4Dw, a1 + q * kTile4Dw, be, be + kTile4Dw, nb, 8 * kTile4Dw, 16 * kTile4Dw, c);
         }
-        store_lanes(p, cbuf, 16, g0 + rb * 16, g1, tb, nr, nt);
+        store_lanes(p, cbuf, 16, g0 + rb * 16, g1, tb, nr, 1);
       }
     }
   }
