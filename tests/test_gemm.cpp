@@ -13,6 +13,7 @@
 #include <string>
 #include <initializer_list>
 #include <utility>
+#include <tuple>
 #include <vector>
 
 #include "kernels/act_quant.h"
@@ -687,7 +688,9 @@ TEST(Gemm, RowSlicesMatchTheWholeProduct) {
 // columns of the full product, on every path.
 TEST(Gemm, Fp8AsBf16RowsMatchesFull) {
   std::mt19937 rng(4);
-  const int M = 5, N = 400, K = 160, xs = 200, ys = 90;
+  // (the second: AMX tiles where the CPU has them, with their row offsets and strides)
+  for (const auto& [M, K, xs] : {std::tuple{5, 160, 200}, std::tuple{20, 512, 520}}) {
+  const int N = 400, ys = 90;
   auto d = make_fp8(rng, N, K);
   const auto x = rand_act(rng, static_cast<size_t>(M) * xs);
   std::vector<float> xd(static_cast<size_t>(M) * K);
@@ -702,6 +705,7 @@ TEST(Gemm, Fp8AsBf16RowsMatchesFull) {
     for (int m = 0; m < M; ++m)
       for (int n = r0; n < r1; ++n)
         ASSERT_EQ(f32_bits(y[size_t(m) * ys + n - r0]), f32_bits(full[size_t(m) * N + n])) << m << " " << n;
+  }
   }
 }
 

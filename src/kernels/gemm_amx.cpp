@@ -15,7 +15,6 @@
 
 #include "kernels/amx_tiles.h"
 #include "kernels/gemm.h"
-#include "kernels/isa_local.h"
 
 namespace dsv4::gemm_detail {
 namespace {
@@ -121,28 +120,68 @@ inline void lane_chain(const uint32_t* a0, const uint32_t* a1, const uint32_t* b
   if constexpr (NR > 1 && NT > 1) DSV4_TILE_STORE(3, c[3], 64);
 }
 
+// 16 x 16 fp32 transpose in registers: v[r] lane c becomes v[c] lane r.
+inline void transpose_16x16(__m512* v) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+    v[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+    v[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+    v[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(v[8 * i + j], v[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(v[8 * i + j], v[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    v[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    v[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+  }
+}
+
+// isa_local::bf16_round on 16 values.
+inline __m512 bf16_round16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x), top = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+  const __m512i even = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rne = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), even), top);
+  const __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x400000)), top);
+  return _mm512_castsi512_ps(_mm512_mask_mov_epi32(rne, nan, quiet));
+}
+
 // The outputs of up to 2 x 2 blocks of 16 rows (from row n_first, below n_end) x 16 tokens
 // (from token block tb) out of their lane tiles (cbuf: lane d, block 2 i + k at (4 d + 2 i + k)
-// tiles): the tree of gemm.h over 16 lanes, 16 tokens per vector; lanes past `lanes` are +0.
+// tiles): the tree of gemm.h over 16 lanes, 16 tokens per vector (lanes past `lanes` are +0),
+// then a transpose so that each token's 16 outputs are one store.
 inline void store_lanes(const Problem& p, const float* cbuf, int lanes, int n_first, int n_end, int tb, int nr, int nt) {
-  for (int i = 0; i < nr; ++i)
-    for (int k = 0; k < nt; ++k)
+  for (int i = 0; i < nr; ++i) {
+    const int n0 = n_first + i * 16;
+    if (n0 >= n_end) break;
+    const __mmask16 rows = n_end - n0 >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << (n_end - n0)) - 1);
+    for (int k = 0; k < nt; ++k) {
+      __m512 o[16];
       for (int r = 0; r < 16; ++r) {
-        const int n = n_first + i * 16 + r;
-        if (n >= n_end) break;
         __m512 l[16];
         for (int d = 0; d < 16; ++d)
           l[d] = d < lanes ? _mm512_loadu_ps(cbuf + (d * 4 + 2 * i + k) * kTileDw + r * 16) : _mm512_setzero_ps();
         for (int h = 8; h >= 1; h /= 2)
           for (int d = 0; d < h; ++d) l[d] = _mm512_add_ps(l[d], l[d + h]);
-        alignas(64) float o[16];
-        _mm512_store_ps(o, l[0]);
-        for (int t = 0; t < 16; ++t) {
-          const int m = (tb + k) * 16 + t;
-          if (m >= p.M) break;
-          p.y[static_cast<size_t>(m) * p.y_stride + (n - p.row0)] = p.round_bf16 ? isa_local::bf16_round(o[t]) : o[t];
-        }
+        o[r] = l[0];
       }
+      transpose_16x16(o);  // o[t]: token t's outputs for rows n0 .. n0 + 15
+      for (int t = 0; t < 16; ++t) {
+        const int m = (tb + k) * 16 + t;
+        if (m >= p.M) break;
+        _mm512_mask_storeu_ps(p.y + static_cast<size_t>(m) * p.y_stride + (n0 - p.row0), rows,
+                              p.round_bf16 ? bf16_round16(o[t]) : o[t]);
+      }
+    }
+  }
 }
 
 }  // namespace
