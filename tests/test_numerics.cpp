@@ -1,10 +1,9 @@
 // Exact primitives of spec model.md §4: bit-exact against brute-force definitions.
 #include <gtest/gtest.h>
 
-#include <vector>
-
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "kernels/numerics.h"
 
@@ -149,6 +148,33 @@ TEST(Numerics, HadamardMatchesDefinition) {
     EXPECT_NEAR(y[i], s, std::fabs(s) * 0x1p-7 + 1e-6) << i;
     EXPECT_EQ(y[i], bf16_round(y[i]));
   }
+}
+
+// The many-head form gives every head the one-head form's bits (head counts around its 8 chains,
+// values over many binades so that another summation order would change bits).
+TEST(Numerics, QHeadNormHeadsEqualOneHeadAtATime) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int heads : {1, 7, 8, 9, 17, 64}) {
+    std::vector<float> q(static_cast<size_t>(heads) * 512);
+    for (float& v : q) v = bf16_round(std::ldexp(u(rng), static_cast<int>(rng() % 24) - 12));
+    std::vector<float> one = q;
+    for (int h = 0; h < heads; ++h) q_head_norm_bf16(one.data() + static_cast<size_t>(h) * 512, 512, 1e-6f);
+    q_head_norm_bf16(q.data(), heads, 512, 1e-6f);
+    for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(f32_bits(q[i]), f32_bits(one[i])) << heads << " heads, at " << i;
+  }
+}
+
+// bf16_dp_exact accepts zeros and normal bf16s from 2^-56 on, and nothing else.
+TEST(Numerics, Bf16DpExactBounds) {
+  const uint16_t ok[] = {0x0000, 0x8000, 0x2380, 0xA380, 0x3F80, 0x7F7F, 0xFF7F};  // 0, -0, +-2^-56, 1, +-max
+  for (uint16_t v : ok) EXPECT_TRUE(bf16_dp_exact(&v, 1)) << std::hex << v;
+  const uint16_t bad[] = {0x0001, 0x007F, 0x0080, 0x237F, 0xA37F, 0x7F80, 0xFF80, 0x7FC0};  // denormals, < 2^-56, inf, nan
+  for (uint16_t v : bad) EXPECT_FALSE(bf16_dp_exact(&v, 1)) << std::hex << v;
+  std::vector<uint16_t> run(1000, 0x3F80);
+  EXPECT_TRUE(bf16_dp_exact(run.data(), run.size()));
+  run[997] = 0x0001;
+  EXPECT_FALSE(bf16_dp_exact(run.data(), run.size()));
 }
 
 TEST(Numerics, QHeadNormIsBf16Arithmetic) {

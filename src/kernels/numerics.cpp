@@ -188,23 +188,47 @@ void rms_norm(const float* x, const float* w, int n, float eps, float* y) {
   for (int i = 0; i < n; ++i) y[i] = bf16_round(w[i] * (x[i] * r));
 }
 
-void q_head_norm_bf16(float* q, int n, float eps) {
-  float sum = 0.0f;
-  for (int i = 0; i < n; ++i) sum += bf16_round(q[i] * q[i]);
+namespace {
+// The bf16 steps after the sum, then the scaling of one head.
+void q_head_scale(float* q, int n, float eps, float sum) {
   const float m = bf16_round(sum / static_cast<float>(n));
   const float v = bf16_round(m + eps);
   const float r = bf16_round(1.0f / std::sqrt(v));
   for (int i = 0; i < n; ++i) q[i] = bf16_round(q[i] * r);
 }
+}  // namespace
+
+void q_head_norm_bf16(float* q, int n, float eps) {
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) sum += bf16_round(q[i] * q[i]);
+  q_head_scale(q, n, eps, sum);
+}
+
+void q_head_norm_bf16(float* q, int heads, int n, float eps) {
+  constexpr int kChains = 8;
+  int h0 = 0;
+  for (; h0 + kChains <= heads; h0 += kChains) {
+    float sum[kChains] = {};
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < kChains; ++j) {
+        const float x = q[static_cast<size_t>(h0 + j) * n + i];
+        sum[j] += bf16_round(x * x);
+      }
+    for (int j = 0; j < kChains; ++j) q_head_scale(q + static_cast<size_t>(h0 + j) * n, n, eps, sum[j]);
+  }
+  for (; h0 < heads; ++h0) q_head_norm_bf16(q + static_cast<size_t>(h0) * n, n, eps);
+}
 
 bool bf16_dp_exact(const uint16_t* v, size_t n) {
-  // Exponent field 0 (zero or denormal) is fine only for zero; >= 127 - 56 = 71 and < 255.
-  bool ok = true;
+  // Exponent field 0 (zero or denormal) is fine only for zero; >= 127 - 56 = 71 and < 255: a
+  // magnitude of 1 .. 71 * 128 - 1, or of 255 * 128 and up, is not. Branch-free, so that it
+  // vectorises (it runs over every row of every BF16 product).
+  unsigned bad = 0;
   for (size_t i = 0; i < n; ++i) {
-    const unsigned mag = v[i] & 0x7FFFu, e = mag >> 7;
-    ok &= mag == 0 || (e >= 71 && e < 255);
+    const uint16_t mag = static_cast<uint16_t>(v[i] & 0x7FFFu);
+    bad |= static_cast<unsigned>(static_cast<uint16_t>(mag - 1u) < 71u * 128u - 1u) | static_cast<unsigned>(mag >= 255u * 128u);
   }
-  return ok;
+  return bad == 0;
 }
 
 }  // namespace dsv4

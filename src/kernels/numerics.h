@@ -91,8 +91,12 @@ void hadamard128(float* x);
 
 // RMSNorm (§4.1): y = bf16(w * (x * rsqrt(mean(x^2) + eps))). y may alias x.
 void rms_norm(const float* x, const float* w, int n, float eps, float* y);
-// Unweighted per-head q normalisation in bf16 arithmetic (§4.2), in place.
+// Unweighted per-head q normalisation in bf16 arithmetic (§4.2), in place: the sum of the
+// bf16-rounded squares in index order, then the bf16 steps. The second form takes `heads`
+// consecutive heads of n values and gives each exactly the first form's bits (their sums run
+// side by side: one head's chain is bound by the add latency).
 void q_head_norm_bf16(float* q, int n, float eps);
+void q_head_norm_bf16(float* q, int heads, int n, float eps);
 
 // True when every value is zero or a finite bf16 with magnitude >= 2^-56. For such activations
 // and weights every product (and every sum of products) is zero or a normal fp32, so VDPBF16PS,

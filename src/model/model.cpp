@@ -362,11 +362,8 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     for (int64_t t = t0; t < t1; ++t) {
       const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
       const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
-      for (int h = 0; h < H; ++h) {
-        float* qh = q + (static_cast<size_t>(t) * H + h) * Dh;
-        q_head_norm_bf16(qh, Dh, eps);
-        apply_rope(qh + Dn, cs, sn, Dr / 2, false);
-      }
+      q_head_norm_bf16(q + static_cast<size_t>(t) * H * Dh, H, Dh, eps);
+      for (int h = 0; h < H; ++h) apply_rope(q + (static_cast<size_t>(t) * H + h) * Dh + Dn, cs, sn, Dr / 2, false);
       float* k = kv.data() + static_cast<size_t>(t) * Dh;
       rms_norm(k, aw.kv_norm.data(), Dh, eps, k);
       apply_rope(k + Dn, cs, sn, Dr / 2, false);
