@@ -746,27 +746,27 @@ int gemm_small_m_limit() {
 void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
   gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
   // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
-  // FMA back ends, bf16 words in natural order for the VDPBF16PS one.
+  // FMA back ends, and where the VDPBF16PS back ends may run (AVX-512: small M, or the pair
+  // tiles) bf16 words in natural order, checked for that path's exactness.
+  const bool pairs_possible = W.dp_exact && active_isa() == Isa::Avx512 && (M < p.small_m || pair_tiles(M));
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
   AlignedVector<float> perm(static_cast<size_t>(M) * stride, 0.0f);
-  AlignedVector<uint32_t> pairs(static_cast<size_t>(M) * p.kp / 2, 0u);
+  AlignedVector<uint32_t> pairs(pairs_possible ? static_cast<size_t>(M) * p.kp / 2 : 0, 0u);
   uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
   std::vector<char> row_ok(static_cast<size_t>(M), 1);
   pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      for (int k = 0; k < W.k; ++k) {
-        const float v = x[static_cast<size_t>(m) * W.k + k];
-        perm[static_cast<size_t>(m) * stride + gd::bf16_permuted_pos(k)] = v;
-        words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(v) >> 16);
-      }
+      for (int k = 0; k < W.k; ++k)
+        perm[static_cast<size_t>(m) * stride + gd::bf16_permuted_pos(k)] = x[static_cast<size_t>(m) * W.k + k];
+      if (!pairs_possible) continue;
+      for (int k = 0; k < W.k; ++k)
+        words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(x[static_cast<size_t>(m) * W.k + k]) >> 16);
       row_ok[static_cast<size_t>(m)] = bf16_dp_exact(words + static_cast<size_t>(m) * p.kp, static_cast<size_t>(p.kp));
     }
   }, 8);
   p.a = perm.data();
   p.a_stride = static_cast<int>(stride);
-  if (W.dp_exact && (M < p.small_m || pair_tiles(M)) &&
-      std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; }))
-    p.a_pairs = pairs.data();
+  if (pairs_possible && std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; })) p.a_pairs = pairs.data();
   p.w = reinterpret_cast<const uint8_t*>(W.w);
   p.y = y;
   p.y_stride = W.n;
