@@ -136,9 +136,10 @@ void register_bench(CLI::App& app) {
     const ModelConfig& c = m.config();
     if (frontiers.back() + decode_tokens * static_cast<int64_t>(frontiers.size()) > c.max_position_embeddings)
       throw Error("--frontiers exceed the model's max_position_embeddings");
-    std::printf("model %s (%s), %d threads, ISA %s%s%s\n", dir.c_str(), c.family_name().c_str(), m.pool().size(),
+    std::printf("model %s (%s), %d threads, ISA %s%s%s%s\n", dir.c_str(), c.family_name().c_str(), m.pool().size(),
                 isa_name(active_isa()), active_isa() == Isa::Avx512 ? ", prefill tiles " : "",
-                active_isa() == Isa::Avx512 ? gemm_tiles_name(active_gemm_tiles()) : "");
+                active_isa() == Isa::Avx512 ? gemm_tiles_name(active_gemm_tiles()) : "",
+                active_isa() == Isa::Avx512 && gemm_amx_active() ? ", AMX tiles for FP8 and FP4 products of several rows" : "");
     // Read bandwidth over the mapped output head (the largest tensor decode streams, resident
     // once prefaulted): the same pages the decode reads. It is measured again right before each
     // frontier's decode, and the ratio is taken against that: this VM's bandwidth drifts by tens
