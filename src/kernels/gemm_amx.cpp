@@ -184,6 +184,33 @@ inline void store_lanes(const Problem& p, const float* cbuf, int lanes, int n_fi
   }
 }
 
+// The products' scratch, 64-byte aligned for the tiles: the weight tile rows of a group, then
+// the C tiles (gemm.h amx_scratch_floats).
+inline uint32_t* tile_scratch(float* scratch) {
+  return reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+}
+
+// The weight tile rows of rows [g0, g1), whole 16-row blocks: row r at wt + (r / 16) * block_dw +
+// (r % 16) * row_dw through convert(n, out), the row after next (row_bytes of codes) asked for
+// while one converts; zero(out) for the rows past g1.
+template <class Convert, class Zero>
+inline void convert_group(const Problem& p, int g0, int g1, size_t row_bytes, uint32_t* wt, size_t block_dw, int row_dw,
+                          Convert convert, Zero zero) {
+  const int rows = (g1 - g0 + 15) / 16 * 16;
+  for (int r = 0; r < rows; ++r) {
+    uint32_t* out = wt + static_cast<size_t>(r / 16) * block_dw + static_cast<size_t>(r % 16) * row_dw;
+    const int n = g0 + r;
+    if (n < g1) {
+      if (n + 2 < p.row_end)
+        for (size_t off = 0; off < row_bytes; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(p.w) + static_cast<size_t>(n + 2) * row_bytes + off, _MM_HINT_T0);
+      convert(n, out);
+    } else {
+      zero(out);
+    }
+  }
+}
+
 }  // namespace
 
 bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work) {
@@ -222,24 +249,21 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
   const int group = amx_group_rows(p.K, kAmxFp8TileBytesPerK);
   // Tile rows of a group: [row block][step][lane] tiles, so that a lane's tiles of consecutive
   // steps are kLanes tiles apart; then the C tiles of one (lane) x 2 x 2 block per lane.
-  uint32_t* wt = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  uint32_t* wt = tile_scratch(scratch);
   float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
   const size_t block_dw = static_cast<size_t>(steps) * kLanes * kTileDw;  // one row block's tiles
   const int b_step_dw = kLanes * kTileDw, a_step_dw = kLanes * kTileDw;
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
     const int row_blocks = (g1 - g0 + 15) / 16;
-    for (int r = 0; r < row_blocks * 16; ++r) {
-      uint32_t* out = wt + static_cast<size_t>(r / 16) * block_dw + (r % 16) * 16;
-      if (g0 + r < g1) {
-        const int n = g0 + r;
-        if (n + 2 < p.row_end)  // the row after next asked for while this one converts
-          for (int off = 0; off < p.K; off += 64) _mm_prefetch(reinterpret_cast<const char*>(p.w) + static_cast<size_t>(n + 2) * p.K + off, _MM_HINT_T0);
-        convert_row(p.w + static_cast<size_t>(n) * p.K, p.ws + static_cast<size_t>(n / 128) * p.nb, steps, out, kTileDw);
-      } else {
-        for (int t = 0; t < steps * kLanes; ++t) _mm512_store_si512(out + static_cast<size_t>(t) * kTileDw, _mm512_setzero_si512());
-      }
-    }
+    convert_group(
+        p, g0, g1, static_cast<size_t>(p.K), wt, block_dw, 16,
+        [&](int n, uint32_t* out) {
+          convert_row(p.w + static_cast<size_t>(n) * p.K, p.ws + static_cast<size_t>(n / 128) * p.nb, steps, out, kTileDw);
+        },
+        [&](uint32_t* out) {
+          for (int t = 0; t < steps * kLanes; ++t) _mm512_store_si512(out + static_cast<size_t>(t) * kTileDw, _mm512_setzero_si512());
+        });
     for (int tb = 0; tb < token_blocks; tb += 2) {
       const int nt = token_blocks - tb >= 2 ? 2 : 1;
       const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
@@ -353,26 +377,23 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
     table[i] = static_cast<uint16_t>(bits >> 16);  // (e2m1 values are bf16s)
   }
   const __m512i e2m1 = _mm512_load_si512(table);
-  uint32_t* wt = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  uint32_t* wt = tile_scratch(scratch);
   float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
   const size_t a_block_dw = static_cast<size_t>(nb) * 8 * kTile4Dw;   // one row block's weight tiles
   const size_t b_block_dw = static_cast<size_t>(nb) * 16 * kTile4Dw;  // one token block's activation tiles
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
     const int row_blocks = (g1 - g0 + 15) / 16;
-    for (int r = 0; r < row_blocks * 16; ++r) {
-      uint32_t* out = wt + static_cast<size_t>(r / 16) * a_block_dw + (r % 16) * 8;
-      if (g0 + r < g1) {
-        const int n = g0 + r;
-        const uint8_t* codes = p.w + static_cast<size_t>(n) * (p.K / 2);
-        if (n + 2 < p.row_end)
-          for (int off = 0; off < p.K / 2; off += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + p.K + off), _MM_HINT_T0);
-        convert_row_fp4(codes, p.ws + static_cast<size_t>(n) * (p.K / 32), nb, e2m1, out, kTile4Dw);
-      } else {
-        for (int t = 0; t < nb * 8; ++t)
-          _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
-      }
-    }
+    convert_group(
+        p, g0, g1, static_cast<size_t>(p.K) / 2, wt, a_block_dw, 8,
+        [&](int n, uint32_t* out) {
+          convert_row_fp4(p.w + static_cast<size_t>(n) * (p.K / 2), p.ws + static_cast<size_t>(n) * (p.K / 32), nb, e2m1, out,
+                          kTile4Dw);
+        },
+        [&](uint32_t* out) {
+          for (int t = 0; t < nb * 8; ++t)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
+        });
     for (int tb = 0; tb < token_blocks; ++tb) {
       const uint32_t* bt = p.a_amx + static_cast<size_t>(tb) * b_block_dw;
       for (int rb = 0; rb < row_blocks; rb += 2) {
