@@ -327,7 +327,8 @@ TEST(Gemm, Fp4AllPathsBitIdentical) {
   const Shape shapes[] = {{1, 300, 1024}, {2, 129, 96}, {3, 17, 160}, {17, 65, 4096}, {4, 31, 32}, {6, 50, 288},
                           {1, 33, 640}, {2, 20, 928},  // (runs of 4 blocks cut short: 5 and 7 full blocks)
                           {37, 33, 384}, {36, 20, 2304},  // (several M blocks; K chunks 1024, 1024, 256)
-                          {16, 16, 128}, {50, 33, 1024}, {80, 70, 512}};  // (AMX: 1-5 token and row blocks)
+                          {16, 16, 128}, {50, 33, 1024}, {80, 70, 512},  // (AMX: 1-5 token and row blocks)
+                          {1, 70, 2304}, {2, 45, 4096}};  // (small M, two rows per page: strided passes)
   for (Shape s : shapes) {
     auto d = make_fp4(rng, s.N, s.K);
     const auto x = rand_act(rng, static_cast<size_t>(s.M) * s.K);

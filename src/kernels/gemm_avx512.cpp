@@ -165,6 +165,7 @@ inline __m512i fp4_int_table() {  // words 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, ... -
 }
 constexpr bool kFp4IntPairs = true;
 constexpr int kFp4IntRows = 8;  // (VPDPWSSD's latency: 4 rows leave the ports idle)
+constexpr bool kFp4PagedPasses = true;  // (rows_direct_fp4)
 // Lane scales of block b of a row (lane d takes group 4b + d/4) straight from memory, without a
 // register held over blocks (the R-row loop below needs all 32): plain scale bytes (2^(e-127) is
 // e << 23: the byte moved to the top of its dword, then shifted down one) or fp32 scales.
