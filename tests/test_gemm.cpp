@@ -405,6 +405,37 @@ TEST(Gemm, Fp4IntegerBlocksKeepTheCanonicalOrder) {
   }
 }
 
+// Blocks meet in pairs before their lane (gemm.h FP4 order): lane 0's block partials are
+// 1 + 2^-8, 0, 2^-24, 2^-24 (weights 1, scales 1). Block by block into the lane, each 2^-24 is
+// half an ulp of 1 + 2^-8 and rounds away (ties to even), leaving 1 + 2^-8, which bf16 rounds
+// to 1; pairs first give 2^-23, an ulp, kept: 1 + 2^-8 + 2^-23, above the bf16 tie. Pairing
+// blocks 1 and 2 would lose both halves as well. Every path, and every row block and token
+// block size (M = 1, 5, 16 and 33: rows, tiles and AMX where the CPU has them), must give it.
+TEST(Gemm, Fp4BlockPairsMeetBeforeTheirLane) {
+  const int N = 20, K = 512;
+  std::vector<uint8_t> codes(static_cast<size_t>(N) * K / 2, 0), scales(static_cast<size_t>(N) * K / 32, 127);
+  for (int n = 0; n < N; ++n)
+    for (int k : {0, 1, 256, 384}) {
+      uint8_t& byte = codes[static_cast<size_t>(n) * K / 2 + k / 2];
+      byte = static_cast<uint8_t>(byte | (k % 2 ? 0x20 : 0x02));  // e2m1 code 2: 1.0
+    }
+  const Fp4Weight W{codes.data(), scales.data(), N, K};
+  for (int M : {1, 5, 16, 33}) {
+    std::vector<float> x(static_cast<size_t>(M) * K, 0.0f);
+    for (int m = 0; m < M; ++m) {
+      float* row = &x[static_cast<size_t>(m) * K];
+      row[0] = 1.0f;
+      row[1] = 0x1p-8f;
+      row[256] = 0x1p-24f;
+      row[384] = 0x1p-24f;
+    }
+    const auto y = check_all_paths(static_cast<size_t>(M) * N, "fp4 block pairs M=" + std::to_string(M),
+                                   [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), M, W, out.data(), p); });
+    ASSERT_EQ(y.size(), static_cast<size_t>(M) * N);
+    for (float v : y) EXPECT_GT(v, 1.0f + 0x1p-8f) << "M=" << M;
+  }
+}
+
 // The integer form itself: which blocks have one, and that it gives back the values exactly.
 TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
   constexpr int nb = 10;

@@ -364,11 +364,14 @@ void rows_scalar(const Problem& p, int n0, int n1) {
   for (int n = n0; n < n1; ++n) {
     for (int m = 0; m < p.M; ++m) {
       const float* a = p.a + static_cast<size_t>(m) * p.a_stride;
-      float lane[16] = {}, slot[16] = {};
+      float lane[16] = {}, slot[16] = {}, even[16] = {};
       for (int b = 0; b < p.nb; ++b) {
         const int k0 = b * 128, k1 = std::min(p.K, k0 + 128);
         if (p.kind == Kind::Fp4) {
-          // Lane d: elements 8d + kFp4Order[t] unscaled from +0, then times the group's scale.
+          // Lane d: elements 8d + kFp4Order[t] unscaled from +0; times the group's scale. An
+          // even block's scaled partial waits for the odd one's, which adds it in one FMA; the
+          // pair's sum goes to the lane (a lane without elements adds +0; a last even block
+          // alone adds its partial + 0).
           float part[16] = {};
           for (int t = 0; t < 8; ++t)
             for (int d = 0; d < 16; ++d) {
@@ -378,8 +381,15 @@ void rows_scalar(const Problem& p, int n0, int n1) {
               const float w = p.e2m1[(k & 1) ? byte >> 4 : byte & 15];
               part[d] = std::fma(a[k0 + 16 * t + d], w, part[d]);
             }
-          for (int d = 0; d < 16 && k0 + 8 * d < k1; ++d)
-            lane[d] = std::fma(part[d], p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]], lane[d]);
+          for (int d = 0; d < 16; ++d) {
+            const float sw = k0 + 8 * d < k1 ? p.e8m0[p.ws[static_cast<size_t>(n) * (p.K / 32) + (k0 + 8 * d) / 32]] : 1.0f;
+            if (b % 2 == 0)
+              even[d] = part[d] * sw;
+            else
+              lane[d] = lane[d] + std::fma(part[d], sw, even[d]);
+          }
+          if (b % 2 == 0 && b + 1 == p.nb)
+            for (int d = 0; d < 16; ++d) lane[d] = lane[d] + (even[d] + 0.0f);
         } else if (p.kind == Kind::Bf16) {
           // Lane d of each 32-chunk: element 2d+1, then 2d (a is permuted: bf16_permuted_pos).
           const uint16_t* wb = reinterpret_cast<const uint16_t*>(p.w) + static_cast<size_t>(n) * p.K;
@@ -475,14 +485,14 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   // the faster instruction (there VPDPWSSD takes 32 products per issue slot against FMA's 16).
   // (FP4 from kAmxFp4MinM rows: below, converting the codes into tile rows costs more than the
   // fp32 tiles' whole product.)
-  const bool fp4_amx = kind == gd::Kind::Fp4 && M >= gd::kAmxFp4MinM && amx_tiles(M, k) && k % 128 == 0;
+  const bool fp4_amx = kind == gd::Kind::Fp4 && M >= gd::kAmxFp4MinM && amx_tiles(M, k) && k % 256 == 0;
   const bool fp4_ints = kind == gd::Kind::Fp4 && !fp4_amx && active_isa() != Isa::Scalar &&
                         (M < p.small_m || (active_isa() == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Fma));
   if (fp4_amx) {
     // The activations as tile rows, and the bound on the scales that fold (panels whose scales
     // do not fold run the fp32 tiles: run_jobs).
     const int blocks = (M + 15) / 16;
-    const size_t block_dw = static_cast<size_t>(k) * 16;
+    const size_t block_dw = static_cast<size_t>(k) * 8;  // 16 tokens x K / 2 (gemm.h)
     if (pairs.size() < blocks * block_dw) pairs.resize(blocks * block_dw);
     std::vector<uint32_t> block_top(static_cast<size_t>(blocks));
     pool.parallel_for(blocks, [&](int64_t b0, int64_t b1) {

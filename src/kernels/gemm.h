@@ -22,8 +22,12 @@
 //   This is the "dequantise, then one fp32 dot product" form of spec §4.7/4.8: no per-block
 //   scaling in the inner loops (the weights and activations are dequantised exactly).
 // FP4 differs in the lanes: per 128-block, lane d sums elements 8d .. 8d+7 (one ue8m0 scale
-// group) from +0, in the order 8d + kFp4Order[t], t = 0..7, with unscaled e2m1 weights; then
-// lane = fma(part, sw[n, group], lane) (the reference's per-block partial times its scale).
+// group) from +0, in the order 8d + kFp4Order[t], t = 0..7, with unscaled e2m1 weights (the
+// reference's per-block partial, times its scale sw[n, group]). Blocks meet in pairs before
+// their lane: for blocks 2h, 2h+1, lane += fma(part_2h+1, sw_2h+1, part_2h * sw_2h); a last even
+// block alone adds part * sw + 0, and a lane without elements in a shorter last block adds +0.
+// This is what one TDPBF16PS computes when its two slots hold the two blocks (rows_amx_fp4),
+// where one tile product per block used a quarter of the tiles' products.
 // The order within a block is the one VDPBF16PS produces when element pairs (8d+u, 8d+4+u)
 // share a dword: it adds the odd product, then the even one, each rounded (probed at start-up,
 // cpu_features.h). The activations reach the back ends permuted per block (fp4_permuted_pos).
@@ -227,6 +231,7 @@ constexpr int kFp8StepK = 256;
 // the block's activation rows and the lane vectors of its tiles share L1.
 constexpr int kChunkK = 256;
 static_assert(kChunkK == kFp8StepK, "an FP8 chunk of the fp32 tiles is one step of the order");
+static_assert(kChunkK % 256 == 0, "an FP4 chunk of the fp32 tiles holds whole block pairs");
 constexpr int kMBlock = 8;
 // Row stride (floats) of the activation buffers the GEMMs prepare and of the decoded weights:
 // kp plus one chunk. With a stride that is a multiple of 4 KiB (every K of V4 gives one) the
@@ -248,7 +253,8 @@ constexpr int kSliceRows = 256;
 // activation rows (int16 words plus a lane unit per block) also pass through L1 per tile. One
 // core of the Xeon VM, best of 7: M = 12 89 -> 94-99 GFLOP/s, M = 96 the same (98-107).
 constexpr int kFp4IntChunkK = 512;
-static_assert(kFp4IntChunkK <= kPairsChunkK && kFp4IntChunkK % 128 == 0, "an int chunk fits the pairs scratch");
+static_assert(kFp4IntChunkK <= kPairsChunkK && kFp4IntChunkK % 256 == 0 && kPairsChunkK % 256 == 0,
+              "an int chunk fits the pairs scratch; FP4 chunks hold whole block pairs");
 // Weight-scale bounds of the FP8 kinds (ue8m0 bytes): up to 2^7 the fp32 decoders are exact
 // (e4m3 * 2^-120 times 2^120 sw); from 2^-86 (2^-54 for FP8-as-BF16) VDPBF16PS is exact.
 constexpr int kFp8ScaleMaxByte = 127 + 7, kFp8PairsMinByte = 127 - 86, kFp8AsBf16PairsMinByte = 127 - 54;
@@ -272,7 +278,7 @@ struct ScratchLayout {  // offsets (wbuf is at 0) and the total
   int64_t lanes = 0, lsc = 0, row_scales = 0, total = 0;
 };
 inline ScratchLayout scratch_layout(int M, int nb) {
-  static_assert(kPairsChunkK >= 16 * 16, "the FP4 lane stash lives in wbuf");
+  static_assert(kPairsChunkK >= 2 * 16 * 16, "the FP4 lane stash (lanes, waiting partials) lives in wbuf");
   const auto max = [](int64_t a, int64_t b) { return a > b ? a : b; };
   ScratchLayout l;
   l.lanes = kPanelRows * max(kPairsChunkK, act_stride(nb * 128));
@@ -289,13 +295,12 @@ inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).tota
 // lane is a tile product chain over the steps, 2 x 2 tiles of 16 rows x 16 tokens at a time; the
 // lanes meet in the tree. Rows [n0, n1) of p (any number of panels); K % kFp8StepK == 0.
 void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch);
-// FP4 products through TDPBF16PS in their own canonical order, for rows whose group scales fold
-// into bf16 weights (kFp4FoldMinByte .. p.fp4_fold_max_byte): one tile product per lane and
-// 128-block over 8 pairs (element 8d + kFp4Order[u], u = 0..7), whose activation tile holds the
-// lane's values in one slot of each pair and zeros in the other, so one chain is the block
-// partial from +0 and the other +0; C + partial is the lane update. The weight tiles hold lanes
-// 2q and 2q+1 in the two slots and serve both. A quarter of the tiles' products are used.
-// K % 128 == 0.
+// FP4 products through TDPBF16PS in the canonical order, for rows whose group scales fold into
+// bf16 weights (kFp4FoldMinByte .. p.fp4_fold_max_byte): one tile product per lane and block
+// pair over 8 pairs (element 8d + kFp4Order[u], u = 0..7, of block 2h in one slot, of block 2h+1
+// in the other): its two chains from +0 are the two scaled block partials (exact), and C + their
+// sum is the lane update. 2 x 2 tiles of 16 rows x 16 tokens at a time, as FP8; half of the
+// tiles' products are used (8 of 16 pairs). K % 256 == 0.
 void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch);
 // Rows of weights per group: their tile rows (K x tile_bytes_per_k bytes each) stay in L2 while
 // every token block runs over them. (static: gemm_amx.cpp's copy is compiled for AMX CPUs only.)
@@ -320,8 +325,8 @@ static inline int64_t amx_scratch_floats(int K) {
 // guard; `work` holds 16 x 128 dwords.
 bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work);
 // The FP4 form (Problem::a_amx for Kind::Fp4): rows [0, rows) of the permuted activations a
-// (fp4_permuted_pos; bf16 values) as token block tb, [nb][16 lanes][8][16 tokens] dwords, the
-// value in the low word for even lanes, the high word for odd ones, zero in the other.
+// (fp4_permuted_pos; bf16 values; nb even) as token block tb, [nb / 2][16 lanes][8][16 tokens]
+// dwords, block 2h's value in the low word, block 2h+1's in the high word.
 void amx_fp4_activation_block(const float* a, int rows, int nb, int a_stride, uint32_t* out);
 
 // FP4 lane order (see above) and the activation layout of one 128-block: position 16 t + d holds

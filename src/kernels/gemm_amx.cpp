@@ -295,21 +295,21 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
 // ---- FP4 ----
 namespace {
 
-// Row `codes` (K / 2 bytes; scales: its K / 32 group scale bytes, all foldable) into tile rows
-// that serve two lanes: for block b and lane pair q (lanes 2q, 2q+1), 8 dwords at out + (b * 8
-// + q) * tile_dw, dword u = (element 8 (2q) + kFp4Order[u] of lane 2q in the low word, the same
-// of lane 2q+1 in the high word), each the bf16 of e2m1 * sw. Two lane pairs per vector: word i
-// of vector v is lane 4v + 2 (i / 16) + i % 2, slot u = (i % 16) / 2; one byte permute brings
-// every word its code byte, a variable shift and a mask its nibble, a word-table permute its
-// value with the group's scale (lanes 4v .. 4v+3 share one group).
+// Row `codes` (K / 2 bytes; scales: its K / 32 group scale bytes, all foldable) into tile rows,
+// one per lane and block pair: for pair h (blocks 2h, 2h+1) and lane d, 8 dwords at out + (h * 16
+// + d) * tile_dw, dword u = (element 8d + kFp4Order[u] of block 2h in the low word, the same of
+// block 2h+1 in the high word), each the bf16 of e2m1 * sw. Two lanes per vector: word i of
+// vector v is lane 2v + i / 16, slot u = (i % 16) / 2, block 2h + i % 2; one two-source byte
+// permute brings every word its code byte, a variable shift and a mask its nibble, a word-table
+// permute its value, and the exponent add its group's scale (lanes 2v, 2v+1 share one group).
 struct NibbleIndex {
-  alignas(64) uint8_t byte[4][64] = {};
+  alignas(64) uint8_t byte[8][64] = {};
   alignas(64) uint16_t shift[32] = {};
   constexpr NibbleIndex() {
-    for (int v = 0; v < 4; ++v)
+    for (int v = 0; v < 8; ++v)
       for (int i = 0; i < 32; ++i) {
-        const int lane = 4 * v + 2 * (i / 16) + i % 2, e = kFp4Order[(i % 16) / 2];
-        byte[v][2 * i] = static_cast<uint8_t>(4 * lane + e / 2);
+        const int lane = 2 * v + i / 16, e = kFp4Order[(i % 16) / 2];
+        byte[v][2 * i] = static_cast<uint8_t>(4 * lane + e / 2 + 64 * (i % 2));  // (64: the second block)
         byte[v][2 * i + 1] = 0;
         if (v == 0) shift[i] = static_cast<uint16_t>(4 * (e % 2));
       }
@@ -321,16 +321,18 @@ inline void convert_row_fp4(const uint8_t* codes, const uint8_t* scales, int nb,
                             int tile_dw) {
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), low_nibble = _mm512_set1_epi16(0xF);
   const __m512i shift = _mm512_load_si512(kNibbleIndex.shift);
-  for (int b = 0; b < nb; ++b) {
-    const __m512i cb = _mm512_loadu_si512(codes + 64 * b);  // dword d: elements 8d .. 8d+7 as nibbles
-    for (int v = 0; v < 4; ++v) {
+  constexpr __mmask32 kOddWords = 0xAAAAAAAAu;  // the high words: block 2h + 1
+  for (int h = 0; h < nb / 2; ++h) {
+    const __m512i c0 = _mm512_loadu_si512(codes + 128 * h), c1 = _mm512_loadu_si512(codes + 128 * h + 64);
+    for (int v = 0; v < 8; ++v) {
       const __m512i n = _mm512_and_si512(
-          _mm512_srlv_epi16(_mm512_permutexvar_epi8(_mm512_load_si512(kNibbleIndex.byte[v]), cb), shift), low_nibble);
+          _mm512_srlv_epi16(_mm512_permutex2var_epi8(c0, _mm512_load_si512(kNibbleIndex.byte[v]), c1), shift), low_nibble);
       const __m512i w = _mm512_permutexvar_epi16(n, e2m1_words);
-      const __m512i delta = _mm512_set1_epi16(static_cast<short>((scales[4 * b + v] - 127) * 128));
+      const __m512i delta = _mm512_mask_set1_epi16(_mm512_set1_epi16(static_cast<short>((scales[8 * h + v / 2] - 127) * 128)),
+                                                   kOddWords, static_cast<short>((scales[8 * h + 4 + v / 2] - 127) * 128));
       const __m512i x = _mm512_mask_add_epi16(w, _mm512_test_epi16_mask(w, magnitude), w, delta);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 8 + 2 * v) * tile_dw), _mm512_castsi512_si256(x));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(b * 8 + 2 * v + 1) * tile_dw),
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(h * 16 + 2 * v) * tile_dw), _mm512_castsi512_si256(x));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(h * 16 + 2 * v + 1) * tile_dw),
                          _mm512_extracti64x4_epi64(x, 1));
     }
   }
@@ -348,18 +350,19 @@ struct alignas(64) Fp4TileConfig {
 
 void amx_fp4_activation_block(const float* a, int rows, int nb, int a_stride, uint32_t* out) {
   // Token t's value of lane d, slot u in block b sits at 128 b + 16 u + d of its permuted row;
-  // even lanes take the low word of a pair, odd lanes the high one (the weights' lane pairs).
+  // block 2h takes the low word of a pair, block 2h+1 the high one (the weights' block pairs).
   const __mmask16 real = rows >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << rows) - 1);
   const __m512i token = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(a_stride));
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int b = 0; b < nb; ++b)
+  for (int h = 0; h < nb / 2; ++h)
     for (int d = 0; d < 16; ++d)
       for (int u = 0; u < 8; ++u) {
-        const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real,
-                                                      _mm512_add_epi32(token, _mm512_set1_epi32(128 * b + 16 * u + d)), a, 4);
-        _mm512_storeu_si512(out + (static_cast<size_t>(b) * 16 + d) * 128 + u * 16,
-                            d % 2 ? _mm512_and_si512(g, high) : _mm512_srli_epi32(g, 16));
+        const __m512i at = _mm512_add_epi32(token, _mm512_set1_epi32(256 * h + 16 * u + d));
+        const __m512i g0 = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, at, a, 4);
+        const __m512i g1 = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, _mm512_add_epi32(at, _mm512_set1_epi32(128)), a, 4);
+        _mm512_storeu_si512(out + (static_cast<size_t>(h) * 16 + d) * 128 + u * 16,
+                            _mm512_or_si512(_mm512_srli_epi32(g0, 16), _mm512_and_si512(g1, high)));
       }
 }
 
@@ -367,7 +370,8 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
   const Fp4TileConfig cfg;
   asm volatile("ldtilecfg %0" : : "m"(cfg));
   constexpr int kTile4Dw = 128;  // an A or B tile of this form: 16 x 8 or 8 x 16 dwords
-  const int nb = p.K / 128;
+  constexpr int kFp4Lanes = 16;
+  const int pairs = p.K / 256;
   const int token_blocks = (p.M + 15) / 16;
   const int group = amx_group_rows(p.K, kAmxFp4TileBytesPerK);
   alignas(64) uint16_t table[32];
@@ -377,40 +381,48 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
     table[i] = static_cast<uint16_t>(bits >> 16);  // (e2m1 values are bf16s)
   }
   const __m512i e2m1 = _mm512_load_si512(table);
+  // Tiles of a row block, and of a token block: [pair][lane], so that a lane's tiles of
+  // consecutive pairs are kFp4Lanes tiles apart; then the C tiles of one (lane) x 2 x 2 block
+  // per lane.
   uint32_t* wt = tile_scratch(scratch);
   float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
-  const size_t a_block_dw = static_cast<size_t>(nb) * 8 * kTile4Dw;   // one row block's weight tiles
-  const size_t b_block_dw = static_cast<size_t>(nb) * 16 * kTile4Dw;  // one token block's activation tiles
+  const size_t block_dw = static_cast<size_t>(pairs) * kFp4Lanes * kTile4Dw;
+  const int step_dw = kFp4Lanes * kTile4Dw;
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
     const int row_blocks = (g1 - g0 + 15) / 16;
     convert_group(
-        p, g0, g1, static_cast<size_t>(p.K) / 2, wt, a_block_dw, 8,
+        p, g0, g1, static_cast<size_t>(p.K) / 2, wt, block_dw, 8,
         [&](int n, uint32_t* out) {
-          convert_row_fp4(p.w + static_cast<size_t>(n) * (p.K / 2), p.ws + static_cast<size_t>(n) * (p.K / 32), nb, e2m1, out,
+          convert_row_fp4(p.w + static_cast<size_t>(n) * (p.K / 2), p.ws + static_cast<size_t>(n) * (p.K / 32), p.nb, e2m1, out,
                           kTile4Dw);
         },
         [&](uint32_t* out) {
-          for (int t = 0; t < nb * 8; ++t)
+          for (int t = 0; t < pairs * kFp4Lanes; ++t)
             _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
         });
-    for (int tb = 0; tb < token_blocks; ++tb) {
-      const uint32_t* bt = p.a_amx + static_cast<size_t>(tb) * b_block_dw;
+    for (int tb = 0; tb < token_blocks; tb += 2) {
+      const int nt = token_blocks - tb >= 2 ? 2 : 1;
+      const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
+      const uint32_t* b1 = b0 + block_dw;
       for (int rb = 0; rb < row_blocks; rb += 2) {
         const int nr = row_blocks - rb >= 2 ? 2 : 1;
-        const uint32_t* a0 = wt + static_cast<size_t>(rb) * a_block_dw;
-        const uint32_t* a1 = a0 + a_block_dw;
-        for (int q = 0; q < 8; ++q) {  // lanes 2q and 2q+1 share their weight tiles
-          // C tile (row block i, lane 2q + k) into lane 2q + k's tiles of the tree (store_lanes).
-          float* const c[4] = {cbuf + (2 * q) * 4 * kTileDw, cbuf + (2 * q + 1) * 4 * kTileDw,
-                               cbuf + ((2 * q) * 4 + 2) * kTileDw, cbuf + ((2 * q + 1) * 4 + 2) * kTileDw};
-          const uint32_t* be = bt + (2 * q) * kTile4Dw;
-          if (nr == 2)
-            lane_chain<2, 2, 32>(a0 + q * kTile4Dw, a1 + q * kTile4Dw, be, be + kTile4Dw, nb, 8 * kTile4Dw, 16 * kTile4Dw, c);
+        const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
+        const uint32_t* a1 = a0 + block_dw;
+        for (int d = 0; d < kFp4Lanes; ++d) {
+          float* const c[4] = {cbuf + d * 4 * kTileDw, cbuf + (d * 4 + 1) * kTileDw, cbuf + (d * 4 + 2) * kTileDw,
+                               cbuf + (d * 4 + 3) * kTileDw};
+          const int off = d * kTile4Dw;
+          if (nr == 2 && nt == 2)
+            lane_chain<2, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
+          else if (nr == 2)
+            lane_chain<2, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
+          else if (nt == 2)
+            lane_chain<1, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
           else
-            lane_chain<1, 2, 32>(a0 + q * kTile4Dw, a1 + q * kTile4Dw, be, be + kTile4Dw, nb, 8 * kTile4Dw, 16 * kTile4Dw, c);
+            lane_chain<1, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
         }
-        store_lanes(p, cbuf, 16, g0 + rb * 16, g1, tb, nr, 1);
+        store_lanes(p, cbuf, kFp4Lanes, g0 + rb * 16, g1, tb, nr, nt);
       }
     }
   }

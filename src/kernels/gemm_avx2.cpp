@@ -62,6 +62,7 @@ inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps
 inline Vec vset1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
 inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
 inline Vec vfold_add(Vec lanes, Vec slots) { return {_mm256_add_ps(lanes.lo, _mm256_add_ps(slots.lo, slots.hi)), lanes.hi}; }
+#include "kernels/gemm_fp4_pairs.inc"
 
 // FP4 block as in gemm_avx512.cpp, the 16 dwords split over two ymm (lanes 0-7, 8-15).
 struct Fp4Blk {
@@ -183,7 +184,7 @@ inline void fp4_int_words(__m256i codes, __m256i* w) {
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
                          const float* /*corr*/, const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
-                         Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
+                         Vec* evens, Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
   for (int b0 = 0; b0 < full; b0 += 4) {
     const int run = full - b0 < 4 ? full - b0 : 4;
     Vec s16[R];
@@ -205,7 +206,7 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
             x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(av + 2 * u + 1)));
           }
           const Vec part{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)};
-          lanes[j] = vfma(part, fp4_spread(s16[j], bb), lanes[j]);
+          fp4_pair_add(b, part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
         }
       } else {
         for (int j = 0; j < R; ++j) {
@@ -213,7 +214,7 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
           fp4_blk_load_codes<true>(codes[j] + 64 * b, 128, c);
           Vec part = vzero();
           for (int t = 0; t < 8; ++t) part = vfma(vload(a + 128 * b + 16 * t), fp4_blk_vec(c, t), part);
-          lanes[j] = vfma(part, fp4_spread(s16[j], bb), lanes[j]);
+          fp4_pair_add(b, part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
         }
       }
     }

@@ -78,6 +78,7 @@ inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
 inline Vec vfold_add(Vec lanes, Vec slots) {
   return _mm512_mask_add_ps(lanes, 0x00FF, lanes, _mm512_add_ps(slots, _mm512_shuffle_f32x4(slots, slots, 0x4E)));
 }
+#include "kernels/gemm_fp4_pairs.inc"
 
 // FP4 block (gemm.h): the 64 code bytes as 16 dwords; dword d holds elements 8d .. 8d+7 as
 // nibbles, so lane vector t is nibble t of every dword (vpermps reads the low 4 index bits).
@@ -199,10 +200,10 @@ inline void fp4_rows_fp32_parts(const Fp4Blk* c, const float* ab, Vec* part) {
 }
 template <int R, bool kRawScales>
 inline void fp4_rows_scaled(const Vec* part, const float* const* scales_f32, const uint8_t* const* scales_raw, int b,
-                            Vec* lanes) {
+                            Vec* evens, Vec* lanes) {
   for (int j = 0; j < R; ++j) {
     const Vec ls = kRawScales ? fp4_lane_scales_raw(scales_raw[j], b) : fp4_lane_scales_f32(scales_f32[j], b);
-    lanes[j] = _mm512_fmadd_ps(part[j], ls, lanes[j]);
+    fp4_pair_add(b, part[j], ls, evens[j], lanes[j]);
   }
 }
 // The byte form of the weights (fp4_byte_activations_avx512): w' = 2 e2m1 + 12 per code, the
@@ -221,16 +222,20 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
                                                          const uint32_t* planes, const float* unit,
                                                          const float* corr, const uint8_t* ok, const float* a,
                                                          const float* const* scales_f32,
-                                                         const uint8_t* const* scales_raw, Vec* lanes_io,
-                                                         const uint8_t* const* next, const uint8_t* const* far) {
+                                                         const uint8_t* const* scales_raw, Vec* evens_io,
+                                                         Vec* lanes_io, const uint8_t* const* next,
+                                                         const uint8_t* const* far) {
   const __m512i tab = fp4_byte_table();
   // VPMULTISHIFTQB brings each byte's high nibble down (bits 8i+4 .. of its qword; the bits
   // above the nibble are don't-cares for VPERMB, as the table repeats): a port-5 byte move in
   // place of a port-0 shift, next to the four VPDPBUSD. Stand-alone over L2-resident rows, min
   // of 40: 2.80 -> 2.65 ns per block and row (moving the << 8 to VPSHUFB as well gained nothing).
   const __m512i hi_nibbles = _mm512_set1_epi64(0x3C342C241C140C04);
-  Vec lanes[R];
-  for (int j = 0; j < R; ++j) lanes[j] = lanes_io[j];
+  Vec lanes[R], evens[R];
+  for (int j = 0; j < R; ++j) {
+    lanes[j] = lanes_io[j];
+    evens[j] = evens_io[j];
+  }
   for (int b = 0; b < full; ++b) {
     fp4_rows_prefetch<R>(next, far, b);
     Vec part[R];
@@ -253,15 +258,18 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
       for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
       fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
     }
-    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, lanes);
+    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, evens, lanes);
   }
-  for (int j = 0; j < R; ++j) lanes_io[j] = lanes[j];
+  for (int j = 0; j < R; ++j) {
+    lanes_io[j] = lanes[j];
+    evens_io[j] = evens[j];
+  }
 }
 
 // Blocks 0 .. full-1 of R rows at once (R independent chains, R concurrent weight streams, one
-// load of each activation vector for all R rows): per block, lanes[j] = fma(partial, lane
-// scales, lanes[j]). The partial is the integer sum times the lane units where ok[b] (exact:
-// the canonical partial), else the fp32 chain of fp4_row_block over `a`. The group scales are
+// load of each activation vector for all R rows): per block, the partial times the lane scales
+// into lanes[j] in block pairs (fp4_pair_add; evens[j] carries an unpaired last one out). The
+// partial is the integer sum times the lane units where ok[b] (exact: the canonical partial), else the fp32 chain of fp4_row_block over `a`. The group scales are
 // row j's converted fp32 ones, scales_f32[j], or with kRawScales its scale bytes scales_raw[j]
 // (all plain: fp4_scales_plain). next: the codes of the R rows that follow, asked for in the order
 // they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
@@ -270,10 +278,10 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
                          const float* corr, const uint8_t* ok, const float* a, const float* const* scales_f32,
-                         const uint8_t* const* scales_raw, Vec* lanes, const uint8_t* const* next,
+                         const uint8_t* const* scales_raw, Vec* evens, Vec* lanes, const uint8_t* const* next,
                          const uint8_t* const* far) {
   if (corr) {
-    fp4_rows_bytes<R, kRawScales>(codes, full, words, unit, corr, ok, a, scales_f32, scales_raw, lanes, next, far);
+    fp4_rows_bytes<R, kRawScales>(codes, full, words, unit, corr, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
     return;
   }
   const __m512i tab = fp4_int_table();
@@ -297,7 +305,7 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     } else {
       fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
     }
-    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, lanes);
+    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, evens, lanes);
   }
 }
 
