@@ -211,6 +211,41 @@ inline void convert_group(const Problem& p, int g0, int g1, size_t row_bytes, ui
   }
 }
 
+// The lane chains of one converted group of rows (tiles [row block][step][lane], `lanes` tiles
+// apart per step; the activations' token blocks alike, block_dw each) against every token
+// block: per pair of token blocks and pair of row blocks, each lane's four C tiles run a chain
+// over the steps into cbuf (lane d, block 2 i + k at 4 d + 2 i + k), then the tree.
+template <int kARowBytes>
+inline void group_chains(const Problem& p, const uint32_t* wt, size_t block_dw, int tile_dw, int steps, int lanes, int g0,
+                         int g1, float* cbuf) {
+  const int token_blocks = (p.M + 15) / 16, row_blocks = (g1 - g0 + 15) / 16;
+  const int step_dw = lanes * tile_dw;
+  for (int tb = 0; tb < token_blocks; tb += 2) {
+    const int nt = token_blocks - tb >= 2 ? 2 : 1;
+    const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
+    const uint32_t* b1 = b0 + block_dw;
+    for (int rb = 0; rb < row_blocks; rb += 2) {
+      const int nr = row_blocks - rb >= 2 ? 2 : 1;
+      const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
+      const uint32_t* a1 = a0 + block_dw;
+      for (int d = 0; d < lanes; ++d) {
+        float* const c[4] = {cbuf + d * 4 * kTileDw, cbuf + (d * 4 + 1) * kTileDw, cbuf + (d * 4 + 2) * kTileDw,
+                             cbuf + (d * 4 + 3) * kTileDw};
+        const int off = d * tile_dw;
+        if (nr == 2 && nt == 2)
+          lane_chain<2, 2, kARowBytes>(a0 + off, a1 + off, b0 + off, b1 + off, steps, step_dw, step_dw, c);
+        else if (nr == 2)
+          lane_chain<2, 1, kARowBytes>(a0 + off, a1 + off, b0 + off, b1 + off, steps, step_dw, step_dw, c);
+        else if (nt == 2)
+          lane_chain<1, 2, kARowBytes>(a0 + off, a1 + off, b0 + off, b1 + off, steps, step_dw, step_dw, c);
+        else
+          lane_chain<1, 1, kARowBytes>(a0 + off, a1 + off, b0 + off, b1 + off, steps, step_dw, step_dw, c);
+      }
+      store_lanes(p, cbuf, lanes, g0 + rb * 16, g1, tb, nr, nt);
+    }
+  }
+}
+
 }  // namespace
 
 bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uint32_t* out, uint32_t* work) {
@@ -245,17 +280,14 @@ bool amx_fp8_activation_block(const float* x, int rows, int K, int x_stride, uin
 void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
   amx::configure_full_tiles();
   const int steps = p.K / kFp8StepK;
-  const int token_blocks = (p.M + 15) / 16;
   const int group = amx_group_rows(p.K, kAmxFp8TileBytesPerK);
   // Tile rows of a group: [row block][step][lane] tiles, so that a lane's tiles of consecutive
   // steps are kLanes tiles apart; then the C tiles of one (lane) x 2 x 2 block per lane.
   uint32_t* wt = tile_scratch(scratch);
   float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
   const size_t block_dw = static_cast<size_t>(steps) * kLanes * kTileDw;  // one row block's tiles
-  const int b_step_dw = kLanes * kTileDw, a_step_dw = kLanes * kTileDw;
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
-    const int row_blocks = (g1 - g0 + 15) / 16;
     convert_group(
         p, g0, g1, static_cast<size_t>(p.K), wt, block_dw, 16,
         [&](int n, uint32_t* out) {
@@ -264,30 +296,7 @@ void rows_amx_fp8(const Problem& p, int n0, int n1, float* scratch) {
         [&](uint32_t* out) {
           for (int t = 0; t < steps * kLanes; ++t) _mm512_store_si512(out + static_cast<size_t>(t) * kTileDw, _mm512_setzero_si512());
         });
-    for (int tb = 0; tb < token_blocks; tb += 2) {
-      const int nt = token_blocks - tb >= 2 ? 2 : 1;
-      const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
-      const uint32_t* b1 = b0 + block_dw;
-      for (int rb = 0; rb < row_blocks; rb += 2) {
-        const int nr = row_blocks - rb >= 2 ? 2 : 1;
-        const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
-        const uint32_t* a1 = a0 + block_dw;
-        for (int d = 0; d < kLanes; ++d) {
-          float* const c[4] = {cbuf + d * 4 * kTileDw, cbuf + (d * 4 + 1) * kTileDw, cbuf + (d * 4 + 2) * kTileDw,
-                               cbuf + (d * 4 + 3) * kTileDw};
-          const int off = d * kTileDw;
-          if (nr == 2 && nt == 2)
-            lane_chain<2, 2>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
-          else if (nr == 2)
-            lane_chain<2, 1>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
-          else if (nt == 2)
-            lane_chain<1, 2>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
-          else
-            lane_chain<1, 1>(a0 + off, a1 + off, b0 + off, b1 + off, steps, a_step_dw, b_step_dw, c);
-        }
-        store_lanes(p, cbuf, kLanes, g0 + rb * 16, g1, tb, nr, nt);
-      }
-    }
+    group_chains<64>(p, wt, block_dw, kTileDw, steps, kLanes, g0, g1, cbuf);
   }
   _tile_release();
 }
@@ -372,7 +381,6 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
   constexpr int kTile4Dw = 128;  // an A or B tile of this form: 16 x 8 or 8 x 16 dwords
   constexpr int kFp4Lanes = 16;
   const int pairs = p.K / 256;
-  const int token_blocks = (p.M + 15) / 16;
   const int group = amx_group_rows(p.K, kAmxFp4TileBytesPerK);
   alignas(64) uint16_t table[32];
   for (int i = 0; i < 32; ++i) {
@@ -387,10 +395,8 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
   uint32_t* wt = tile_scratch(scratch);
   float* cbuf = reinterpret_cast<float*>(wt + static_cast<size_t>(group) * p.K / 2);
   const size_t block_dw = static_cast<size_t>(pairs) * kFp4Lanes * kTile4Dw;
-  const int step_dw = kFp4Lanes * kTile4Dw;
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
-    const int row_blocks = (g1 - g0 + 15) / 16;
     convert_group(
         p, g0, g1, static_cast<size_t>(p.K) / 2, wt, block_dw, 8,
         [&](int n, uint32_t* out) {
@@ -401,30 +407,7 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
           for (int t = 0; t < pairs * kFp4Lanes; ++t)
             _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
         });
-    for (int tb = 0; tb < token_blocks; tb += 2) {
-      const int nt = token_blocks - tb >= 2 ? 2 : 1;
-      const uint32_t* b0 = p.a_amx + static_cast<size_t>(tb) * block_dw;
-      const uint32_t* b1 = b0 + block_dw;
-      for (int rb = 0; rb < row_blocks; rb += 2) {
-        const int nr = row_blocks - rb >= 2 ? 2 : 1;
-        const uint32_t* a0 = wt + static_cast<size_t>(rb) * block_dw;
-        const uint32_t* a1 = a0 + block_dw;
-        for (int d = 0; d < kFp4Lanes; ++d) {
-          float* const c[4] = {cbuf + d * 4 * kTileDw, cbuf + (d * 4 + 1) * kTileDw, cbuf + (d * 4 + 2) * kTileDw,
-                               cbuf + (d * 4 + 3) * kTileDw};
-          const int off = d * kTile4Dw;
-          if (nr == 2 && nt == 2)
-            lane_chain<2, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
-          else if (nr == 2)
-            lane_chain<2, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
-          else if (nt == 2)
-            lane_chain<1, 2, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
-          else
-            lane_chain<1, 1, 32>(a0 + off, a1 + off, b0 + off, b1 + off, pairs, step_dw, step_dw, c);
-        }
-        store_lanes(p, cbuf, kFp4Lanes, g0 + rb * 16, g1, tb, nr, nt);
-      }
-    }
+    group_chains<32>(p, wt, block_dw, kTile4Dw, pairs, kFp4Lanes, g0, g1, cbuf);
   }
   _tile_release();
 }

@@ -605,7 +605,8 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
     }, 4);
   };
 
-  std::vector<float> y(N * D, 0.0f);
+  float* const y = moe_scratch_.y.grown(N * D);
+  pool_->parallel_for(static_cast<int64_t>(N * D), [&](int64_t i0, int64_t i1) { std::fill(y + i0, y + i1, 0.0f); }, 1 << 16);
   // The routed rows grouped by expert: increasing e, each expert's rows in token order. (An id
   // outside [0, E) cannot come from the router or the checked tid2eid; it would be skipped.)
   std::vector<size_t> first(static_cast<size_t>(E) + 1, 0);
@@ -704,7 +705,10 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
   const ModelConfig& c = cfg_;
   const int D = c.dim, hc = c.hc_mult;
   const size_t N = static_cast<size_t>(n);
-  std::vector<float> a(N * D), post(N * hc), comb(N * hc * hc), f(N * D);
+  // (a: the sites' inputs, f: their outputs; every element written before it is read.)
+  float* const a = block_scratch_.a.grown(N * D);
+  float* const f = block_scratch_.f.grown(N * D);
+  std::vector<float> post(N * hc), comb(N * hc * hc);
   std::vector<float> ss(N), mix;
   auto site = [&](const HcWeights& hw, const std::vector<float>& norm, auto&& body, std::vector<float>* in_probe,
                   std::vector<float>* out_probe) {
@@ -737,9 +741,9 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
                       &comb[static_cast<size_t>(t) * hc * hc]);
     });
     pre_timer.stop();
-    if (in_probe) in_probe->insert(in_probe->end(), a.begin(), a.end());
+    if (in_probe) in_probe->insert(in_probe->end(), a, a + N * D);
     body();
-    if (out_probe) out_probe->insert(out_probe->end(), f.begin(), f.end());
+    if (out_probe) out_probe->insert(out_probe->end(), f, f + N * D);
     StageTimer post_timer(Stage::kHyperConn);
     constexpr int kPostSpan = 1024;  // elements per item: a decode step's token spread over the pool
     const int spans = (D + kPostSpan - 1) / kPostSpan;
@@ -762,10 +766,10 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
   site(bw.hc_attn, bw.attn_norm, [&] {
     for (int t0 = 0; t0 < n; t0 += piece) {
       const size_t off = static_cast<size_t>(t0) * D;
-      attention(bw, ls, a.data() + off, std::min(piece, n - t0), start + t0, f.data() + off, probe);
+      attention(bw, ls, a + off, std::min(piece, n - t0), start + t0, f + off, probe);
     }
   }, probe ? &probe->attn_in : nullptr, probe ? &probe->attn_out : nullptr);
-  site(bw.hc_ffn, bw.ffn_norm, [&] { moe(bw.moe, bw.layer_id, a.data(), tokens, n, f.data(), probe); },
+  site(bw.hc_ffn, bw.ffn_norm, [&] { moe(bw.moe, bw.layer_id, a, tokens, n, f, probe); },
        probe ? &probe->ffn_in : nullptr, probe ? &probe->ffn_out : nullptr);
 }
 

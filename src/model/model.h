@@ -133,8 +133,13 @@ class Model {
   // faults and zero fills per prefill token on the Xeon VM (the heap handed them back between
   // layers).
   struct MoeScratch {
-    ScratchBuffer xe, g, up, hdn, oe;
+    ScratchBuffer xe, g, up, hdn, oe, y;
   } moe_scratch_;
+  // A block's hyper-connection site inputs and outputs ([n, dim]: 32 MiB each for a 2048-token
+  // chunk of V4-Flash, at glibc's mmap threshold, so as locals every layer took fresh pages).
+  struct BlockScratch {
+    ScratchBuffer a, f;
+  } block_scratch_;
 };
 
 }  // namespace dsv4
