@@ -894,7 +894,7 @@ TEST(Dot, RowsMatchSingleDots) {
   for (int n : {1, 15, 16, 33, 512}) {
     const auto a = rand_act(rng, n);
     std::vector<std::vector<float>> rows;
-    for (int r = 0; r < 13; ++r) rows.push_back(rand_act(rng, n));
+    for (int r = 0; r < 17; ++r) rows.push_back(rand_act(rng, n));  // (16: one tree of 16 sums)
     std::vector<const float*> ptr;
     for (const auto& r : rows) ptr.push_back(r.data());
     force_isa(Isa::Scalar);
@@ -904,15 +904,15 @@ TEST(Dot, RowsMatchSingleDots) {
     for (const auto& r : rows) ref2.push_back(dot_f32(rows[0].data(), r.data(), n));
     for (Isa isa : all_isas()) {
       force_isa(isa);
-      for (int count : {0, 1, 2, 3, 4, 5, 7, 8, 9, 13}) {
+      for (int count : {0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17}) {
         const std::string what = std::string(isa_name(isa)) + " n=" + std::to_string(n) + " count=" + std::to_string(count);
-        std::vector<float> out(14, -1.0f);
+        std::vector<float> out(18, -1.0f);
         dot_f32_rows(a.data(), ptr.data(), count, n, out.data());
         expect_bits_then_sentinel(out, ref, count, -1.0f, what);
         // Several queries at once (groups of four, a pair, a single): a and the first row, in turn.
         for (int na : {1, 2, 3, 5, 6}) {
           std::vector<const float*> qs;
-          std::vector<std::vector<float>> outs(static_cast<size_t>(na), std::vector<float>(14, -1.0f));
+          std::vector<std::vector<float>> outs(static_cast<size_t>(na), std::vector<float>(18, -1.0f));
           std::vector<float*> out_ptr;
           for (int q = 0; q < na; ++q) {
             qs.push_back(q % 2 ? ptr[0] : a.data());

@@ -70,13 +70,16 @@ void axpy_avx512(float alpha, const float* x, float* y, int n) {
 namespace {
 template <int S>
 inline void axpy_rows_span(const float* alpha, const float* const* rows, int count, float* y, int i, __mmask16 tail) {
-  __m512 acc[S];
+  __m512 acc[S];  // (unrolled early, as axpy_rows_q_span: else stored to the stack every row)
+#pragma GCC unroll 16
   for (int s = 0; s < S; ++s) acc[s] = _mm512_maskz_loadu_ps(s + 1 < S ? 0xFFFF : tail, y + i + 16 * s);
   for (int r = 0; r < count; ++r) {
     const __m512 va = _mm512_set1_ps(alpha[r]);
+#pragma GCC unroll 16
     for (int s = 0; s < S; ++s)
       acc[s] = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(s + 1 < S ? 0xFFFF : tail, rows[r] + i + 16 * s), acc[s]);
   }
+#pragma GCC unroll 16
   for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(y + i + 16 * s, s + 1 < S ? 0xFFFF : tail, acc[s]);
 }
 }  // namespace
@@ -131,19 +134,28 @@ inline void dot_rows_q_all(const float* const* a, const float* const* rows, int 
 template <int Q, int S>
 inline void axpy_rows_q_span(const float* const* alpha, const float* const* rows, int count, float* const* y, int i,
                              __mmask16 tail) {
-  __m512 c[Q][S];
+  // (The unroll pragmas matter: without them GCC 12 kept c in registers but also stored all of
+  // it to the stack on every row, a store per FMA.)
+  __m512 c[Q * S];
+#pragma GCC unroll 16
   for (int q = 0; q < Q; ++q)
-    for (int s = 0; s < S; ++s) c[q][s] = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, y[q] + i + 16 * s);
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) c[q * S + s] = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, y[q] + i + 16 * s);
   for (int r = 0; r < count; ++r) {
     __m512 va[Q];
+#pragma GCC unroll 16
     for (int q = 0; q < Q; ++q) va[q] = _mm512_set1_ps(alpha[q][r]);
+#pragma GCC unroll 16
     for (int s = 0; s < S; ++s) {
       const __m512 w = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, rows[r] + i + 16 * s);
-      for (int q = 0; q < Q; ++q) c[q][s] = _mm512_fmadd_ps(va[q], w, c[q][s]);
+#pragma GCC unroll 16
+      for (int q = 0; q < Q; ++q) c[q * S + s] = _mm512_fmadd_ps(va[q], w, c[q * S + s]);
     }
   }
+#pragma GCC unroll 16
   for (int q = 0; q < Q; ++q)
-    for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(y[q] + i + 16 * s, s + 1 < S ? __mmask16{0xFFFF} : tail, c[q][s]);
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(y[q] + i + 16 * s, s + 1 < S ? __mmask16{0xFFFF} : tail, c[q * S + s]);
 }
 
 template <int Q>
