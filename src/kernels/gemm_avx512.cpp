@@ -198,12 +198,12 @@ inline void fp4_rows_fp32_parts(const Fp4Blk* c, const float* ab, Vec* part) {
     for (int j = 0; j < R; ++j) part[j] = vfma(av, fp4_blk_vec(c[j], t), part[j]);
   }
 }
-template <int R, bool kRawScales>
+template <int R, bool kRawScales, bool kOdd>
 inline void fp4_rows_scaled(const Vec* part, const float* const* scales_f32, const uint8_t* const* scales_raw, int b,
                             Vec* evens, Vec* lanes) {
   for (int j = 0; j < R; ++j) {
     const Vec ls = kRawScales ? fp4_lane_scales_raw(scales_raw[j], b) : fp4_lane_scales_f32(scales_f32[j], b);
-    fp4_pair_add(b, part[j], ls, evens[j], lanes[j]);
+    fp4_pair_add<kOdd>(part[j], ls, evens[j], lanes[j]);
   }
 }
 // The byte form of the weights (fp4_byte_activations_avx512): w' = 2 e2m1 + 12 per code, the
@@ -236,7 +236,8 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
     lanes[j] = lanes_io[j];
     evens[j] = evens_io[j];
   }
-  for (int b = 0; b < full; ++b) {
+  // A block's body for each parity (fp4_pair_add without a test per block).
+  auto block = [&]<bool kOdd>(int b) __attribute__((target("avx512vbmi"))) {
     fp4_rows_prefetch<R>(next, far, b);
     Vec part[R];
     if (ok[b]) {
@@ -258,7 +259,11 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
       for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
       fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
     }
-    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, evens, lanes);
+    fp4_rows_scaled<R, kRawScales, kOdd>(part, scales_f32, scales_raw, b, evens, lanes);
+  };
+  for (int b = 0; b < full; b += 2) {
+    block.template operator()<false>(b);
+    if (b + 1 < full) block.template operator()<true>(b + 1);
   }
   for (int j = 0; j < R; ++j) {
     lanes_io[j] = lanes[j];
@@ -285,7 +290,7 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     return;
   }
   const __m512i tab = fp4_int_table();
-  for (int b = 0; b < full; ++b) {
+  auto block = [&]<bool kOdd>(int b) {  // (as fp4_rows_bytes)
     fp4_rows_prefetch<R>(next, far, b);
     Fp4Blk c[R];
     Vec part[R];
@@ -305,7 +310,11 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     } else {
       fp4_rows_fp32_parts<R>(c, a + 128 * b, part);
     }
-    fp4_rows_scaled<R, kRawScales>(part, scales_f32, scales_raw, b, evens, lanes);
+    fp4_rows_scaled<R, kRawScales, kOdd>(part, scales_f32, scales_raw, b, evens, lanes);
+  };
+  for (int b = 0; b < full; b += 2) {
+    block.template operator()<false>(b);
+    if (b + 1 < full) block.template operator()<true>(b + 1);
   }
 }
 
