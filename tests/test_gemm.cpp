@@ -741,6 +741,29 @@ TEST(Gemm, Fp8AsBf16RowsMatchesFull) {
   }
 }
 
+// The BF16 product keeps its activation buffers between calls: a call with a shorter K must
+// not see the previous call's values in its padding (an infinity there times a zero weight
+// would be NaN on the paths that read whole chunks).
+TEST(Gemm, Bf16PaddingIsZeroedBetweenCalls) {
+  std::mt19937 rng(23);
+  ThreadPool pool(2);
+  for (Isa isa : all_isas()) {
+    const Isa saved = force_isa(isa);
+    for (int M : {2, 9}) {
+      auto big = make_bf16(rng, 20, 96);
+      const std::vector<float> inf(static_cast<size_t>(M) * 96, std::numeric_limits<float>::infinity());
+      std::vector<float> y_big(static_cast<size_t>(M) * 20);
+      gemm_bf16_f32(inf.data(), M, big.W, y_big.data(), pool);
+      auto d = make_bf16(rng, 20, 40);
+      const auto x = rand_act(rng, static_cast<size_t>(M) * 40);
+      std::vector<float> y(static_cast<size_t>(M) * 20);
+      gemm_bf16_f32(x.data(), M, d.W, y.data(), pool);
+      for (float v : y) ASSERT_TRUE(std::isfinite(v)) << isa_name(isa) << " M=" << M;
+    }
+    force_isa(saved);
+  }
+}
+
 TEST(Gemm, Bf16F32AllPathsBitIdentical) {
   std::mt19937 rng(5);
   for (Shape s : kFp8Shapes) {

@@ -760,15 +760,24 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   // tiles) bf16 words in natural order, checked for that path's exactness.
   const bool pairs_possible = W.dp_exact && active_isa() == Isa::Avx512 && (M < p.small_m || pair_tiles(M));
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
-  AlignedVector<float> perm(static_cast<size_t>(M) * stride, 0.0f);
-  AlignedVector<uint32_t> pairs(pairs_possible ? static_cast<size_t>(M) * p.kp / 2 : 0, 0u);
+  // Kept between calls (a prefill's products are tens of MiB each: fresh zeroed pages every call
+  // cost more than the scan); each row's padding is zeroed below, the rest written.
+  // (Named through references: a pool thread would see its own thread_locals.)
+  thread_local AlignedVector<float> perm_buf;
+  thread_local AlignedVector<uint32_t> pairs_buf;
+  AlignedVector<float>& perm = perm_buf;
+  AlignedVector<uint32_t>& pairs = pairs_buf;
+  if (perm.size() < static_cast<size_t>(M) * stride) perm.resize(static_cast<size_t>(M) * stride);
+  if (pairs_possible && pairs.size() < static_cast<size_t>(M) * p.kp / 2) pairs.resize(static_cast<size_t>(M) * p.kp / 2);
   uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
   std::vector<char> row_ok(static_cast<size_t>(M), 1);
   pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      for (int k = 0; k < W.k; ++k)
-        perm[static_cast<size_t>(m) * stride + gd::bf16_permuted_pos(k)] = x[static_cast<size_t>(m) * W.k + k];
+      float* row = perm.data() + static_cast<size_t>(m) * stride;
+      std::fill(row + W.k / 32 * 32, row + stride, 0.0f);  // (the last chunk's gaps, the padding)
+      for (int k = 0; k < W.k; ++k) row[gd::bf16_permuted_pos(k)] = x[static_cast<size_t>(m) * W.k + k];
       if (!pairs_possible) continue;
+      std::fill(words + static_cast<size_t>(m) * p.kp + W.k, words + static_cast<size_t>(m + 1) * p.kp, uint16_t{0});
       for (int k = 0; k < W.k; ++k)
         words[static_cast<size_t>(m) * p.kp + k] = static_cast<uint16_t>(f32_bits(x[static_cast<size_t>(m) * W.k + k]) >> 16);
       row_ok[static_cast<size_t>(m)] = bf16_dp_exact(words + static_cast<size_t>(m) * p.kp, static_cast<size_t>(p.kp));
