@@ -258,9 +258,10 @@ void Model::compress(const CompressorWeights& cw, CompressorState& cs, const flo
   const int D = cfg_.dim, r = cw.ratio, Dc = cw.out_dim, width = cs.width;
   const bool overlap = cw.overlap();
   StageTimer timer(Stage::kCompressor);
-  std::vector<float> a(static_cast<size_t>(n) * width), z(static_cast<size_t>(n) * width);
-  gemm_bf16_f32(x, n, cw.wkv, a.data(), *pool_);
-  gemm_bf16_f32(x, n, cw.wgate, z.data(), *pool_);
+  float* const a = scratch_.comp_a.grown(static_cast<size_t>(n) * width);
+  float* const z = scratch_.comp_z.grown(static_cast<size_t>(n) * width);
+  gemm_bf16_f32(x, n, cw.wkv, a, *pool_);
+  gemm_bf16_f32(x, n, cw.wgate, z, *pool_);
   (void)D;
   const int cur0 = overlap ? 4 : 0;
   std::vector<float> u(static_cast<size_t>(Dc)), row(static_cast<size_t>(Dc));
@@ -342,9 +343,9 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   // Projections (§6.1).
   StageTimer project_timer(Stage::kAttnProject);
   float* const qr = scratch_.qr.grown(N * c.q_lora_rank);
-  std::vector<float> kv(N * Dh);
+  float* const kv = scratch_.kv.grown(N * Dh);
   {  // both read x: one pool job
-    const GemmItem<Fp8Weight> items[] = {{x, n, &aw.wq_a, qr}, {x, n, &aw.wkv, kv.data()}};
+    const GemmItem<Fp8Weight> items[] = {{x, n, &aw.wq_a, qr}, {x, n, &aw.wkv, kv}};
     gemm_fp8_batch(items, *pool_);
   }
   parallel_each(*pool_, n, [&](int64_t t) {
@@ -357,14 +358,15 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   parallel_each(*pool_, n, [&](int64_t t) {
     rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
   }, 8);
-  std::vector<uint8_t> kv_codes(N * Dn), kv_scales(N * (Dn / 64));
+  uint8_t* const kv_codes = scratch_.kv_codes.grown(N * Dn);
+  uint8_t* const kv_scales = scratch_.kv_scales.grown(N * (Dn / 64));
   pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
       const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
       q_head_norm_bf16(q + static_cast<size_t>(t) * H * Dh, H, Dh, eps);
       for (int h = 0; h < H; ++h) apply_rope(q + (static_cast<size_t>(t) * H + h) * Dh + Dn, cs, sn, Dr / 2, false);
-      float* k = kv.data() + static_cast<size_t>(t) * Dh;
+      float* k = kv + static_cast<size_t>(t) * Dh;
       rms_norm(k, aw.kv_norm.data(), Dh, eps, k);
       apply_rope(k + Dn, cs, sn, Dr / 2, false);
       act_quant_simulate_codes(k, Dn, 64, &kv_codes[static_cast<size_t>(t) * Dn], &kv_scales[static_cast<size_t>(t) * (Dn / 64)]);
@@ -377,24 +379,26 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
 
   // Lightning indexer (§6.4): top-k compressed rows per query.
   const int topk_cap = c.index_topk;
-  std::vector<int32_t> topk;  // [n, topk_cap], -1 padded
+  int32_t* topk = nullptr;  // [n, topk_cap], -1 padded
   std::vector<int> topk_count(N, 0);
   if (r == 4) {
     compress(aw.idx_compressor, ls.index_compressor, x, n, start, true, ls);
     StageTimer indexer_timer(Stage::kIndexer);
     const int IH = c.index_n_heads, ID = c.index_head_dim;
-    std::vector<float> qi(N * IH * ID), wts(N * IH);
-    gemm_fp8(qr, n, aw.idx_wq_b, qi.data(), *pool_);
-    gemm_bf16_f32(x, n, aw.idx_weights_proj, wts.data(), *pool_);
+    float* const qi = scratch_.qi.grown(N * IH * ID);
+    float* const wts = scratch_.wts.grown(N * IH);
+    gemm_fp8(qr, n, aw.idx_wq_b, qi, *pool_);
+    gemm_bf16_f32(x, n, aw.idx_weights_proj, wts, *pool_);
     const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ID)) / std::sqrt(static_cast<double>(IH)));
     // Queries as FP4 codes: the scores are taken in exact integer arithmetic (index_score.h).
     if (ID != kIndexDim) throw Error("indexer head dim " + std::to_string(ID) + " is not " + std::to_string(kIndexDim));
-    std::vector<uint8_t> qcodes(N * IH * ID / 2), qscales(N * IH * ID / 32);
+    uint8_t* const qcodes = scratch_.qcodes.grown(N * IH * ID / 2);
+    uint8_t* const qscales = scratch_.qscales.grown(N * IH * ID / 32);
     parallel_each(*pool_, n, [&](int64_t t) {
       for (int h = 0; h < IH; ++h) {
         const size_t th = static_cast<size_t>(t) * IH + h;
         wts[th] = bf16_round(bf16_round(wts[th]) * wscale);
-        float* v = qi.data() + th * ID;
+        float* v = qi + th * ID;
         apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
         hadamard128(v);
         fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
@@ -403,7 +407,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     const uint8_t* keys = ls.index_keys.rows() > 0 ? ls.index_keys.row_data(0) : nullptr;
     auto query = [&](int64_t t) {
       const size_t th = static_cast<size_t>(t) * IH;
-      return IndexQuery{IH, &qcodes[th * ID / 2], &qscales[th * ID / 32], wts.data() + th};
+      return IndexQuery{IH, &qcodes[th * ID / 2], &qscales[th * ID / 32], wts + th};
     };
     auto select = [&](int64_t t, std::vector<float>& score) {
       const int64_t vis = static_cast<int64_t>(score.size());
@@ -411,7 +415,8 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
       topk_desc(score.data(), static_cast<int>(vis), k, &topk[static_cast<size_t>(t) * topk_cap]);
       topk_count[static_cast<size_t>(t)] = k;
     };
-    topk.assign(N * topk_cap, -1);
+    topk = scratch_.topk.grown(N * topk_cap);
+    std::fill(topk, topk + N * topk_cap, -1);
     if (n >= pool_->size()) {  // prefill: one query per task
       pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
         std::vector<float> score;
@@ -432,23 +437,23 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
         select(t, score);
       }
     }
-    if (probe) probe->indexer_topk.insert(probe->indexer_topk.end(), topk.begin(), topk.end());
+    if (probe) probe->indexer_topk.insert(probe->indexer_topk.end(), topk, topk + N * topk_cap);
   }
 
   // Window rows: earlier positions come from the ring, this chunk's from the fresh kv.
   StageTimer core_timer(Stage::kAttnCore);
   const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
   const int64_t nwin = start + n - wstart;
-  std::vector<float> win(static_cast<size_t>(nwin) * Dh);
+  float* const win = scratch_.win.grown(static_cast<size_t>(nwin) * Dh);
   // (row decodes are independent: split over the pool, as the selected rows below)
   pool_->parallel_for(start - wstart, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) ls.window.load((wstart + i) % W, &win[static_cast<size_t>(i) * Dh]);
   }, 32);
-  std::copy(kv.begin(), kv.end(), win.begin() + static_cast<ptrdiff_t>((start - wstart) * Dh));
+  std::copy(kv, kv + N * Dh, win + (start - wstart) * Dh);
   // HCA attends to every visible compressed row: decode them once per call.
-  std::vector<float> comp_rows;
+  float* comp_rows = nullptr;
   if (r == 128) {
-    comp_rows.resize(static_cast<size_t>(ls.compressed.rows()) * Dh);
+    comp_rows = scratch_.comp_rows.grown(static_cast<size_t>(ls.compressed.rows()) * Dh);
     pool_->parallel_for(ls.compressed.rows(), [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) ls.compressed.load(j, &comp_rows[static_cast<size_t>(j) * Dh]);
     }, 32);

@@ -114,19 +114,26 @@ class Model {
   // fresh zeroed pages; every element is written before it is read. Calls are not concurrent.
   // Growth leaves them uninitialised: the first writes, in parallel GEMMs and loops, then fault
   // the fresh pages in on every thread instead of a serial zero fill on the caller's.
-  struct ScratchBuffer {
-    std::unique_ptr<float[]> data;
+  template <class T>
+  struct ScratchOf {
+    std::unique_ptr<T[]> data;
     size_t size = 0;
-    float* grown(size_t n) {
+    T* grown(size_t n) {
       if (size < n) {
-        data.reset(new float[n]);
+        data.reset(new T[n]);
         size = n;
       }
       return data.get();
     }
   };
+  using ScratchBuffer = ScratchOf<float>;
+  // The smaller ones too: kv rows, window rows, the compressors' projections, the indexer's queries (64 MiB at 2048 tokens,
+  // past glibc's largest mmap threshold, so as a local every indexer layer mapped, faulted and
+  // zero-filled it afresh), their codes and the top-k lists.
   struct AttentionScratch {
-    ScratchBuffer qr, q, o, u;
+    ScratchBuffer qr, q, o, u, kv, win, comp_rows, qi, wts, comp_a, comp_z;
+    ScratchOf<uint8_t> kv_codes, kv_scales, qcodes, qscales;
+    ScratchOf<int32_t> topk;
   } scratch_;
   // The MoE's routed-row buffers (up to kExpertBatchRows rows of x, gate, up, hidden and output;
   // 56 MB at V4-Flash widths), and the shared expert's. As locals they cost ~0.4 ms of page
