@@ -50,7 +50,8 @@ TEST(IndexScore, AllPathsBitIdentical) {
   std::mt19937 rng(21);
   for (int nkeys : {1, 15, 16, 17, 100, 333}) {
     const Data d = make(rng, 64, nkeys);
-    const Isa saved = force_isa(Isa::Scalar);
+    const Isa saved = active_isa();
+    force_isa(Isa::Scalar);
     const auto ref = scores(d, 0, nkeys);
     const auto ref_part = scores(d, nkeys / 3, nkeys);
     for (Isa isa : {Isa::Avx2, Isa::Avx512}) {

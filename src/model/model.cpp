@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/stage_profile.h"
 #include "kernels/dot.h"
+#include "kernels/exp.h"
 #include "kernels/gemm.h"
 #include "kernels/hc_mix.h"
 #include "kernels/index_score.h"
@@ -518,10 +519,11 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
           den[i] *= alpha;
           for (int k = 0; k < Dh; ++k) ah[k] *= alpha;
           float* pi = pb.data() + i * 64;
+          for (int li = 0; li < nlive; ++li) pi[li] = zi[li] * scale - m_new;
+          exp_f32(pi, pi, nlive);
           for (int li = 0; li < nlive; ++li) {
-            const float pe = std::exp(zi[li] * scale - m_new);
-            den[i] += pe;
-            pi[li] = bf16_round(pe);
+            den[i] += pi[li];
+            pi[li] = bf16_round(pi[li]);
           }
           m[i] = m_new;
           took_pb[static_cast<size_t>(ntook)] = pi;
@@ -596,14 +598,20 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
   const float limit = static_cast<float>(c.swiglu_limit);
   // SwiGLU with clamps (§8.2); `weight` (routed experts) is applied before the down projection.
   auto swiglu = [&](const float* g, const float* up, const float* weight, int m, float* hdn) {
+    // A row's exp(-g) in one exp_f32 call (the SIMD paths: std::exp's bits), then the rest.
     parallel_each(*pool_, m, [&](int64_t t) {
+      thread_local std::vector<float> e;
+      e.resize(static_cast<size_t>(I));
+      const float* gt = g + static_cast<size_t>(t) * I;
+      for (int i = 0; i < I; ++i) e[static_cast<size_t>(i)] = -(limit > 0 ? std::min(gt[i], limit) : gt[i]);
+      exp_f32(e.data(), e.data(), I);
       for (int i = 0; i < I; ++i) {
-        float gv = g[static_cast<size_t>(t) * I + i], uv = up[static_cast<size_t>(t) * I + i];
+        float gv = gt[i], uv = up[static_cast<size_t>(t) * I + i];
         if (limit > 0) {
           uv = std::clamp(uv, -limit, limit);
           gv = std::min(gv, limit);
         }
-        float h = gv / (1.0f + std::exp(-gv)) * uv;
+        float h = gv / (1.0f + e[static_cast<size_t>(i)]) * uv;
         if (weight) h *= weight[t];
         hdn[static_cast<size_t>(t) * I + i] = bf16_round(h);
       }
