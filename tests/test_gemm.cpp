@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/act_quant.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dot.h"
@@ -275,6 +277,57 @@ TEST(HcMix, TokensEqualOneTokenChainsOnEveryPath) {
   hc_mix_rows(a.data(), 1, HD, b.data(), &plain);
   for (int i = 0; i < HD; ++i) fused = std::fma(a[static_cast<size_t>(i)], b[static_cast<size_t>(i)], fused);
   EXPECT_NE(f32_bits(fused), f32_bits(plain));
+}
+
+// HC_POST on every path equals the spec formula evaluated element by element (the sum from +0
+// in order of j, then post * f added, one bf16 rounding), bit for bit: stream counts with and
+// without the 4-stream form, ranges with vector tails, magnitudes over many binades (another
+// order or a fused multiply-add changes bits), a NaN; elements outside the range stay as they were.
+TEST(HcMix, PostEqualsTheFormulaOnEveryPath) {
+  IsaGuard guard;
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> ex(-12, 12);
+  for (const int hc : {1, 2, 4, 5, 16}) {
+    const int D = 70;
+    std::vector<float> h0(static_cast<size_t>(hc) * D), f(D), post(static_cast<size_t>(hc)), comb(static_cast<size_t>(hc) * hc);
+    for (auto* v : {&h0, &f, &post, &comb})
+      for (auto& x : *v) x = std::ldexp(nd(rng), ex(rng));
+    h0[3] = std::numeric_limits<float>::quiet_NaN();
+    // Plants: column 0 of comb all ones and element 5 of the streams 2^24, 1, 1, -2^24, 0, ...,
+    // which sum to 0 in order of j and to 2 in reverse; element 9 gives post[hc - 1] * f[9] =
+    // (1 + 2^-12)^2 and a sum of -(1 + 2^-11): 0 when the product is rounded first, 2^-24 fused.
+    for (int j = 0; j < hc; ++j) comb[static_cast<size_t>(j * hc)] = 1.0f;
+    for (int j = 0; j < hc; ++j) h0[static_cast<size_t>(j) * D + 5] = j < 4 ? std::array{0x1p24f, 1.0f, 1.0f, -0x1p24f}[static_cast<size_t>(j)] : 0.0f;
+    if (hc >= 2) {
+      const int k = hc - 1;
+      for (int j = 0; j < hc; ++j) comb[static_cast<size_t>(j * hc + k)] = j == 0 ? 1.0f : 0.0f;
+      for (int j = 0; j < hc; ++j) h0[static_cast<size_t>(j) * D + 9] = j == 0 ? -(1.0f + 0x1p-11f) : 0.0f;
+      post[static_cast<size_t>(k)] = 1.0f + 0x1p-12f;
+      f[9] = 1.0f + 0x1p-12f;
+    }
+    for (const auto& [d0, d1] : {std::pair{0, 70}, {0, 64}, {5, 38}, {17, 18}, {33, 33}}) {
+      std::vector<float> want = h0;
+      for (int d = d0; d < d1; ++d) {
+        std::vector<float> out(static_cast<size_t>(hc));
+        for (int k = 0; k < hc; ++k) {
+          float o = 0.0f;
+          for (int j = 0; j < hc; ++j) o += comb[static_cast<size_t>(j * hc + k)] * h0[static_cast<size_t>(j) * D + d];
+          out[static_cast<size_t>(k)] = bf16_round(post[static_cast<size_t>(k)] * f[static_cast<size_t>(d)] + o);
+        }
+        for (int k = 0; k < hc; ++k) want[static_cast<size_t>(k) * D + d] = out[static_cast<size_t>(k)];
+      }
+      for (Isa isa : all_isas()) {
+        force_isa(isa);
+        std::vector<float> h = h0;
+        hc_post(f.data(), post.data(), comb.data(), h.data(), hc, D, d0, d1);
+        for (size_t i = 0; i < h.size(); ++i)
+          ASSERT_EQ(f32_bits(h[i]), f32_bits(want[i])) << isa_name(isa) << " hc " << hc << " [" << d0 << ", " << d1 << ") at " << i;
+      }
+    }
+  }
+  std::vector<float> one(4);
+  EXPECT_THROW(hc_post(one.data(), one.data(), one.data(), one.data(), 17, 1, 0, 1), Error);
 }
 
 TEST(Gemm, TileChoiceCanBeForcedAndRestored) {

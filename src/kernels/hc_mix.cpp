@@ -1,8 +1,11 @@
 #include "kernels/hc_mix.h"
 
+#include <string>
 #include <type_traits>
 
+#include "core/error.h"
 #include "kernels/cpu_features.h"
+#include "kernels/numerics.h"
 
 namespace dsv4 {
 
@@ -34,6 +37,19 @@ float hc_sum_squares(const float* x, int HD) {
 }
 
 namespace hc_mix_detail {
+void post_scalar(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1) {
+  float old[16], out[16];
+  for (int d = d0; d < d1; ++d) {
+    for (int j = 0; j < hc; ++j) old[j] = h[static_cast<long>(j) * D + d];
+    for (int k = 0; k < hc; ++k) {
+      float o = 0.0f;
+      for (int j = 0; j < hc; ++j) o += comb[j * hc + k] * old[j];
+      out[k] = bf16_round(post[k] * f[d] + o);
+    }
+    for (int k = 0; k < hc; ++k) h[static_cast<long>(k) * D + d] = out[k];
+  }
+}
+
 void tokens_scalar(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix) {
   for (int t = 0; t < tokens; ++t) {
     const float* xt = x + static_cast<long>(t) * HD;
@@ -42,6 +58,15 @@ void tokens_scalar(const float* fn, int rows, int HD, const float* x, int tokens
   }
 }
 }  // namespace hc_mix_detail
+
+void hc_post(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1) {
+  if (hc < 1 || hc > 16) throw Error("hc_post: " + std::to_string(hc) + " streams (1 to 16 supported)");
+  switch (active_isa()) {
+    case Isa::Avx512: return hc_mix_detail::post_avx512(f, post, comb, h, hc, D, d0, d1);
+    case Isa::Avx2: return hc_mix_detail::post_avx2(f, post, comb, h, hc, D, d0, d1);
+    default: return hc_mix_detail::post_scalar(f, post, comb, h, hc, D, d0, d1);
+  }
+}
 
 void hc_mix_tokens(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix) {
   switch (active_isa()) {

@@ -1,4 +1,4 @@
-// HC_PRE's reductions (spec §5.1): for a token's hc streams x [HD = hc * D], the sum of squares
+// HC_PRE's reductions (spec §5.1) and HC_POST's update (§5.2): for a token's hc streams x [HD = hc * D], the sum of squares
 // ss = sum_i x[i]^2 and the mix rows mix[j] = sum_i fn[j][i] * x[i]. Each is a plain sequential
 // fp32 sum (multiply, round, add, round) over i, the order of the one-token code, so every path
 // and every batch size gives the same bits. The SIMD paths put tokens in the vector lanes: each
@@ -14,7 +14,16 @@ float hc_sum_squares(const float* x, int HD);
 // Both for `tokens` tokens x [tokens][HD]: ss[t] and mix[t * rows + j]. ss may be null.
 void hc_mix_tokens(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);
 
+// HC_POST (spec §5.2) for one token's hc streams h [hc][D] (hc <= 16), elements [d0, d1):
+// h[k][d] = bf16(post[k] * f[d] + sum_j comb[j * hc + k] * h[j][d]), every new value from the
+// old streams. The sum starts at +0 and takes j in order; each step and the final one is a
+// multiply, round, add, round (never fused), so every path gives the same bits.
+void hc_post(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
+
 namespace hc_mix_detail {
+void post_scalar(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
+void post_avx2(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
+void post_avx512(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
 void tokens_scalar(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);
 void tokens_avx2(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);
 void tokens_avx512(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);

@@ -18,6 +18,13 @@ inline __m512 gather(const float* base, Idx idx) { return _mm512_i32gather_ps(id
 #include "kernels/hc_mix_simd.inc"
 }  // namespace
 
+void post_avx512(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1) {
+  if (hc == 4)
+    post_simd<4>(f, post, comb, h, hc, D, d0, d1);
+  else
+    post_simd<0>(f, post, comb, h, hc, D, d0, d1);
+}
+
 void tokens_avx512(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix) {
   tokens_simd(fn, rows, HD, x, tokens, ss, mix);
 }

@@ -129,27 +129,6 @@ void hc_pre_finish(const ModelConfig& c, const HcWeights& hw, const float* x, fl
   rms_norm(a, norm, D, static_cast<float>(c.norm_eps), a);
 }
 
-// HC_POST (spec §5.2) for elements [d0, d1) of one token:
-// h[k][d] = bf16(post_k * f[d] + sum_j C[j][k] * h[j][d]). The new streams go through `tmp`
-// ([hc][d1 - d0]) because every output reads all old streams; loops run over d innermost
-// (vectorisable) with each element's operations in the order above.
-void hc_post_range(const ModelConfig& c, const float* f, const float* post, const float* comb, float* h, int d0, int d1,
-                   float* tmp) {
-  const int hc = c.hc_mult, D = c.dim, len = d1 - d0;
-  for (int k = 0; k < hc; ++k) {
-    float* o = tmp + static_cast<size_t>(k) * len;
-    std::fill(o, o + len, 0.0f);
-    for (int j = 0; j < hc; ++j) {
-      const float cjk = comb[j * hc + k];
-      const float* hj = h + static_cast<size_t>(j) * D + d0;
-      for (int d = 0; d < len; ++d) o[d] += cjk * hj[d];
-    }
-    const float pk = post[k];
-    for (int d = 0; d < len; ++d) o[d] = bf16_round(pk * f[d0 + d] + o[d]);
-  }
-  for (int k = 0; k < hc; ++k) std::copy_n(tmp + static_cast<size_t>(k) * len, len, h + static_cast<size_t>(k) * D + d0);
-}
-
 float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
 
 // Indices of the k largest values, descending, equal values by ascending index.
@@ -761,12 +740,11 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
     constexpr int kPostSpan = 1024;  // elements per item: a decode step's token spread over the pool
     const int spans = (D + kPostSpan - 1) / kPostSpan;
     pool_->parallel_for(static_cast<int64_t>(n) * spans, [&](int64_t i0, int64_t i1) {
-      std::vector<float> tmp(static_cast<size_t>(hc) * kPostSpan);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t t = i / spans;
         const int d0 = static_cast<int>(i % spans) * kPostSpan, d1 = std::min(D, d0 + kPostSpan);
-        hc_post_range(c, &f[static_cast<size_t>(t) * D], &post[static_cast<size_t>(t) * hc],
-                      &comb[static_cast<size_t>(t) * hc * hc], h + static_cast<size_t>(t) * hc * D, d0, d1, tmp.data());
+        hc_post(&f[static_cast<size_t>(t) * D], &post[static_cast<size_t>(t) * hc], &comb[static_cast<size_t>(t) * hc * hc],
+                h + static_cast<size_t>(t) * hc * D, hc, D, d0, d1);
       }
     });
   };
