@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_pool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/gemm.h"
 #include "kernels/numerics.h"
@@ -34,13 +35,7 @@ namespace {
 
 constexpr size_t kMinBytes = size_t{256} << 20;  // > L3, so every call streams from DRAM
 
-ThreadPool& pool() {
-  static ThreadPool p([] {
-    const char* t = std::getenv("DSV4_BENCH_THREADS");
-    return t ? std::atoi(t) : 0;
-  }());
-  return p;
-}
+ThreadPool& pool() { return bench_pool(); }
 
 // e4m3 codes as a checkpoint has them: values of a block scaled so that the largest is near 448,
 // here normal with sigma 448/5. About 1 code in 7000 is subnormal (|v| < 2^-6), i.e. about 1
@@ -156,6 +151,9 @@ void BM_shared_w1_fp8_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp8
 void BM_shared_w2_fp8_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp8, 4096, 2048); }
 void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4, 2048, 4096); }
 void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
+// The compressors' projections (wkv, and wgate alike): the overlapped ratio-4 compressor of
+// V4-Flash emits 2 x 512 channels per token from the 4096-wide input, bf16 weights.
+void BM_compressor_bf16_4096x1024(benchmark::State& st) { run_bench(st, WKind::Bf16, 1024, 4096); }
 // A 16384-row slice of the output head (129280 x 4096 bf16, 1 GB: the largest single read per token).
 void BM_head_bf16_4096x16384(benchmark::State& st) { run_bench(st, WKind::Bf16, 16384, 4096); }
 BENCHMARK(BM_wq_a_fp8_4096x1024)->Apply(ArgsWithScalar512);
@@ -165,6 +163,7 @@ BENCHMARK(BM_shared_w1_fp8_4096x2048)->Apply(Args);
 BENCHMARK(BM_shared_w2_fp8_2048x4096)->Apply(Args);
 BENCHMARK(BM_expert_w1_fp4_4096x2048)->Apply(ExpertArgs);
 BENCHMARK(BM_expert_w2_fp4_2048x4096)->Apply(ExpertArgs);
+BENCHMARK(BM_compressor_bf16_4096x1024)->Apply(Args);
 BENCHMARK(BM_head_bf16_4096x16384)->Apply(Args);
 
 // The memory side of the small-M products alone: 8 KiB rows read `rows` at a time, their 64-byte

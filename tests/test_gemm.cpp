@@ -330,6 +330,38 @@ TEST(HcMix, PostEqualsTheFormulaOnEveryPath) {
   EXPECT_THROW(hc_post(one.data(), one.data(), one.data(), one.data(), 17, 1, 0, 1), Error);
 }
 
+// The Sinkhorn normalisation makes the mixing matrix doubly stochastic: after its last column
+// pass every column sums to 1 (up to eps), and with enough iterations the rows do too; one
+// iteration leaves the rows of a skewed matrix far from it.
+TEST(HcMix, SinkhornIsDoublyStochastic) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd;
+  for (const int hc : {2, 4, 7}) {
+    std::vector<float> logits(static_cast<size_t>(hc) * hc);
+    for (auto& v : logits) v = 3.0f * nd(rng);
+    for (const int iters : {1, 20}) {
+      std::vector<float> C = logits;
+      hc_sinkhorn(C.data(), hc, iters, 1e-6f);
+      float worst_row = 0.0f;
+      for (int k = 0; k < hc; ++k) {
+        float col = 0.0f, row = 0.0f;
+        for (int j = 0; j < hc; ++j) {
+          col += C[static_cast<size_t>(j * hc + k)];
+          row += C[static_cast<size_t>(k * hc + j)];
+          EXPECT_GT(C[static_cast<size_t>(j * hc + k)], 0.0f);
+        }
+        EXPECT_NEAR(col, 1.0f, 1e-3f) << "hc " << hc << " iters " << iters;  // (s / (s + eps))
+        worst_row = std::max(worst_row, std::fabs(row - 1.0f));
+      }
+      if (iters == 20) {
+        EXPECT_LT(worst_row, 1e-3f) << "hc " << hc;
+      } else if (hc == 7) {
+        EXPECT_GT(worst_row, 1e-2f);
+      }
+    }
+  }
+}
+
 TEST(Gemm, TileChoiceCanBeForcedAndRestored) {
   TilesGuard tg;
   const GemmTiles before = active_gemm_tiles();

@@ -1,5 +1,8 @@
 #include "kernels/hc_mix.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -58,6 +61,35 @@ void tokens_scalar(const float* fn, int rows, int HD, const float* x, int tokens
   }
 }
 }  // namespace hc_mix_detail
+
+void hc_sinkhorn(float* C, int hc, int iters, float eps) {
+  for (int j = 0; j < hc; ++j) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int k = 0; k < hc; ++k) m = std::max(m, C[j * hc + k]);
+    float sum = 0.0f;
+    for (int k = 0; k < hc; ++k) sum += (C[j * hc + k] = std::exp(C[j * hc + k] - m));
+    for (int k = 0; k < hc; ++k) C[j * hc + k] = C[j * hc + k] / sum + eps;
+  }
+  auto col_norm = [&] {
+    for (int k = 0; k < hc; ++k) {
+      float s = 0.0f;
+      for (int j = 0; j < hc; ++j) s += C[j * hc + k];
+      for (int j = 0; j < hc; ++j) C[j * hc + k] /= (s + eps);
+    }
+  };
+  auto row_norm = [&] {
+    for (int j = 0; j < hc; ++j) {
+      float s = 0.0f;
+      for (int k = 0; k < hc; ++k) s += C[j * hc + k];
+      for (int k = 0; k < hc; ++k) C[j * hc + k] /= (s + eps);
+    }
+  };
+  col_norm();
+  for (int it = 1; it < iters; ++it) {
+    row_norm();
+    col_norm();
+  }
+}
 
 void hc_post(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1) {
   if (hc < 1 || hc > 16) throw Error("hc_post: " + std::to_string(hc) + " streams (1 to 16 supported)");

@@ -20,6 +20,12 @@ void hc_mix_tokens(const float* fn, int rows, int HD, const float* x, int tokens
 // multiply, round, add, round (never fused), so every path gives the same bits.
 void hc_post(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
 
+// HC_PRE's comb (spec §5.1): C [hc][hc] (row j, column k) holds the logits and becomes the
+// Sinkhorn-normalised mixing matrix: per row a softmax (max subtracted, exp, sum in order,
+// divided) plus eps; then the columns, then (iters - 1) times the rows and the columns, each
+// divided by (its sum in order + eps).
+void hc_sinkhorn(float* C, int hc, int iters, float eps);
+
 namespace hc_mix_detail {
 void post_scalar(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
 void post_avx2(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);

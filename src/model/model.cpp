@@ -16,7 +16,7 @@
 
 #include "core/error.h"
 #include "core/stage_profile.h"
-#include "kernels/dot.h"
+#include "kernels/attention.h"
 #include "kernels/exp.h"
 #include "kernels/gemm.h"
 #include "kernels/hc_mix.h"
@@ -88,36 +88,12 @@ void hc_pre_finish(const ModelConfig& c, const HcWeights& hw, const float* x, fl
     post[j] = 2.0f * sigmoid(mix[hc + j] * hw.scale[1] + hw.base[hc + j]);
   }
   float* C = comb;  // [hc][hc], row j, column k
-  for (int j = 0; j < hc; ++j) {
-    float m = kNegInf;
+  for (int j = 0; j < hc; ++j)
     for (int k = 0; k < hc; ++k) {
       const int idx = 2 * hc + hc * j + k;
       C[j * hc + k] = mix[idx] * hw.scale[2] + hw.base[idx];
-      m = std::max(m, C[j * hc + k]);
     }
-    float sum = 0.0f;
-    for (int k = 0; k < hc; ++k) sum += (C[j * hc + k] = std::exp(C[j * hc + k] - m));
-    for (int k = 0; k < hc; ++k) C[j * hc + k] = C[j * hc + k] / sum + eps;
-  }
-  auto col_norm = [&] {
-    for (int k = 0; k < hc; ++k) {
-      float s = 0.0f;
-      for (int j = 0; j < hc; ++j) s += C[j * hc + k];
-      for (int j = 0; j < hc; ++j) C[j * hc + k] /= (s + eps);
-    }
-  };
-  auto row_norm = [&] {
-    for (int j = 0; j < hc; ++j) {
-      float s = 0.0f;
-      for (int k = 0; k < hc; ++k) s += C[j * hc + k];
-      for (int k = 0; k < hc; ++k) C[j * hc + k] /= (s + eps);
-    }
-  };
-  col_norm();
-  for (int it = 1; it < c.hc_sinkhorn_iters; ++it) {
-    row_norm();
-    col_norm();
-  }
+  hc_sinkhorn(C, hc, c.hc_sinkhorn_iters, eps);
   // Stream by stream over all d (vectorisable); per element still pre_0 x_0 + pre_1 x_1 + ...
   std::fill(a, a + D, 0.0f);
   for (int j = 0; j < hc; ++j) {
@@ -469,55 +445,11 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     // 1.3 MiB, more than L2). Each head's operations and their order are unchanged.
     const int64_t heads_per_thread = (H + pool_->size() - 1) / pool_->size();
     pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
-      const size_t nh = static_cast<size_t>(h1 - h0);
-      std::vector<float> acc(nh * Dh, 0.0f), z(nh * 64), pb(nh * 64), m(nh, kNegInf), den(nh, 0.0f);
-      std::vector<const float*> live(64), qh(nh), took_pb(nh);
-      std::vector<float*> zh(nh), took_acc(nh);
-      for (size_t i = 0; i < nh; ++i) {
-        qh[i] = q + (static_cast<size_t>(t) * H + h0 + static_cast<int64_t>(i)) * Dh;
-        zh[i] = z.data() + i * 64;
-      }
-      for (size_t b0 = 0; b0 < rows.size(); b0 += 64) {
-        const size_t b1 = std::min(rows.size(), b0 + 64);
-        int nlive = 0;  // the block's present rows, in order
-        for (size_t e = b0; e < b1; ++e)
-          if (rows[e]) live[static_cast<size_t>(nlive++)] = rows[e];
-        // All heads of this thread at once: each row is read from cache once per group of heads
-        // (dot_f32_rows_multi, axpy_f32_rows_multi); each head's operations and their order are
-        // those of one head alone.
-        dot_f32_rows_multi(qh.data(), static_cast<int>(nh), live.data(), nlive, Dh, zh.data());
-        int ntook = 0;  // the heads that take this block's values
-        for (size_t i = 0; i < nh; ++i) {
-          const float* zi = zh[i];
-          float* ah = &acc[i * Dh];
-          float bm = kNegInf;
-          for (int li = 0; li < nlive; ++li) bm = std::max(bm, zi[li] * scale);
-          if (bm == kNegInf) continue;
-          const float m_new = std::max(m[i], bm);
-          const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
-          den[i] *= alpha;
-          for (int k = 0; k < Dh; ++k) ah[k] *= alpha;
-          float* pi = pb.data() + i * 64;
-          for (int li = 0; li < nlive; ++li) pi[li] = zi[li] * scale - m_new;
-          exp_f32(pi, pi, nlive);
-          for (int li = 0; li < nlive; ++li) {
-            den[i] += pi[li];
-            pi[li] = bf16_round(pi[li]);
-          }
-          m[i] = m_new;
-          took_pb[static_cast<size_t>(ntook)] = pi;
-          took_acc[static_cast<size_t>(ntook++)] = ah;
-        }
-        // The block's rows in order, as nlive axpys per head.
-        axpy_f32_rows_multi(took_pb.data(), ntook, live.data(), nlive, took_acc.data(), Dh);
-      }
-      for (size_t i = 0; i < nh; ++i) {
-        const int64_t h = h0 + static_cast<int64_t>(i);
-        const float d = den[i] + std::exp(aw.sink[h] - m[i]);
-        float* oh = o + (static_cast<size_t>(t) * H + h) * Dh;
-        for (int k = 0; k < Dh; ++k) oh[k] = bf16_round(acc[i * Dh + static_cast<size_t>(k)] / d);
-        apply_rope(oh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
-      }
+      float* ot = o + static_cast<size_t>(t) * H * Dh;
+      sparse_attention_heads(q + static_cast<size_t>(t) * H * Dh, static_cast<int>(h0), static_cast<int>(h1), Dh, rows.data(),
+                             rows.size(), scale, aw.sink, ot);
+      for (int64_t h = h0; h < h1; ++h)
+        apply_rope(ot + static_cast<size_t>(h) * Dh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
     }, heads_per_thread);
   }
 
