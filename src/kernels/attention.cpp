@@ -56,10 +56,12 @@ void sparse_attention_heads(const float* q, int h0, int h1, int Dh, const float*
       float* pi = pb.data() + i * 64;
       for (int li = 0; li < nlive; ++li) pi[li] = zi[li] * scale - m_new;
       exp_f32(pi, pi, nlive);
+      float sum = den[i];  // (a local: through den[i] every add waited on a store and a load)
       for (int li = 0; li < nlive; ++li) {
-        den[i] += pi[li];
+        sum += pi[li];
         pi[li] = bf16_round(pi[li]);
       }
+      den[i] = sum;
       m[i] = m_new;
       took_pb[static_cast<size_t>(ntook)] = pi;
       took_acc[static_cast<size_t>(ntook++)] = ah;
