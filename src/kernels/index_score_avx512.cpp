@@ -78,25 +78,41 @@ void scores_avx512(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t
     transpose16(hi);
     __m512 skv[4];
     for (int b = 0; b < 4; ++b) skv[b] = _mm512_load_ps(sk[b]);
+    // Block by block over up to 128 heads, each head's d waiting in `dh` between blocks: a block
+    // needs 8 of the 32 key vectors, so they stay in registers (all 32 at once spilled). Each
+    // head's d still adds its blocks in order 0 .. 3, and sum its heads in order.
+    constexpr int kHeadsPerPass = 128;
+    alignas(64) float dh[kHeadsPerPass * 16];
     __m512 sum = _mm512_setzero_ps();
-    for (int h = 0; h < H; ++h) {
-      const int32_t* qh = qd.data() + static_cast<size_t>(h) * 32;
-      __m512 d = _mm512_setzero_ps();
+    for (int hp = 0; hp < H; hp += kHeadsPerPass) {
+      const int hn = H - hp < kHeadsPerPass ? H - hp : kHeadsPerPass;
       for (int b = 0; b < 4; ++b) {
-        __m512i acc = _mm512_setzero_si512();
-        for (int t = 0; t < 4; ++t) {
-          const int dd = 4 * b + t;
-          acc = _mm512_dpbusd_epi32(acc, lo[dd], _mm512_set1_epi32(qh[dd]));
-          acc = _mm512_dpbusd_epi32(acc, hi[dd], _mm512_set1_epi32(qh[16 + dd]));
+        const __m512i l0 = lo[4 * b], l1 = lo[4 * b + 1], l2 = lo[4 * b + 2], l3 = lo[4 * b + 3];
+        const __m512i h0 = hi[4 * b], h1 = hi[4 * b + 1], h2 = hi[4 * b + 2], h3 = hi[4 * b + 3];
+        for (int i = 0; i < hn; ++i) {
+          const size_t h = static_cast<size_t>(hp + i);
+          const int32_t* qh = qd.data() + h * 32 + 4 * b;
+          __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, _mm512_set1_epi32(qh[0]));
+          acc = _mm512_dpbusd_epi32(acc, h0, _mm512_set1_epi32(qh[16]));
+          acc = _mm512_dpbusd_epi32(acc, l1, _mm512_set1_epi32(qh[1]));
+          acc = _mm512_dpbusd_epi32(acc, h1, _mm512_set1_epi32(qh[17]));
+          acc = _mm512_dpbusd_epi32(acc, l2, _mm512_set1_epi32(qh[2]));
+          acc = _mm512_dpbusd_epi32(acc, h2, _mm512_set1_epi32(qh[18]));
+          acc = _mm512_dpbusd_epi32(acc, l3, _mm512_set1_epi32(qh[3]));
+          acc = _mm512_dpbusd_epi32(acc, h3, _mm512_set1_epi32(qh[19]));
+          acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(qoff[h * 4 + static_cast<size_t>(b)]));
+          const __m512 s = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(qs[h * 4 + static_cast<size_t>(b)]), skv[b]),
+                                         _mm512_set1_ps(0.25f));
+          const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
+          float* dp = dh + static_cast<size_t>(i) * 16;
+          _mm512_store_ps(dp, _mm512_add_ps(b == 0 ? _mm512_setzero_ps() : _mm512_load_ps(dp), x));
         }
-        acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(qoff[static_cast<size_t>(h) * 4 + b]));
-        const __m512 s = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(qs[static_cast<size_t>(h) * 4 + b]), skv[b]),
-                                       _mm512_set1_ps(0.25f));
-        d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s));
       }
-      // max(zero, x) returns x for two zeros and for NaN, as std::max(x, 0.0f) does.
-      d = _mm512_max_ps(_mm512_setzero_ps(), bf16_round16(d));
-      sum = _mm512_add_ps(sum, bf16_round16(_mm512_mul_ps(d, _mm512_set1_ps(q.weights[h]))));
+      for (int i = 0; i < hn; ++i) {
+        // max(zero, x) returns x for two zeros and for NaN, as std::max(x, 0.0f) does.
+        const __m512 d = _mm512_max_ps(_mm512_setzero_ps(), bf16_round16(_mm512_load_ps(dh + static_cast<size_t>(i) * 16)));
+        sum = _mm512_add_ps(sum, bf16_round16(_mm512_mul_ps(d, _mm512_set1_ps(q.weights[hp + i]))));
+      }
     }
     alignas(64) float out[16];
     _mm512_store_ps(out, bf16_round16(sum));
