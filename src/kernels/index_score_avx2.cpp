@@ -68,26 +68,41 @@ void scores_avx2(const IndexQuery& q, const uint8_t* keys, int64_t j0, int64_t j
       for (auto& part : half) transpose8(part);
     __m256 skv[4];
     for (int b = 0; b < 4; ++b) skv[b] = _mm256_load_ps(sk[b]);
+    // Block by block over up to 128 heads (as the AVX-512 path): a block needs 8 of the 32 key
+    // vectors, so they fit the 16 registers; each head's d waits in `dh` between blocks and still
+    // adds its blocks in order 0 .. 3, and sum its heads in order.
+    constexpr int kHeadsPerPass = 128;
+    alignas(32) float dh[kHeadsPerPass * 8];
     __m256 sum = _mm256_setzero_ps();
-    for (int h = 0; h < H; ++h) {
-      const int32_t* qh = qd.data() + static_cast<size_t>(h) * 32;
-      __m256 d = _mm256_setzero_ps();
+    for (int hp = 0; hp < H; hp += kHeadsPerPass) {
+      const int hn = H - hp < kHeadsPerPass ? H - hp : kHeadsPerPass;
       for (int b = 0; b < 4; ++b) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int t = 0; t < 4; ++t) {
-          const int dd = 4 * b + t;
-          for (int half = 0; half < 2; ++half) {
-            const __m256i pr = _mm256_maddubs_epi16(kv[half][dd / 8][dd % 8], _mm256_set1_epi32(qh[16 * half + dd]));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, ones));
+        __m256i key[2][4];  // [half][t]: dword 4 b + t of each key
+        for (int half = 0; half < 2; ++half)
+          for (int t = 0; t < 4; ++t) key[half][t] = kv[half][(4 * b + t) / 8][(4 * b + t) % 8];
+        for (int i = 0; i < hn; ++i) {
+          const size_t h = static_cast<size_t>(hp + i);
+          const int32_t* qh = qd.data() + h * 32;
+          __m256i acc = _mm256_setzero_si256();
+          for (int t = 0; t < 4; ++t) {
+            const int dd = 4 * b + t;
+            for (int half = 0; half < 2; ++half) {
+              const __m256i pr = _mm256_maddubs_epi16(key[half][t], _mm256_set1_epi32(qh[16 * half + dd]));
+              acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pr, ones));
+            }
           }
+          acc = _mm256_sub_epi32(acc, _mm256_set1_epi32(qoff[h * 4 + static_cast<size_t>(b)]));
+          const __m256 s = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(qs[h * 4 + static_cast<size_t>(b)]), skv[b]),
+                                         _mm256_set1_ps(0.25f));
+          const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), s);
+          float* dp = dh + static_cast<size_t>(i) * 8;
+          _mm256_store_ps(dp, _mm256_add_ps(b == 0 ? _mm256_setzero_ps() : _mm256_load_ps(dp), x));
         }
-        acc = _mm256_sub_epi32(acc, _mm256_set1_epi32(qoff[static_cast<size_t>(h) * 4 + b]));
-        const __m256 s = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(qs[static_cast<size_t>(h) * 4 + b]), skv[b]),
-                                       _mm256_set1_ps(0.25f));
-        d = _mm256_add_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(acc), s));
       }
-      d = _mm256_max_ps(_mm256_setzero_ps(), bf16_round8(d));  // returns d for two zeros, as std::max
-      sum = _mm256_add_ps(sum, bf16_round8(_mm256_mul_ps(d, _mm256_set1_ps(q.weights[h]))));
+      for (int i = 0; i < hn; ++i) {
+        const __m256 d = _mm256_max_ps(_mm256_setzero_ps(), bf16_round8(_mm256_load_ps(dh + static_cast<size_t>(i) * 8)));  // d for two zeros, as std::max
+        sum = _mm256_add_ps(sum, bf16_round8(_mm256_mul_ps(d, _mm256_set1_ps(q.weights[hp + i]))));
+      }
     }
     alignas(32) float out[8];
     _mm256_store_ps(out, bf16_round8(sum));
