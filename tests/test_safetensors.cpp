@@ -119,3 +119,55 @@ TEST(Safetensors, WriterAlignsAndReaderCopesWithMisalignedData) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(s2.get("f").data) % 4, 0u);
   EXPECT_EQ(s2.get("f").as<float>()[0], 1.0f);
 }
+
+namespace {
+// A file with one tensor of `bytes` bytes holding a pattern from `seed`.
+std::vector<uint8_t> write_pattern(const fs::path& p, size_t bytes, uint8_t seed) {
+  std::vector<uint8_t> v(bytes);
+  for (size_t i = 0; i < bytes; ++i) v[i] = static_cast<uint8_t>(i * 131 + seed + i / 4096);
+  write_safetensors(p.string(), {{"t", DType::U8, {static_cast<int64_t>(bytes)}, v}});
+  return v;
+}
+const TensorView& only_tensor(const SafetensorsFile& f) { return f.tensors().at(0); }
+}  // namespace
+
+// Reading a range again (page cache dropped, pages mapped anew) keeps the addresses and bytes.
+TEST(Safetensors, ReloadKeepsTheMappedBytes) {
+  const fs::path p = tmp_file("reload.safetensors");
+  const auto want = write_pattern(p, size_t{3} << 20, 7);
+  SafetensorsFile f(p.string());
+  f.prefault(size_t{1} << 20, {});
+  size_t rss = 0, huge = 0;
+  ASSERT_TRUE(f.resident_pages(rss, huge));
+  EXPECT_GE(rss, want.size());  // prefault mapped every page
+  EXPECT_LE(huge, rss);
+  const uint8_t* before = only_tensor(f).data;
+  EXPECT_TRUE(f.reload_range(0, f.file_size()));
+  EXPECT_EQ(only_tensor(f).data, before);
+  EXPECT_EQ(std::memcmp(only_tensor(f).data, want.data(), want.size()), 0);
+  ASSERT_TRUE(f.resident_pages(rss, huge));
+  EXPECT_GE(rss, want.size());  // populated again
+  // A range inside the file as well.
+  EXPECT_TRUE(f.reload_range(size_t{1} << 20, size_t{1} << 20));
+  EXPECT_EQ(std::memcmp(only_tensor(f).data, want.data(), want.size()), 0);
+}
+
+// A file replaced under the same path is not the mapped one: no reload, the old bytes stay.
+TEST(Safetensors, ReloadRefusesAReplacedFile) {
+  const fs::path p = tmp_file("replaced.safetensors"), q = tmp_file("replacement.safetensors");
+  const auto want = write_pattern(p, size_t{1} << 20, 1);
+  SafetensorsFile f(p.string());
+  write_pattern(q, size_t{1} << 20, 2);
+  fs::rename(q, p);
+  EXPECT_FALSE(f.reload_range(0, f.file_size()));
+  EXPECT_EQ(std::memcmp(only_tensor(f).data, want.data(), want.size()), 0);
+}
+
+// Files under 64 MiB are left as they are (the TLB cost is in the large streams).
+TEST(Safetensors, SmallFilesAreNotReloaded) {
+  const fs::path p = tmp_file("small.safetensors");
+  write_pattern(p, size_t{2} << 20, 3);
+  TensorStore s = TensorStore::open_file(p.string());
+  s.prefault();
+  EXPECT_EQ(s.reload_small_pages(), 0u);
+}

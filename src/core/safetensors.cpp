@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -76,6 +78,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     throw Error(path + ": cannot stat: " + std::strerror(errno));
   }
   size_ = static_cast<size_t>(st.st_size);
+  dev_ = static_cast<uint64_t>(st.st_dev);
+  ino_ = static_cast<uint64_t>(st.st_ino);
   if (size_ < 8) {
     ::close(fd);
     throw Error(path + ": not a safetensors file (" + std::to_string(size_) + " bytes, need a header)");
@@ -178,6 +182,56 @@ void SafetensorsFile::prefault(size_t chunk, const std::function<void(size_t)>& 
   }
 }
 
+bool SafetensorsFile::resident_pages(size_t& rss, size_t& huge) const {
+  std::ifstream smaps("/proc/self/smaps");
+  if (!smaps) return false;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(map_);
+  std::string line;
+  bool in_map = false, found = false;
+  rss = huge = 0;
+  while (std::getline(smaps, line)) {
+    // A mapping's header line: "start-end perms offset dev inode [path]"; its fields follow.
+    const size_t dash = line.find('-');
+    if (dash != std::string::npos && dash > 0 && line.find(' ') > dash &&
+        std::isxdigit(static_cast<unsigned char>(line[0]))) {
+      in_map = std::strtoull(line.c_str(), nullptr, 16) == start;
+      found = found || in_map;
+      continue;
+    }
+    if (!in_map) continue;
+    const auto field_kb = [&](const char* name, size_t& out) {
+      const size_t n = std::strlen(name);
+      if (line.compare(0, n, name) == 0) out = std::strtoull(line.c_str() + n, nullptr, 10) * 1024;
+    };
+    field_kb("Rss:", rss);
+    field_kb("FilePmdMapped:", huge);
+  }
+  return found;
+}
+
+bool SafetensorsFile::reload_range(size_t off, size_t len) const {
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st{};
+  const bool same = ::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_dev) == dev_ &&
+                    static_cast<uint64_t>(st.st_ino) == ino_ && static_cast<size_t>(st.st_size) == size_;
+  if (same) {
+    auto* base = static_cast<uint8_t*>(map_) + off;
+    // Dirty pages (a file still being written back) cannot leave the cache: write them first.
+    if (off == 0) ::fdatasync(fd);
+    // (The mapping is private and read-only, so dropping its pages loses nothing: they fault in
+    // again from the file.)
+    ::madvise(base, len, MADV_DONTNEED);
+    ::posix_fadvise(fd, static_cast<off_t>(off), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+    ::madvise(base, len, MADV_POPULATE_READ);
+  }
+  ::close(fd);
+  return same;
+}
+
 SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, size_);
 }
@@ -191,6 +245,37 @@ void TensorStore::prefault(const std::function<void(size_t, size_t)>& progress) 
     });
     before += f->file_size();
   }
+}
+
+size_t TensorStore::reload_small_pages(const std::function<void(size_t, size_t)>& progress) const {
+  constexpr size_t kMinBytes = size_t{64} << 20, kChunk = size_t{256} << 20;
+  std::vector<const SafetensorsFile*> small;
+  size_t todo = 0;
+  for (const auto& f : files_) {
+    size_t rss = 0, huge = 0;
+    // Mostly small pages: under half of the resident bytes in 2 MiB pages.
+    if (f->file_size() >= kMinBytes && f->resident_pages(rss, huge) && rss >= kMinBytes && huge < rss / 2) {
+      small.push_back(f.get());
+      todo += f->file_size();
+    }
+  }
+  size_t done = 0;
+  for (const SafetensorsFile* f : small) {
+    for (size_t off = 0; off < f->file_size(); off += kChunk) {
+      size_t huge_before = 0, rss = 0;
+      const bool first = off == 0;
+      if (first) f->resident_pages(rss, huge_before);
+      const size_t len = std::min(kChunk, f->file_size() - off);
+      if (!f->reload_range(off, len)) return done;
+      done += len;
+      if (progress) progress(done, todo);
+      size_t huge_after = 0;
+      // The first chunk tells whether this file system maps the file in large pages at all.
+      if (first && len >= kMinBytes && f->resident_pages(rss, huge_after) && huge_after < huge_before + len / 4)
+        return done;
+    }
+  }
+  return done;
 }
 
 void TensorStore::add(std::unique_ptr<SafetensorsFile> f) {

@@ -47,11 +47,20 @@ class SafetensorsFile {
   size_t file_size() const { return size_; }
   // Populates the page tables of [0, size) in chunks; done(bytes_done) after each chunk.
   void prefault(size_t chunk, const std::function<void(size_t)>& done) const;
+  // This process's resident bytes of the mapping and how many of them are mapped as 2 MiB pages
+  // (/proc/self/smaps); false where that cannot be read.
+  bool resident_pages(size_t& rss, size_t& huge) const;
+  // Drops [off, off + len) from this mapping and from the page cache, then maps it again, read
+  // anew from the file: a page cache filled by writing the file holds it in 4 KiB pages, which
+  // the kernel reads back in large ones where the file system supports them. The addresses stay
+  // the same. False if the file cannot be opened again or is no longer the mapped file.
+  bool reload_range(size_t off, size_t len) const;
 
  private:
   std::string path_;
   void* map_ = nullptr;
   size_t size_ = 0;
+  uint64_t dev_ = 0, ino_ = 0;  // (reload_range checks that the path still names this file)
   std::vector<TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
   // Aligned copies of tensors whose data offset is not a multiple of their element size (writers
@@ -69,6 +78,13 @@ class TensorStore {
   // cached), so that later first touches do not fault one by one during decode.
   // progress(bytes_done, bytes_total) is called every 256 MiB.
   void prefault(const std::function<void(size_t, size_t)>& progress = {}) const;
+  // After prefault: where a file is resident mostly in 4 KiB pages (a checkpoint just written,
+  // e.g. downloaded or copied, stays cached that way), reads it again so that the kernel maps it
+  // in 2 MiB pages: decode reads every weight once per token, and the small pages' TLB misses
+  // slow it by 6-40 % (docs/performance.md, "Memory map"). Stops after the
+  // first 256 MiB if they come back small as well (a file system without large folios).
+  // progress(bytes_done, bytes_to_do). Returns the bytes read again.
+  size_t reload_small_pages(const std::function<void(size_t, size_t)>& progress = {}) const;
 
   const TensorView* find(const std::string& name) const;
   // Throws dsv4::Error naming the tensor when it is missing.
