@@ -62,6 +62,13 @@ inline Vec vmul(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps
 inline Vec vset1(float f) { return {_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
 inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
 inline Vec vfold_add(Vec lanes, Vec slots) { return {_mm256_add_ps(lanes.lo, _mm256_add_ps(slots.lo, slots.hi)), lanes.hi}; }
+inline Vec vfold_pair_add(Vec packed, Vec x, Vec y) {
+  return {_mm256_add_ps(packed.lo, _mm256_add_ps(x.lo, x.hi)), _mm256_add_ps(packed.hi, _mm256_add_ps(y.lo, y.hi))};
+}
+inline void vunpack_pair(Vec packed, Vec& x, Vec& y) {
+  x = {packed.lo, _mm256_setzero_ps()};
+  y = {packed.hi, _mm256_setzero_ps()};
+}
 #include "kernels/gemm_fp4_pairs.inc"
 
 // FP4 block as in gemm_avx512.cpp, the 16 dwords split over two ymm (lanes 0-7, 8-15).
