@@ -177,13 +177,51 @@ inline void fp4_int_words(__m256i codes, __m256i* w) {
   const __m256i nib = _mm256_set1_epi8(0x0F);
   const __m256i lo = _mm256_shuffle_epi8(tab, _mm256_and_si256(codes, nib));
   const __m256i hi = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nib));
-  const __m256i even = _mm256_setr_epi8(-128, 0, -128, 2, -128, 4, -128, 6, -128, 8, -128, 10, -128, 12, -128, 14, -128, 0,
-                                        -128, 2, -128, 4, -128, 6, -128, 8, -128, 10, -128, 12, -128, 14);
-  const __m256i odd = _mm256_add_epi8(even, _mm256_set1_epi16(0x0100));  // bytes 4d+1, 4d+3 (the -128s stay)
-  w[0] = _mm256_shuffle_epi8(lo, even);
-  w[1] = _mm256_shuffle_epi8(hi, even);
-  w[2] = _mm256_shuffle_epi8(lo, odd);
-  w[3] = _mm256_shuffle_epi8(hi, odd);
+  // Bytes 4d, 4d+2 into the high bytes of words 2d, 2d+1 (a shift), and bytes 4d+1, 4d+3 (a
+  // mask): plain integer ops, which run on more ports than byte shuffles.
+  const __m256i high = _mm256_set1_epi16(static_cast<short>(0xFF00));
+  w[0] = _mm256_slli_epi16(lo, 8);
+  w[1] = _mm256_slli_epi16(hi, 8);
+  w[2] = _mm256_and_si256(lo, high);
+  w[3] = _mm256_and_si256(hi, high);
+}
+// Block b of R rows; kParity 0 or 1 is b's parity known at compile time (the evens then stay in
+// registers and no branch picks the pair step), 2 asks at run time (a run's tail).
+template <int R, int kParity>
+inline void fp4_int_block(const uint8_t* const* codes, int b, const Vec* s16, int bb, const uint32_t* words,
+                          const float* unit, const uint8_t* ok, const float* a, Vec* evens, Vec* lanes,
+                          const uint8_t* const* next, const uint8_t* const* far) {
+  auto pair_add = [&](int j, Vec part) {
+    if constexpr (kParity == 2)
+      fp4_pair_add(b, part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
+    else
+      fp4_pair_add<kParity == 1>(part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
+  };
+  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
+  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
+  if (ok[b]) {
+    const Vec un = vmul(vload(unit + 16 * b), vset1(0x1p-8f));  // (normal: u >= 2^-117)
+    for (int j = 0; j < R; ++j) {
+      __m256i w0[4], w1[4];
+      fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b)), w0);
+      fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b + 32)), w1);
+      const __m256i* av = reinterpret_cast<const __m256i*>(words + 64 * b);
+      __m256i x0 = _mm256_madd_epi16(w0[0], _mm256_loadu_si256(av)), x1 = _mm256_madd_epi16(w1[0], _mm256_loadu_si256(av + 1));
+      for (int u = 1; u < 4; ++u) {
+        x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(w0[u], _mm256_loadu_si256(av + 2 * u)));
+        x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(av + 2 * u + 1)));
+      }
+      pair_add(j, Vec{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)});
+    }
+  } else {
+    for (int j = 0; j < R; ++j) {
+      Fp4Blk c;
+      fp4_blk_load_codes<true>(codes[j] + 64 * b, 128, c);
+      Vec part = vzero();
+      for (int t = 0; t < 8; ++t) part = vfma(vload(a + 128 * b + 16 * t), fp4_blk_vec(c, t), part);
+      pair_add(j, part);
+    }
+  }
 }
 // As in gemm_avx512.cpp (R rows, blocks without an integer form through the fp32 chain); the
 // lane scales come from the scale bytes 16 at a time (every byte value, 0 and 255 included).
@@ -196,34 +234,13 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     const int run = full - b0 < 4 ? full - b0 : 4;
     Vec s16[R];
     for (int j = 0; j < R; ++j) s16[j] = fp4_scales16(scales_raw[j] + 4 * b0, 4 * run);
-    for (int bb = 0; bb < run; ++bb) {
-      const int b = b0 + bb;
-      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
-      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
-      if (ok[b]) {
-        const Vec un = vmul(vload(unit + 16 * b), vset1(0x1p-8f));  // (normal: u >= 2^-117)
-        for (int j = 0; j < R; ++j) {
-          __m256i w0[4], w1[4];
-          fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b)), w0);
-          fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b + 32)), w1);
-          const __m256i* av = reinterpret_cast<const __m256i*>(words + 64 * b);
-          __m256i x0 = _mm256_madd_epi16(w0[0], _mm256_loadu_si256(av)), x1 = _mm256_madd_epi16(w1[0], _mm256_loadu_si256(av + 1));
-          for (int u = 1; u < 4; ++u) {
-            x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(w0[u], _mm256_loadu_si256(av + 2 * u)));
-            x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(av + 2 * u + 1)));
-          }
-          const Vec part{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)};
-          fp4_pair_add(b, part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
-        }
-      } else {
-        for (int j = 0; j < R; ++j) {
-          Fp4Blk c;
-          fp4_blk_load_codes<true>(codes[j] + 64 * b, 128, c);
-          Vec part = vzero();
-          for (int t = 0; t < 8; ++t) part = vfma(vload(a + 128 * b + 16 * t), fp4_blk_vec(c, t), part);
-          fp4_pair_add(b, part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
-        }
-      }
+    if (run == 4) {
+      fp4_int_block<R, 0>(codes, b0, s16, 0, words, unit, ok, a, evens, lanes, next, far);
+      fp4_int_block<R, 1>(codes, b0 + 1, s16, 1, words, unit, ok, a, evens, lanes, next, far);
+      fp4_int_block<R, 0>(codes, b0 + 2, s16, 2, words, unit, ok, a, evens, lanes, next, far);
+      fp4_int_block<R, 1>(codes, b0 + 3, s16, 3, words, unit, ok, a, evens, lanes, next, far);
+    } else {
+      for (int bb = 0; bb < run; ++bb) fp4_int_block<R, 2>(codes, b0 + bb, s16, bb, words, unit, ok, a, evens, lanes, next, far);
     }
   }
 }
