@@ -229,7 +229,14 @@ inline void fp4_int_block(const uint8_t* const* codes, int b, const Vec* s16, in
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
                          const float* /*corr*/, const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
-                         Vec* evens, Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
+                         Vec* evens_io, Vec* lanes_io, const uint8_t* const* next, const uint8_t* const* far) {
+  // Local copies: stores through the callers' pointers could alias the code bytes, which would
+  // keep the partials in memory.
+  Vec evens[R], lanes[R];
+  for (int j = 0; j < R; ++j) {
+    evens[j] = evens_io[j];
+    lanes[j] = lanes_io[j];
+  }
   for (int b0 = 0; b0 < full; b0 += 4) {
     const int run = full - b0 < 4 ? full - b0 : 4;
     Vec s16[R];
@@ -242,6 +249,10 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     } else {
       for (int bb = 0; bb < run; ++bb) fp4_int_block<R, 2>(codes, b0 + bb, s16, bb, words, unit, ok, a, evens, lanes, next, far);
     }
+  }
+  for (int j = 0; j < R; ++j) {
+    evens_io[j] = evens[j];
+    lanes_io[j] = lanes[j];
   }
 }
 
