@@ -41,14 +41,20 @@ inline Parts reduce(const Vec* v) {
   return _mm_unpacklo_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
 }
 
-// e4m3 by bit construction (see gemm_avx512.cpp).
-inline __m256 e4m3_8_raw(const uint8_t* p) {  // e4m3 value * 2^-120
-  const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(static_cast<int>(0x87F00000u))));
+// e4m3 by bit construction (see gemm_avx512.cpp), value * 2^-120, 16 weights at once: byte d goes to the high byte of dword d, byte 8 + d to the high byte of
+// its low word; one arithmetic 16-bit shift puts both in e4m3-in-fp32 position (sign at the
+// top, the other bits at 26..20 of their dword once the low word moves up).
+inline Vec e4m3_16_raw(const uint8_t* p) {
+  const __m256i place = _mm256_setr_epi8(-128, 8, -128, 0, -128, 9, -128, 1, -128, 10, -128, 2, -128, 11, -128, 3, -128,
+                                         12, -128, 4, -128, 13, -128, 5, -128, 14, -128, 6, -128, 15, -128, 7);
+  const __m256i mask = _mm256_set1_epi32(static_cast<int>(0x87F00000u));
+  const __m256i bytes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i y = _mm256_srai_epi16(_mm256_shuffle_epi8(bytes, place), 4);
+  return {_mm256_castsi256_ps(_mm256_and_si256(y, mask)), _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(y, 16), mask))};
 }
 inline void dec_fp8_raw(const uint8_t* p, Vec& w0, Vec& w1) {
-  w0 = {e4m3_8_raw(p), e4m3_8_raw(p + 8)};
-  w1 = {e4m3_8_raw(p + 16), e4m3_8_raw(p + 24)};
+  w0 = e4m3_16_raw(p);
+  w1 = e4m3_16_raw(p + 16);
 }
 // 32 bf16 weights as (odd, even) lane vectors: dword d holds elements 2d (low) and 2d+1 (high).
 inline void dec_bf16(const uint16_t* p, Vec& w0, Vec& w1) {
