@@ -102,6 +102,31 @@ TEST(Roofline, GemmPeakIsTheFasterInstruction) {
   EXPECT_STREQ(avx2.gemm_peak_name(), "FMA");
 }
 
+// Each piece of work counts with its duration against the mean of the probes around it.
+TEST(Roofline, SampledPeakWeighsEachPieceByItsTime) {
+  PeakSamples s;
+  s.start(100);
+  EXPECT_EQ(s.mean(), 100);  // no work yet: the first probe
+  s.piece(1.0, 200);         // 1 s between probes of 100 and 200: 150
+  s.piece(3.0, 200);         // 3 s at 200
+  EXPECT_DOUBLE_EQ(s.mean(), (1.0 * 150 + 3.0 * 200) / 4.0);
+  EXPECT_EQ(s.lo(), 100);
+  EXPECT_EQ(s.hi(), 200);
+  s.start(50);  // a new interval forgets the old one
+  s.piece(2.0, 50);
+  EXPECT_EQ(s.mean(), 50);
+  EXPECT_EQ(s.hi(), 50);
+}
+
+TEST(Roofline, ShortPeakProbeMeasuresComputeOnly) {
+  ThreadPool pool(2);
+  const Roofline r = measure_peaks(pool, 1, 0.01);
+  EXPECT_EQ(r.read_gbs, 0);
+  EXPECT_GT(r.fma_gflops, 0.1);
+  EXPECT_LT(r.fma_gflops, 1e6);
+  EXPECT_GT(r.gemm_peak_gflops(), 0.1);
+}
+
 TEST(Roofline, MeasuresAGivenBuffer) {
   ThreadPool pool(2);
   std::vector<uint8_t> buf(size_t{8} << 20, 1);

@@ -55,8 +55,8 @@ double product_gflops(const StageBytes& macs, const ProfileRun& run) {
 // With products_peak (GFLOP/s, prefill with --roofline), also the product stages' rate against it.
 void print_profile(const char* title, const char* amount_name, const char* rate_name, double rate_factor,
                    const StageBytes& amount, double amount_unit, const std::vector<int64_t>& frontiers,
-                   const std::vector<ProfileRun>& runs, bool product_row = false, double products_peak = 0,
-                   const char* peak_name = "") {
+                   const std::vector<ProfileRun>& runs, bool product_row = false,
+                   const std::vector<double>& products_peak = {}, const char* peak_name = "") {
   std::printf("\n%s\n%-18s %10s", title, "stage", amount_name);
   for (int64_t f : frontiers) std::printf(" %9lld ms %7s", static_cast<long long>(f), rate_name);
   std::printf("\n");
@@ -91,11 +91,11 @@ void print_profile(const char* title, const char* amount_name, const char* rate_
     return per_token(i, static_cast<double>(sum));
   };
   row("product stages", product_macs(amount) / amount_unit, products_ms);
-  if (products_peak <= 0 || product_macs(amount) <= 0) return;
+  if (products_peak.size() != frontiers.size() || product_macs(amount) <= 0) return;
   std::printf("%-29s", (std::string("  / ") + peak_name + " peak").c_str());
   for (size_t i = 0; i < frontiers.size(); ++i) {
     const double gflops = product_gflops(amount, runs[i]);
-    if (gflops > 0) std::printf(" %19.1f%%", 100.0 * gflops / products_peak);
+    if (gflops > 0 && products_peak[i] > 0) std::printf(" %19.1f%%", 100.0 * gflops / products_peak[i]);
     else std::printf(" %20s", "-");
   }
   std::printf("\n(product stages: attn projections, compressors, attn output, routed and shared experts)\n");
@@ -156,23 +156,29 @@ void register_bench(CLI::App& app) {
                   use_head ? "over the mapped output head" : "fresh 1 GiB buffer", roof.fma_gflops);
       if (roof.dot_gflops > 0) std::printf(", peak VDPBF16PS %.1f GFLOP/s", roof.dot_gflops);
       if (roof.amx_gflops > 0) std::printf(", AMX tiles %.1f GFLOP/s", roof.amx_gflops);
-      std::printf(" (%s, all threads); prefill/peak is against the fastest the products use, %s\n", roof.isa,
-                  roof.gemm_peak_name());
+      std::printf(" (%s, all threads); prefill/peak is against the fastest the products use, %s,\n"
+                  "sampled again before and after every prefill chunk (the interval's time-weighted mean is the\n"
+                  "peak column), and decode/read against the read bandwidth measured right before and after the decode\n",
+                  roof.isa, roof.gemm_peak_name());
     }
+    // A short probe of the same peak: best of 3 runs of a tenth of the iterations, ~0.04 s on two
+    // cores (on the Zen 3 VM within a few percent of the full probe run right before or after it).
+    auto probe_peak = [&] { return measure_peaks(m.pool(), 3, 0.1).gemm_peak_gflops(); };
     const double bytes_per_token = static_cast<double>(m.bytes_per_token());
     const double macs_per_token = m.prefill_macs_per_token();
     std::printf("decode reads %.3f GB of weights per token; prefill does %.2f G multiply-adds of weight "
                 "products per token (attention over the context not counted)\n\n",
                 bytes_per_token / 1e9, macs_per_token / 1e9);
     std::printf("%9s %12s %12s %12s %12s %10s%s\n", "context", "prefill t/s", "decode t/s", "decode GB/s", "state MiB",
-                "interval", roofline ? "   read GB/s  decode/read  prefill GFLOP/s  prefill/peak" : "");
+                "interval", roofline ? "   read GB/s  decode/read  prefill GFLOP/s  peak GFLOP/s  prefill/peak" : "");
     std::ofstream csv;
     if (!csv_path.empty()) {
       csv.open(csv_path);
       if (!csv) throw Error(csv_path + ": cannot create");
       csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
              "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,peak_dot_gflops,decode_bw_ratio,"
-             "prefill_gflops,prefill_peak_ratio,products_gflops,products_peak_ratio,peak_amx_gflops\n";
+             "prefill_gflops,prefill_peak_ratio,products_gflops,products_peak_ratio,peak_amx_gflops,"
+             "peak_sampled_gflops,peak_sampled_min_gflops,peak_sampled_max_gflops\n";
     }
     // A fixed pseudo-random token walk (same for every run and machine).
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -184,22 +190,32 @@ void register_bench(CLI::App& app) {
     std::vector<float> logits(static_cast<size_t>(c.vocab_size));
     std::vector<int32_t> buf;
     std::vector<ProfileRun> prefill_runs, decode_runs;  // per frontier
+    std::vector<double> interval_peaks;                 // per frontier, with --roofline
     for (int64_t f : frontiers) {
       const int64_t n_prefill = f - st.pos;
+      PeakSamples peak;
+      if (roofline) peak.start(probe_peak());
       StageProfile::reset();
       StageProfile::enable(profile);
-      const auto t0 = std::chrono::steady_clock::now();
       // Long intervals (minutes at 64K) report progress on stderr: in place on a terminal, a line
       // every 30 s otherwise; the table on stdout stays clean.
       const bool tty = isatty(STDERR_FILENO) != 0;
       double last_report = 0.0;
+      double el = 0.0;  // prefill seconds so far (the probes between chunks not counted)
       for (int64_t done = 0; done < n_prefill;) {
         const int n = static_cast<int>(std::min<int64_t>(chunk, n_prefill - done));
         buf.resize(static_cast<size_t>(n));
         for (int32_t& t : buf) t = next_token();
+        const auto t0 = std::chrono::steady_clock::now();
         m.forward(st, buf.data(), n, done + n == n_prefill ? logits.data() : nullptr);
+        const double chunk_s = seconds_since(t0);
+        el += chunk_s;
         done += n;
-        const double el = seconds_since(t0);
+        if (roofline) {
+          StageProfile::enable(false);
+          peak.piece(chunk_s, probe_peak());
+          StageProfile::enable(profile);
+        }
         if (done < n_prefill && el - last_report >= (tty ? 1.0 : 30.0)) {
           last_report = el;
           std::fprintf(stderr, "%sprefill to %lld: %lld/%lld tokens, %.1f tok/s%s", tty ? "\r\033[K" : "",
@@ -208,10 +224,11 @@ void register_bench(CLI::App& app) {
         }
       }
       if (tty && last_report > 0.0) std::fputs("\r\033[K", stderr);
-      const double prefill_s = seconds_since(t0);
+      const double prefill_s = el;
       StageProfile::enable(false);
       prefill_runs.push_back({StageProfile::totals(), prefill_s, n_prefill});
-      const double read_gbs = roofline ? measure_read_gbs(m.pool(), read_bytes, 0.3, read_data) : 0.0;
+      interval_peaks.push_back(roofline ? peak.mean() : 0.0);
+      const double read_before = roofline ? measure_read_gbs(m.pool(), read_bytes, 0.3, read_data) : 0.0;
       StageProfile::reset();
       StageProfile::enable(profile);
       const auto t1 = std::chrono::steady_clock::now();
@@ -223,6 +240,7 @@ void register_bench(CLI::App& app) {
       }
       const double decode_s = seconds_since(t1);
       StageProfile::enable(false);
+      const double read_gbs = roofline ? 0.5 * (read_before + measure_read_gbs(m.pool(), read_bytes, 0.3, read_data)) : 0.0;
       decode_runs.push_back({StageProfile::totals(), decode_s, decode_tokens});
       const double prefill_tps = n_prefill > 0 ? static_cast<double>(n_prefill) / prefill_s : 0;
       const double decode_tps = decode_tokens / decode_s;
@@ -235,24 +253,24 @@ void register_bench(CLI::App& app) {
       std::printf("%9lld %12.1f %12.2f %12.2f %12.2f %10lld", static_cast<long long>(f), prefill_tps, decode_tps,
                   decode_gbs, state_mib, static_cast<long long>(n_prefill));
       if (roofline)
-        std::printf(" %11.1f %11.1f%% %16.1f %12.1f%%", read_gbs, 100.0 * decode_gbs / read_gbs, prefill_gflops,
-                    100.0 * prefill_gflops / roof.gemm_peak_gflops());
+        std::printf(" %11.1f %11.1f%% %16.1f %13.1f %12.1f%%", read_gbs, 100.0 * decode_gbs / read_gbs, prefill_gflops,
+                    peak.mean(), 100.0 * prefill_gflops / peak.mean());
       std::printf("\n");
       std::fflush(stdout);
       if (csv)
         csv << f << ',' << n_prefill << ',' << prefill_s << ',' << prefill_tps << ',' << decode_tokens << ',' << decode_s
             << ',' << decode_tps << ',' << decode_gbs << ',' << st.bytes() << ',' << read_gbs << ','
             << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
-            << prefill_gflops << ',' << (roofline ? prefill_gflops / roof.gemm_peak_gflops() : 0) << ','
-            << products_gflops << ',' << (roofline ? products_gflops / roof.gemm_peak_gflops() : 0) << ','
-            << roof.amx_gflops << '\n';
+            << prefill_gflops << ',' << (roofline ? prefill_gflops / peak.mean() : 0) << ','
+            << products_gflops << ',' << (roofline ? products_gflops / peak.mean() : 0) << ',' << roof.amx_gflops << ','
+            << peak.mean() << ',' << peak.lo() << ',' << peak.hi() << '\n';
     }
     if (profile) {
       print_profile("decode profile (ms per token, and the GB/s of the stage's weight reads, at each context)",
                     "MB/token", "GB/s", 1.0, m.bytes_per_token_by_stage(), 1e6, frontiers, decode_runs);
       print_profile("prefill profile (ms per token of each interval, and the GFLOP/s of the stage's weight products)",
                     "MMAC/token", "GFLOP/s", 2.0, m.prefill_macs_by_stage(), 1e6, frontiers, prefill_runs, true,
-                    roofline ? roof.gemm_peak_gflops() : 0.0, roof.gemm_peak_name());
+                    roofline ? interval_peaks : std::vector<double>{}, roof.gemm_peak_name());
     }
   });
 }

@@ -89,22 +89,20 @@ double measure_read_gbs(ThreadPool& pool, size_t bytes, double seconds, const vo
   return best;
 }
 
-Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds, const void* data) {
+Roofline measure_peaks(ThreadPool& pool, int reps, double scale) {
   Roofline r;
   const Isa isa = active_isa();
   r.isa = isa_name(isa);
   const int parts = pool.size();
-  const double best = measure_read_gbs(pool, bytes, seconds, data);
-  r.read_gbs = best;
-
-  // Peak multiply-add: every thread runs the loop; best of three, flops / wall time.
+  // Peak multiply-add: every thread runs the loop; best of `reps`, flops / wall time.
   // Distinct chain seeds (the loops read them from memory, roofline.h).
   float seeds[16];
   for (int j = 0; j < 16; ++j) seeds[j] = 1.0f + 0.0625f * static_cast<float>(j);
   static_assert(roofline_detail::kFmaChains <= 16 && roofline_detail::kDotChains <= 16, "seeds");
-  auto peak = [&](double (*loop)(long, const float*, float*), long iters) {
+  auto peak = [&](double (*loop)(long, const float*, float*), long full_iters) {
+    const long iters = std::max(1000L, static_cast<long>(static_cast<double>(full_iters) * scale));
     double best_flops = 0;
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < std::max(1, reps); ++rep) {
       std::atomic<double> flops{0};
       std::vector<float> out(static_cast<size_t>(parts) * 16);
       const double t0 = now();
@@ -127,6 +125,12 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds, const 
   if (isa == Isa::Avx512 && gemm_amx_active())
     r.amx_gflops = peak([](long iters, const float*, float* out) { return roofline_detail::tdpbf16_loop_amx(iters, out); },
                         2'000'000);
+  return r;
+}
+
+Roofline measure_roofline(ThreadPool& pool, size_t bytes, double seconds, const void* data) {
+  Roofline r = measure_peaks(pool);
+  r.read_gbs = measure_read_gbs(pool, bytes, seconds, data);
   return r;
 }
 

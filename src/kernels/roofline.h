@@ -37,6 +37,34 @@ Roofline measure_roofline(ThreadPool& pool, size_t bytes = size_t(1) << 30, doub
 // Read bandwidth alone (as in measure_roofline): over [data, data + bytes) when data is given.
 double measure_read_gbs(ThreadPool& pool, size_t bytes, double seconds, const void* data = nullptr);
 
+// The multiply-add peaks alone (measure_roofline's compute fields; read_gbs stays 0): the best of
+// `reps` runs of each loop, each run `scale` times measure_roofline's iteration count (1: about
+// 0.1-0.3 s on two cores).
+Roofline measure_peaks(ThreadPool& pool, int reps = 3, double scale = 1.0);
+
+// A peak sampled around timed work whose clock may move under it (virtual machines change their
+// cores' clock by 2x within seconds, so a peak probed minutes earlier is no denominator): the probe
+// runs before the first piece of work and after each, and each piece counts with its duration
+// against the mean of the probes on either side of it.
+class PeakSamples {
+ public:
+  void start(double peak) { last_ = peak, lo_ = hi_ = peak, weighted_ = seconds_ = 0; }
+  void piece(double seconds, double peak_after) {
+    weighted_ += seconds * 0.5 * (last_ + peak_after);
+    seconds_ += seconds;
+    last_ = peak_after;
+    lo_ = peak_after < lo_ ? peak_after : lo_;
+    hi_ = peak_after > hi_ ? peak_after : hi_;
+  }
+  // The time-weighted peak (the first probe alone before any piece).
+  double mean() const { return seconds_ > 0 ? weighted_ / seconds_ : last_; }
+  double lo() const { return lo_; }
+  double hi() const { return hi_; }
+
+ private:
+  double last_ = 0, lo_ = 0, hi_ = 0, weighted_ = 0, seconds_ = 0;
+};
+
 namespace roofline_detail {
 // Per-ISA FMA loops: `iters` iterations of kFmaChains independent chains, chain j starting at
 // seeds[j] (every lane) and doing v = fma(v, 0.999999, 1e-7); out[j] gets lane 0 of chain j.
