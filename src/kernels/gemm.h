@@ -275,7 +275,7 @@ constexpr int kFp4FoldMinByte = 127 - 94, kFp4FoldMaxByte = 127 + 125;
 // stash), the lane vectors of the M >= 4 tiles, FP4 lane scales, the FP4 group scales of a
 // small-M group.
 struct ScratchLayout {  // offsets (wbuf is at 0) and the total
-  int64_t lanes = 0, lsc = 0, row_scales = 0, total = 0;
+  int64_t lanes = 0, lsc = 0, row_scales = 0, wt = 0, total = 0;
 };
 inline ScratchLayout scratch_layout(int M, int nb) {
   static_assert(kPairsChunkK >= 2 * 16 * 16, "the FP4 lane stash (lanes, waiting partials) lives in wbuf");
@@ -284,7 +284,10 @@ inline ScratchLayout scratch_layout(int M, int nb) {
   l.lanes = kPanelRows * max(kPairsChunkK, act_stride(nb * 128));
   l.lsc = l.lanes + int64_t{kPanelRows} * 16 * max(M + 4, kMBlock);
   l.row_scales = l.lsc + int64_t{kPanelRows} * 16 * max(kPairsChunkK / 128, nb);
-  l.total = l.row_scales + int64_t{kPanelRows} * nb * 4 + 16 + 64;
+  // (wt: the AVX2 broadcast tiles' panel, whole steps of kFp8StepK columns x kPanelRows; a
+  // 64-byte aligned offset)
+  l.wt = (l.row_scales + int64_t{kPanelRows} * nb * 4 + 16 + 15) / 16 * 16;
+  l.total = l.wt + int64_t{kPanelRows} * (nb + 1) / 2 * kFp8StepK + 64;
   return l;
 }
 inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).total; }

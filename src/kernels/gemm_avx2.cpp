@@ -311,6 +311,7 @@ inline void fp4_tile_halves(const float* const* a, const float* w, const float* 
   }
 }
 
+constexpr bool kFp8BcastTiles = true;  // (gemm_simd.inc, fp8_bcast_tiles)
 #include "kernels/gemm_simd.inc"
 
 }  // namespace
