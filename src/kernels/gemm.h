@@ -284,10 +284,10 @@ inline ScratchLayout scratch_layout(int M, int nb) {
   l.lanes = kPanelRows * max(kPairsChunkK, act_stride(nb * 128));
   l.lsc = l.lanes + int64_t{kPanelRows} * 16 * max(M + 4, kMBlock);
   l.row_scales = l.lsc + int64_t{kPanelRows} * 16 * max(kPairsChunkK / 128, nb);
-  // (wt: the AVX2 broadcast tiles' panel, whole steps of kFp8StepK columns x kPanelRows; a
-  // 64-byte aligned offset)
+  // (wt: the AVX2 broadcast tiles' panel, whole steps of kFp8StepK columns x kPanelRows, then
+  // for FP4 the lane scales [nb][16][kPanelRows]; a 64-byte aligned offset)
   l.wt = (l.row_scales + int64_t{kPanelRows} * nb * 4 + 16 + 15) / 16 * 16;
-  l.total = l.wt + int64_t{kPanelRows} * (nb + 1) / 2 * kFp8StepK + 64;
+  l.total = l.wt + int64_t{kPanelRows} * ((nb + 1) / 2 * kFp8StepK + 16 * nb) + 64;
   return l;
 }
 inline int64_t scratch_floats(int M, int nb) { return scratch_layout(M, nb).total; }

@@ -262,56 +262,7 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
   }
 }
 
-// FP4 M >= 4, fp32 tiles (rows_tiled): the chunk [k0, k1) of one weight row w (column k at
-// w[k]) against kBigMR activation rows, one 8-lane half of the lane vectors at a time. The
-// halves are independent lanes, so this is the canonical order of each lane; what it buys is
-// registers: a block pair's 8 partial chains (enough to keep both FMA pipes busy) and the 4
-// lanes fit in 12 ymm, so the pairs are formed in registers, where whole lane vectors (twice
-// as many ymm) kept them in L1 and paid a load and a store per partial per block. sc: the lane
-// scales of block k0 / 128, the next block's kPanelRows * 16 floats on; lp: the tile's lanes
-// (lane vector i at 16 i). A chunk holds whole pairs but for the last of an odd number of
-// blocks, whose even partial adds + 0 (fp4_pair_finish).
-constexpr bool kFp4HalfTiles = true;
-inline void fp4_tile_halves(const float* const* a, const float* w, const float* sc, int k0, int k1, float* lp) {
-  static_assert(kBigMR == 4 && kBigNR == 1, "one weight row, four activation rows");
-  constexpr int kNextScales = kPanelRows * 16;
-  for (int h = 0; h < 16; h += 8) {
-    __m256 lane[4];
-    for (int m = 0; m < 4; ++m) lane[m] = _mm256_loadu_ps(lp + 16 * m + h);
-    const float* s = sc + h;
-    int k = k0;
-    for (; k + 256 <= k1; k += 256, s += 2 * kNextScales) {
-      __m256 even[4], odd[4];
-      for (int m = 0; m < 4; ++m) even[m] = odd[m] = _mm256_setzero_ps();
-#pragma GCC unroll 8
-      for (int t = 0; t < 8; ++t) {
-        const int c = k + 16 * t + h;
-        const __m256 we = _mm256_loadu_ps(w + c), wo = _mm256_loadu_ps(w + c + 128);
-        for (int m = 0; m < 4; ++m) {
-          even[m] = _mm256_fmadd_ps(_mm256_loadu_ps(a[m] + c), we, even[m]);
-          odd[m] = _mm256_fmadd_ps(_mm256_loadu_ps(a[m] + c + 128), wo, odd[m]);
-        }
-      }
-      const __m256 se = _mm256_loadu_ps(s), so = _mm256_loadu_ps(s + kNextScales);
-      for (int m = 0; m < 4; ++m) lane[m] = _mm256_add_ps(lane[m], _mm256_fmadd_ps(odd[m], so, _mm256_mul_ps(even[m], se)));
-    }
-    if (k < k1) {  // the last block, even and alone
-      __m256 even[4];
-      for (int m = 0; m < 4; ++m) even[m] = _mm256_setzero_ps();
-      for (int t = 0; t < 8; ++t) {
-        const int c = k + 16 * t + h;
-        const __m256 we = _mm256_loadu_ps(w + c);
-        for (int m = 0; m < 4; ++m) even[m] = _mm256_fmadd_ps(_mm256_loadu_ps(a[m] + c), we, even[m]);
-      }
-      const __m256 se = _mm256_loadu_ps(s);
-      for (int m = 0; m < 4; ++m)
-        lane[m] = _mm256_add_ps(lane[m], _mm256_add_ps(_mm256_mul_ps(even[m], se), _mm256_setzero_ps()));
-    }
-    for (int m = 0; m < 4; ++m) _mm256_storeu_ps(lp + 16 * m + h, lane[m]);
-  }
-}
-
-constexpr bool kFp8BcastTiles = true;  // (gemm_simd.inc, fp8_bcast_tiles)
+constexpr bool kBcastTiles = true;  // (gemm_simd.inc: fp8_bcast_tiles, fp4_bcast_tiles)
 #include "kernels/gemm_simd.inc"
 
 }  // namespace

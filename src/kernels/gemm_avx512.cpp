@@ -393,9 +393,7 @@ inline void fp8_chunk_pairs(const uint8_t* codes, int len, uint32_t* out, int ex
 // activations have no integer form (the canonical order: t = 2u is the high word, element
 // 8d+4+u, then t = 2u+1, the low one; halving the doubled weights is exact).
 constexpr bool kFp4IntTiles = true;
-constexpr bool kFp8BcastTiles = false;  // (an AVX2 form: AVX-512 tiles take 16 lanes per zmm)
-constexpr bool kFp4HalfTiles = false;  // (an AVX2 form: one zmm is one lane vector here)
-inline void fp4_tile_halves(const float* const*, const float*, const float*, int, int, float*) {}
+constexpr bool kBcastTiles = false;  // (an AVX2 form: AVX-512 tiles take 16 lanes per zmm)
 using IVec = __m512i;
 inline IVec ivzero() { return _mm512_setzero_si512(); }
 inline IVec dp_ints(IVec acc, const uint32_t* a, const uint32_t* w) {
