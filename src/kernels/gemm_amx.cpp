@@ -326,23 +326,35 @@ struct NibbleIndex {
 };
 constexpr NibbleIndex kNibbleIndex;
 
-inline void convert_row_fp4(const uint8_t* codes, const uint8_t* scales, int nb, const __m512i& e2m1_words, uint32_t* out,
-                            int tile_dw) {
+// Rows `codes` and `codes + row_bytes` (consecutive rows r, r + 1 of a block, r even) at once: their
+// tile rows of a lane are the two halves of one cache line (tile_dw dwords apart per lane), so each
+// is written by one 64-byte store instead of two 32-byte ones. Without kSecond, row r + 1 is zeros
+// (the last row of a group of odd length).
+template <bool kSecond>
+inline void convert_row_pair_fp4(const uint8_t* codes, size_t row_bytes, const uint8_t* scales, size_t scale_bytes, int nb,
+                                 const __m512i& e2m1_words, uint32_t* out, int tile_dw) {
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), low_nibble = _mm512_set1_epi16(0xF);
   const __m512i shift = _mm512_load_si512(kNibbleIndex.shift);
   constexpr __mmask32 kOddWords = 0xAAAAAAAAu;  // the high words: block 2h + 1
   for (int h = 0; h < nb / 2; ++h) {
-    const __m512i c0 = _mm512_loadu_si512(codes + 128 * h), c1 = _mm512_loadu_si512(codes + 128 * h + 64);
+    __m512i c0[2], c1[2];
+    for (int r = 0; r < (kSecond ? 2 : 1); ++r) {
+      c0[r] = _mm512_loadu_si512(codes + r * row_bytes + 128 * h);
+      c1[r] = _mm512_loadu_si512(codes + r * row_bytes + 128 * h + 64);
+    }
     for (int v = 0; v < 8; ++v) {
-      const __m512i n = _mm512_and_si512(
-          _mm512_srlv_epi16(_mm512_permutex2var_epi8(c0, _mm512_load_si512(kNibbleIndex.byte[v]), c1), shift), low_nibble);
-      const __m512i w = _mm512_permutexvar_epi16(n, e2m1_words);
-      const __m512i delta = _mm512_mask_set1_epi16(_mm512_set1_epi16(static_cast<short>((scales[8 * h + v / 2] - 127) * 128)),
-                                                   kOddWords, static_cast<short>((scales[8 * h + 4 + v / 2] - 127) * 128));
-      const __m512i x = _mm512_mask_add_epi16(w, _mm512_test_epi16_mask(w, magnitude), w, delta);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(h * 16 + 2 * v) * tile_dw), _mm512_castsi512_si256(x));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(h * 16 + 2 * v + 1) * tile_dw),
-                         _mm512_extracti64x4_epi64(x, 1));
+      const __m512i idx = _mm512_load_si512(kNibbleIndex.byte[v]);
+      __m512i x[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+      for (int r = 0; r < (kSecond ? 2 : 1); ++r) {
+        const uint8_t* sc = scales + r * scale_bytes;
+        const __m512i n = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutex2var_epi8(c0[r], idx, c1[r]), shift), low_nibble);
+        const __m512i w = _mm512_permutexvar_epi16(n, e2m1_words);
+        const __m512i delta = _mm512_mask_set1_epi16(_mm512_set1_epi16(static_cast<short>((sc[8 * h + v / 2] - 127) * 128)),
+                                                     kOddWords, static_cast<short>((sc[8 * h + 4 + v / 2] - 127) * 128));
+        x[r] = _mm512_mask_add_epi16(w, _mm512_test_epi16_mask(w, magnitude), w, delta);
+      }
+      _mm512_store_si512(out + static_cast<size_t>(h * 16 + 2 * v) * tile_dw, _mm512_shuffle_i64x2(x[0], x[1], 0x44));
+      _mm512_store_si512(out + static_cast<size_t>(h * 16 + 2 * v + 1) * tile_dw, _mm512_shuffle_i64x2(x[0], x[1], 0xEE));
     }
   }
 }
@@ -397,16 +409,23 @@ void rows_amx_fp4(const Problem& p, int n0, int n1, float* scratch) {
   const size_t block_dw = static_cast<size_t>(pairs) * kFp4Lanes * kTile4Dw;
   for (int g0 = n0; g0 < n1; g0 += group) {
     const int g1 = g0 + group < n1 ? g0 + group : n1;
-    convert_group(
-        p, g0, g1, static_cast<size_t>(p.K) / 2, wt, block_dw, 8,
-        [&](int n, uint32_t* out) {
-          convert_row_fp4(p.w + static_cast<size_t>(n) * (p.K / 2), p.ws + static_cast<size_t>(n) * (p.K / 32), p.nb, e2m1, out,
-                          kTile4Dw);
-        },
-        [&](uint32_t* out) {
-          for (int t = 0; t < pairs * kFp4Lanes; ++t)
-            _mm256_store_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(t) * kTile4Dw), _mm256_setzero_si256());
-        });
+    const size_t row_bytes = static_cast<size_t>(p.K) / 2, scale_bytes = static_cast<size_t>(p.K) / 32;
+    const int rows = (g1 - g0 + 15) / 16 * 16;
+    for (int r = 0; r < rows; r += 2) {
+      uint32_t* out = wt + static_cast<size_t>(r / 16) * block_dw + static_cast<size_t>(r % 16) * 8;
+      const int n = g0 + r;
+      const uint8_t* codes = p.w + static_cast<size_t>(n) * row_bytes;
+      const uint8_t* scales = p.ws + static_cast<size_t>(n) * scale_bytes;
+      if (n + 3 < p.row_end)  // the next pair, asked for while this one converts
+        for (size_t off = 0; off < 2 * row_bytes; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(codes) + 2 * row_bytes + off, _MM_HINT_T0);
+      if (n + 1 < g1)
+        convert_row_pair_fp4<true>(codes, row_bytes, scales, scale_bytes, p.nb, e2m1, out, kTile4Dw);
+      else if (n < g1)
+        convert_row_pair_fp4<false>(codes, row_bytes, scales, scale_bytes, p.nb, e2m1, out, kTile4Dw);
+      else  // rows past g1
+        for (int t = 0; t < pairs * kFp4Lanes; ++t) _mm512_store_si512(out + static_cast<size_t>(t) * kTile4Dw, _mm512_setzero_si512());
+    }
     group_chains<32>(p, wt, block_dw, kTile4Dw, pairs, kFp4Lanes, g0, g1, cbuf);
   }
   _tile_release();
