@@ -308,23 +308,40 @@ namespace {
 // one per lane and block pair: for pair h (blocks 2h, 2h+1) and lane d, 8 dwords at out + (h * 16
 // + d) * tile_dw, dword u = (element 8d + kFp4Order[u] of block 2h in the low word, the same of
 // block 2h+1 in the high word), each the bf16 of e2m1 * sw. Two lanes per vector: word i of
-// vector v is lane 2v + i / 16, slot u = (i % 16) / 2, block 2h + i % 2; one two-source byte
-// permute brings every word its code byte, a variable shift and a mask its nibble, a word-table
-// permute its value, and the exponent add its group's scale (lanes 2v, 2v+1 share one group).
+// vector v is lane 2v + i / 16, slot u = (i % 16) / 2, block 2h + i % 2. Lanes 2v, 2v+1 read code
+// bytes 8v .. 8v+7 of each block: those two qwords, broadcast into every 128-bit lane, let one
+// in-lane byte shuffle bring every word its code byte; a variable shift and a mask give its nibble,
+// and a word-table permute its value already scaled: the table holds e2m1 times the group scale of
+// block 2h in its first 16 words and of block 2h+1 in the other 16 (the scale's exponent added
+// to every nonzero word, once per group instead of once per vector).
 struct NibbleIndex {
-  alignas(64) uint8_t byte[8][64] = {};
-  alignas(64) uint16_t shift[32] = {};
+  alignas(64) uint8_t byte[64] = {};    // word i's code byte within its 128-bit lane (qword 0: block 2h)
+  alignas(64) uint16_t shift[32] = {};  // its nibble
+  alignas(64) uint16_t half[32] = {};   // 16 for block 2h+1's words: the second half of the table
   constexpr NibbleIndex() {
-    for (int v = 0; v < 8; ++v)
-      for (int i = 0; i < 32; ++i) {
-        const int lane = 2 * v + i / 16, e = kFp4Order[(i % 16) / 2];
-        byte[v][2 * i] = static_cast<uint8_t>(4 * lane + e / 2 + 64 * (i % 2));  // (64: the second block)
-        byte[v][2 * i + 1] = 0;
-        if (v == 0) shift[i] = static_cast<uint16_t>(4 * (e % 2));
-      }
+    for (int i = 0; i < 32; ++i) {
+      const int lane = i / 16, e = kFp4Order[(i % 16) / 2], odd = i % 2;
+      byte[2 * i] = static_cast<uint8_t>(8 * odd + 4 * lane + e / 2);
+      byte[2 * i + 1] = 0x80;  // (zero)
+      shift[i] = static_cast<uint16_t>(4 * (e % 2));
+      half[i] = static_cast<uint16_t>(16 * odd);
+    }
   }
 };
 constexpr NibbleIndex kNibbleIndex;
+
+// The scaled tables of pair h for groups g = 0..3 (lanes 4g .. 4g+3): e2m1_words (the 16 values
+// twice) plus (scale byte - 127) << 7, block 2h's byte in words 0..15 and block 2h+1's in 16..31,
+// where the value is nonzero.
+inline void fp4_scaled_tables(const uint8_t* scales, int h, const __m512i& e2m1_words, __mmask32 nonzero, __m512i* table) {
+  const __m128i s = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 8 * h)));
+  const __m512i d = _mm512_castsi128_si512(_mm_slli_epi16(_mm_sub_epi16(s, _mm_set1_epi16(127)), 7));
+  for (int g = 0; g < 4; ++g) {
+    const __m512i pick = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(static_cast<short>(g)),
+                                                 _mm512_set1_epi16(static_cast<short>(4 + g)));
+    table[g] = _mm512_mask_add_epi16(e2m1_words, nonzero, e2m1_words, _mm512_permutexvar_epi16(pick, d));
+  }
+}
 
 // Rows `codes` and `codes + row_bytes` (consecutive rows r, r + 1 of a block, r even) at once: their
 // tile rows of a lane are the two halves of one cache line (tile_dw dwords apart per lane), so each
@@ -333,25 +350,23 @@ constexpr NibbleIndex kNibbleIndex;
 template <bool kSecond>
 inline void convert_row_pair_fp4(const uint8_t* codes, size_t row_bytes, const uint8_t* scales, size_t scale_bytes, int nb,
                                  const __m512i& e2m1_words, uint32_t* out, int tile_dw) {
-  const __m512i magnitude = _mm512_set1_epi16(0x7FFF), low_nibble = _mm512_set1_epi16(0xF);
-  const __m512i shift = _mm512_load_si512(kNibbleIndex.shift);
-  constexpr __mmask32 kOddWords = 0xAAAAAAAAu;  // the high words: block 2h + 1
+  constexpr int kRows = kSecond ? 2 : 1;
+  const __m512i low_nibble = _mm512_set1_epi16(0xF);
+  const __m512i byte = _mm512_load_si512(kNibbleIndex.byte), shift = _mm512_load_si512(kNibbleIndex.shift);
+  const __m512i half = _mm512_load_si512(kNibbleIndex.half);
+  const __mmask32 nonzero = _mm512_test_epi16_mask(e2m1_words, _mm512_set1_epi16(0x7FFF));
   for (int h = 0; h < nb / 2; ++h) {
-    __m512i c0[2], c1[2];
-    for (int r = 0; r < (kSecond ? 2 : 1); ++r) {
-      c0[r] = _mm512_loadu_si512(codes + r * row_bytes + 128 * h);
-      c1[r] = _mm512_loadu_si512(codes + r * row_bytes + 128 * h + 64);
-    }
+    __m512i table[2][4];
+    for (int r = 0; r < kRows; ++r) fp4_scaled_tables(scales + r * scale_bytes, h, e2m1_words, nonzero, table[r]);
     for (int v = 0; v < 8; ++v) {
-      const __m512i idx = _mm512_load_si512(kNibbleIndex.byte[v]);
       __m512i x[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-      for (int r = 0; r < (kSecond ? 2 : 1); ++r) {
-        const uint8_t* sc = scales + r * scale_bytes;
-        const __m512i n = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutex2var_epi8(c0[r], idx, c1[r]), shift), low_nibble);
-        const __m512i w = _mm512_permutexvar_epi16(n, e2m1_words);
-        const __m512i delta = _mm512_mask_set1_epi16(_mm512_set1_epi16(static_cast<short>((sc[8 * h + v / 2] - 127) * 128)),
-                                                     kOddWords, static_cast<short>((sc[8 * h + 4 + v / 2] - 127) * 128));
-        x[r] = _mm512_mask_add_epi16(w, _mm512_test_epi16_mask(w, magnitude), w, delta);
+      for (int r = 0; r < kRows; ++r) {
+        const uint8_t* c = codes + r * row_bytes + 128 * h + 8 * v;
+        __m512i q = _mm512_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+        q = _mm512_mask_broadcastq_epi64(q, 0xAA, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 64)));
+        // (shuffled byte >> nibble shift) & 0xF | half: 0xEA is A & B | C.
+        const __m512i n = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_shuffle_epi8(q, byte), shift), low_nibble, half, 0xEA);
+        x[r] = _mm512_permutexvar_epi16(n, table[r][v / 2]);
       }
       _mm512_store_si512(out + static_cast<size_t>(h * 16 + 2 * v) * tile_dw, _mm512_shuffle_i64x2(x[0], x[1], 0x44));
       _mm512_store_si512(out + static_cast<size_t>(h * 16 + 2 * v + 1) * tile_dw, _mm512_shuffle_i64x2(x[0], x[1], 0xEE));
