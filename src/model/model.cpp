@@ -747,7 +747,8 @@ bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   check_tokens(cfg_, st, tokens, n);
   if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("forward: state does not belong to this model");
   const int D = cfg_.dim, hc = cfg_.hc_mult;
-  std::vector<float> h(static_cast<size_t>(n) * hc * D);
+  const size_t stream_floats = static_cast<size_t>(n) * hc * D;
+  float* const h = streams_.grown(stream_floats);  // (every element written below before it is read)
   StageTimer embed_timer(Stage::kEmbed);
   parallel_each(*pool_, n, [&](int64_t t) {
     const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
@@ -760,7 +761,7 @@ bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   std::optional<StateCheckpoint> before;
   if (on_layer) before = take_checkpoint(st);
   for (int l = 0; l < cfg_.n_layers; ++l) {
-    run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h.data(), tokens, n, st.pos);
+    run_block(w_.layers[static_cast<size_t>(l)], st.layers[static_cast<size_t>(l)], h, tokens, n, st.pos);
     if (on_layer && !on_layer(l + 1)) {
       restore_checkpoint(st, *before);
       return false;
@@ -768,7 +769,7 @@ bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   }
   st.pos += n;
   if (logits) head(&h[static_cast<size_t>(n - 1) * hc * D], w_.hc_head, w_.norm, logits);
-  if (final_streams) *final_streams = std::move(h);
+  if (final_streams) final_streams->assign(h, h + stream_floats);
   return true;
 }
 

@@ -147,6 +147,9 @@ class Model {
   struct BlockScratch {
     ScratchBuffer a, f;
   } block_scratch_;
+  // forward()'s residual streams ([n, hc, dim]: 128 MiB for a 2048-token chunk of V4-Flash; as a
+  // local every chunk mapped, faulted and zero-filled them afresh, ~6 % of a prefill's samples).
+  ScratchBuffer streams_;
 };
 
 }  // namespace dsv4
