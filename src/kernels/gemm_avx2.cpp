@@ -8,6 +8,7 @@
 
 #include "kernels/gemm.h"
 #include "kernels/isa_local.h"
+#include "kernels/numerics.h"
 
 namespace dsv4::gemm_detail {
 namespace {
@@ -144,8 +145,17 @@ inline Vec fp4_blk_vec(const Fp4Blk& b, int t) {
 }
 inline Vec fp4_blk_scale(const Fp4Blk& b) { return b.scale; }
 constexpr bool kFp4Bf16Pairs = false;  // no bf16 dot product: fp32 FMAs in the same order
-// (fp4_rows_int below decodes the scale bytes itself, every value: nothing to convert first.)
-inline void fp4_scales_to_f32(const uint8_t*, int, float*) {}
+// A group's scales in fp32 (e8m0_to_f32 of every byte, 0 and 255 included), for fp4_rows_int
+// when some byte is not plain (fp4_scales_plain).
+inline void fp4_scales_to_f32(const uint8_t* scales, int n, float* out) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t eight;
+    std::memcpy(&eight, scales + i, 8);
+    _mm256_storeu_ps(out + i, e8m0_8(_mm_cvtsi64_si128(static_cast<long long>(eight))));
+  }
+  for (; i < n; ++i) out[i] = e8m0_to_f32(scales[i]);
+}
 template <bool kFull, bool kInt = false>
 inline void fp4_blk_pairs(const uint8_t*, int, uint32_t*) {}
 template <bool kFull>
@@ -168,14 +178,49 @@ constexpr bool kFp8Gfni = false;  // (an AVX-512 form; declared only, never inst
 template <int R>
 void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a, const uint8_t* scales, const float* e8m0, Vec* v,
                    const RowPrefetch& ahead);
-inline bool fp4_scales_plain(const uint8_t*, int) { return false; }
+// True when every scale byte is in 1..254, whose e8m0 values are the normal floats e << 23
+// (fp4_lane_scales builds them from the bytes in two instructions per 8 lanes).
+inline bool fp4_scales_plain(const uint8_t* scales, int n) {
+  __m256i lo = _mm256_set1_epi8(static_cast<char>(255)), hi = _mm256_setzero_si256();
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + i));
+    lo = _mm256_min_epu8(lo, e);
+    hi = _mm256_max_epu8(hi, e);
+  }
+  bool plain = _mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, _mm256_setzero_si256())) == 0 &&
+               _mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, _mm256_set1_epi8(static_cast<char>(255)))) == 0;
+  for (; i < n; ++i) plain = plain && scales[i] != 0 && scales[i] != 255;
+  return plain;
+}
+// Lane scales of a row's block b (lane d: group 4b + d/4). Plain bytes: the block's four bytes in
+// every dword, one byte shuffle puts group byte g into byte 2 of its lanes' dwords (the rest 0)
+// and a 16-bit shift by 7 makes each dword e << 23, e8m0_to_f32's value. Otherwise from the
+// scales converted to fp32 first (fp4_scales_to_f32).
+template <bool kRawScales>
+inline Vec fp4_lane_scales(const uint8_t* raw, const float* f32, int b) {
+  if constexpr (kRawScales) {
+    uint32_t four;
+    std::memcpy(&four, raw + 4 * b, 4);
+    const __m256i s = _mm256_set1_epi32(static_cast<int>(four));
+    constexpr char z = -128;
+    const __m256i lo = _mm256_setr_epi8(z, z, 0, z, z, z, 0, z, z, z, 0, z, z, z, 0, z, z, z, 1, z, z, z, 1, z, z, z, 1, z, z, z, 1, z);
+    const __m256i hi = _mm256_setr_epi8(z, z, 2, z, z, z, 2, z, z, z, 2, z, z, z, 2, z, z, z, 3, z, z, z, 3, z, z, z, 3, z, z, z, 3, z);
+    return {_mm256_castsi256_ps(_mm256_slli_epi16(_mm256_shuffle_epi8(s, lo), 7)),
+            _mm256_castsi256_ps(_mm256_slli_epi16(_mm256_shuffle_epi8(s, hi), 7))};
+  } else {
+    const __m256 s = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(f32 + 4 * b));
+    return {_mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
+            _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3))};
+  }
+}
 // Small-M FP4 in integers (gemm.h, fp4_int_activations) through VPMADDWD: per 32 code bytes the
 // doubled e2m1 values as int8 from a byte table, each moved into the high byte of its int16 word
 // (so the weights enter times 256, and the units times 2^-8), in the a_pairs layout: dword d of
 // vector u holds (element 8d+u, element 8d+4+u), i.e. bytes 4d + u/2 and 4d + 2 + u/2 of the low
 // (u even) or high (u odd) nibbles.
 constexpr bool kFp4IntPairs = true;
-constexpr int kFp4IntRows = 2;  // (2 and 4 measured alike; 16 ymm registers)
+constexpr int kFp4IntRows = 1;  // (Zen 3, one thread, weights in L3: 12.4 GB/s against 11.2 with 2 rows)
 constexpr bool kFp4PagedPasses = false;  // (rows_direct_fp4: measured no faster here, 4-row groups)
 inline void fp4_int_words(__m256i codes, __m256i* w) {
   const __m256i tab = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3, 4, 6, 8, 12, 0,
@@ -191,18 +236,11 @@ inline void fp4_int_words(__m256i codes, __m256i* w) {
   w[2] = _mm256_and_si256(lo, high);
   w[3] = _mm256_and_si256(hi, high);
 }
-// Block b of R rows; kParity 0 or 1 is b's parity known at compile time (the evens then stay in
-// registers and no branch picks the pair step), 2 asks at run time (a run's tail).
-template <int R, int kParity>
-inline void fp4_int_block(const uint8_t* const* codes, int b, const Vec* s16, int bb, const uint32_t* words,
-                          const float* unit, const uint8_t* ok, const float* a, Vec* evens, Vec* lanes,
-                          const uint8_t* const* next, const uint8_t* const* far) {
-  auto pair_add = [&](int j, Vec part) {
-    if constexpr (kParity == 2)
-      fp4_pair_add(b, part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
-    else
-      fp4_pair_add<kParity == 1>(part, fp4_spread(s16[j], bb), evens[j], lanes[j]);
-  };
+// Block b of R rows, kOdd its parity (the loop runs by block pairs: the evens stay in registers).
+template <int R, bool kRawScales, bool kOdd>
+inline void fp4_int_block(const uint8_t* const* codes, int b, const uint32_t* words, const float* unit, const uint8_t* ok,
+                          const float* a, const float* const* scales_f32, const uint8_t* const* scales_raw, Vec* evens,
+                          Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
   for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
   for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
   if (ok[b]) {
@@ -217,7 +255,8 @@ inline void fp4_int_block(const uint8_t* const* codes, int b, const Vec* s16, in
         x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(w0[u], _mm256_loadu_si256(av + 2 * u)));
         x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(av + 2 * u + 1)));
       }
-      pair_add(j, Vec{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)});
+      const Vec part{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)};
+      fp4_pair_add<kOdd>(part, fp4_lane_scales<kRawScales>(scales_raw[j], scales_f32[j], b), evens[j], lanes[j]);
     }
   } else {
     for (int j = 0; j < R; ++j) {
@@ -225,17 +264,18 @@ inline void fp4_int_block(const uint8_t* const* codes, int b, const Vec* s16, in
       fp4_blk_load_codes<true>(codes[j] + 64 * b, 128, c);
       Vec part = vzero();
       for (int t = 0; t < 8; ++t) part = vfma(vload(a + 128 * b + 16 * t), fp4_blk_vec(c, t), part);
-      pair_add(j, part);
+      fp4_pair_add<kOdd>(part, fp4_lane_scales<kRawScales>(scales_raw[j], scales_f32[j], b), evens[j], lanes[j]);
     }
   }
 }
-// As in gemm_avx512.cpp (R rows, blocks without an integer form through the fp32 chain); the
-// lane scales come from the scale bytes 16 at a time (every byte value, 0 and 255 included).
-// (The byte form is AVX-512's only: the GEMMs never give this path its corrections.)
+// As in gemm_avx512.cpp (R rows, blocks without an integer form through the fp32 chain): the
+// full blocks of R rows, by pairs. (The byte form is AVX-512's only: the GEMMs never give this
+// path its corrections.)
 template <int R, bool kRawScales>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
-                         const float* /*corr*/, const uint8_t* ok, const float* a, const float* const*, const uint8_t* const* scales_raw,
-                         Vec* evens_io, Vec* lanes_io, const uint8_t* const* next, const uint8_t* const* far) {
+                         const float* /*corr*/, const uint8_t* ok, const float* a, const float* const* scales_f32,
+                         const uint8_t* const* scales_raw, Vec* evens_io, Vec* lanes_io, const uint8_t* const* next,
+                         const uint8_t* const* far) {
   // Local copies: stores through the callers' pointers could alias the code bytes, which would
   // keep the partials in memory.
   Vec evens[R], lanes[R];
@@ -243,19 +283,12 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
     evens[j] = evens_io[j];
     lanes[j] = lanes_io[j];
   }
-  for (int b0 = 0; b0 < full; b0 += 4) {
-    const int run = full - b0 < 4 ? full - b0 : 4;
-    Vec s16[R];
-    for (int j = 0; j < R; ++j) s16[j] = fp4_scales16(scales_raw[j] + 4 * b0, 4 * run);
-    if (run == 4) {
-      fp4_int_block<R, 0>(codes, b0, s16, 0, words, unit, ok, a, evens, lanes, next, far);
-      fp4_int_block<R, 1>(codes, b0 + 1, s16, 1, words, unit, ok, a, evens, lanes, next, far);
-      fp4_int_block<R, 0>(codes, b0 + 2, s16, 2, words, unit, ok, a, evens, lanes, next, far);
-      fp4_int_block<R, 1>(codes, b0 + 3, s16, 3, words, unit, ok, a, evens, lanes, next, far);
-    } else {
-      for (int bb = 0; bb < run; ++bb) fp4_int_block<R, 2>(codes, b0 + bb, s16, bb, words, unit, ok, a, evens, lanes, next, far);
-    }
+  int b = 0;
+  for (; b + 2 <= full; b += 2) {
+    fp4_int_block<R, kRawScales, false>(codes, b, words, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
+    fp4_int_block<R, kRawScales, true>(codes, b + 1, words, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
   }
+  if (b < full) fp4_int_block<R, kRawScales, false>(codes, b, words, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
   for (int j = 0; j < R; ++j) {
     evens_io[j] = evens[j];
     lanes_io[j] = lanes[j];
