@@ -59,18 +59,22 @@ void axpy_f32_rows(const float* alpha, const float* const* rows, int count, floa
 }
 
 void dot_f32_rows_multi(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out) {
-  if (active_isa() == Isa::Avx512) {
-    dot_detail::dot_rows_multi_avx512(a, na, rows, count, n, out);
-  } else {  // (no fused form: one call per query)
-    for (int q = 0; q < na; ++q) dot_f32_rows(a[q], rows, count, n, out[q]);
+  switch (active_isa()) {
+    case Isa::Avx512: dot_detail::dot_rows_multi_avx512(a, na, rows, count, n, out); break;
+    case Isa::Avx2: dot_detail::dot_rows_multi_avx2(a, na, rows, count, n, out); break;
+    default:
+      for (int q = 0; q < na; ++q) dot_f32_rows(a[q], rows, count, n, out[q]);
+      break;
   }
 }
 
 void axpy_f32_rows_multi(const float* const* alpha, int na, const float* const* rows, int count, float* const* y, int n) {
-  if (active_isa() == Isa::Avx512) {
-    dot_detail::axpy_rows_multi_avx512(alpha, na, rows, count, y, n);
-  } else {
-    for (int q = 0; q < na; ++q) axpy_f32_rows(alpha[q], rows, count, y[q], n);
+  switch (active_isa()) {
+    case Isa::Avx512: dot_detail::axpy_rows_multi_avx512(alpha, na, rows, count, y, n); break;
+    case Isa::Avx2: dot_detail::axpy_rows_multi_avx2(alpha, na, rows, count, y, n); break;
+    default:
+      for (int q = 0; q < na; ++q) axpy_f32_rows(alpha[q], rows, count, y[q], n);
+      break;
   }
 }
 

@@ -16,7 +16,7 @@ void axpy_f32(float alpha, const float* x, float* y, int n);
 // element takes the same fma chain, but y is loaded and stored once instead of count times.
 void axpy_f32_rows(const float* alpha, const float* const* rows, int count, float* y, int n);
 // Several queries or outputs sharing the rows (attention: heads over the same KV rows), each row
-// read once per group of queries (four on AVX-512): out[q] as dot_f32_rows(a[q], ...), y[q] as
+// read once per group of queries (four on AVX-512, two on AVX2): out[q] as dot_f32_rows(a[q], ...), y[q] as
 // axpy_f32_rows(alpha[q], ...) for q < na, bit for bit.
 void dot_f32_rows_multi(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out);
 void axpy_f32_rows_multi(const float* const* alpha, int na, const float* const* rows, int count, float* const* y, int n);
@@ -28,6 +28,8 @@ void dot_rows_avx512(const float* a, const float* const* rows, int count, int n,
 void axpy_scalar(float alpha, const float* x, float* y, int n);
 void axpy_rows_avx2(const float* alpha, const float* const* rows, int count, float* y, int n);
 void axpy_rows_avx512(const float* alpha, const float* const* rows, int count, float* y, int n);
+void dot_rows_multi_avx2(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out);
+void axpy_rows_multi_avx2(const float* const* alpha, int na, const float* const* rows, int count, float* const* y, int n);
 void dot_rows_multi_avx512(const float* const* a, int na, const float* const* rows, int count, int n, float* const* out);
 void axpy_rows_multi_avx512(const float* const* alpha, int na, const float* const* rows, int count, float* const* y,
                             int n);
