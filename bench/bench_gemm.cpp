@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <immintrin.h>
 #include <cstring>
@@ -52,17 +53,22 @@ std::vector<uint8_t> rand_bytes(size_t n, uint32_t seed, bool e4m3) {
   for (size_t i = drawn; i < n; i += drawn) std::memcpy(&v[i], v.data(), std::min(drawn, n - i));
   return v;
 }
-std::vector<float> rand_x(size_t n) {
+// Activations: normal values (a norm's output), or with swiglu silu(g) x u of two normal
+// values, the input of an expert's w2 (heavier tails: FP4 blocks in two planes on AVX2, gemm.h).
+std::vector<float> rand_x(size_t n, bool swiglu = false) {
   std::vector<float> x(n);
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
-  for (auto& v : x) v = bf16_round(nd(rng));
+  for (auto& v : x) {
+    const float g = nd(rng);
+    v = bf16_round(swiglu ? g / (1.0f + std::exp(-g)) * nd(rng) : g);
+  }
   return x;
 }
 
 enum class WKind { Fp8, Fp4, Bf16 };
 
-void run_bench(benchmark::State& st, WKind kind, int N, int K) {
+void run_bench(benchmark::State& st, WKind kind, int N, int K, bool swiglu = false) {
   const int M = static_cast<int>(st.range(0));
   const Isa want = static_cast<Isa>(st.range(1));
   if (!isa_supported(want)) {
@@ -85,7 +91,7 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K) {
       w[i + 1] = static_cast<uint8_t>(v >> 8);
     }
   std::vector<uint8_t> s(sbytes * copies, 120);
-  const auto x = rand_x(size_t(M) * K);
+  const auto x = rand_x(size_t(M) * K, swiglu);
   std::vector<float> y(size_t(M) * N);
   // M = 1 from DRAM: the read bandwidth (the roofline probe over these very weights, all threads
   // of the pool) right before and right after, so that each row carries its own ratio: this VM's
@@ -152,6 +158,8 @@ void BM_shared_w1_fp8_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp8
 void BM_shared_w2_fp8_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp8, 4096, 2048); }
 void BM_expert_w1_fp4_4096x2048(benchmark::State& st) { run_bench(st, WKind::Fp4, 2048, 4096); }
 void BM_expert_w2_fp4_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048); }
+// The same with the model's w2 input, silu(gate) x up (rand_x).
+void BM_expert_w2_fp4_swiglu_2048x4096(benchmark::State& st) { run_bench(st, WKind::Fp4, 4096, 2048, true); }
 // The compressors' projections (wkv, and wgate alike): the overlapped ratio-4 compressor of
 // V4-Flash emits 2 x 512 channels per token from the 4096-wide input, bf16 weights.
 void BM_compressor_bf16_4096x1024(benchmark::State& st) { run_bench(st, WKind::Bf16, 1024, 4096); }
@@ -164,6 +172,7 @@ BENCHMARK(BM_shared_w1_fp8_4096x2048)->Apply(Args);
 BENCHMARK(BM_shared_w2_fp8_2048x4096)->Apply(Args);
 BENCHMARK(BM_expert_w1_fp4_4096x2048)->Apply(ExpertArgs);
 BENCHMARK(BM_expert_w2_fp4_2048x4096)->Apply(ExpertArgs);
+BENCHMARK(BM_expert_w2_fp4_swiglu_2048x4096)->Apply(Args);
 BENCHMARK(BM_compressor_bf16_4096x1024)->Apply(Args);
 BENCHMARK(BM_head_bf16_4096x16384)->Apply(Args);
 

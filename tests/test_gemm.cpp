@@ -521,52 +521,126 @@ TEST(Gemm, Fp4BlockPairsMeetBeforeTheirLane) {
   }
 }
 
-// The integer form itself: which blocks have one, and that it gives back the values exactly.
+// The integer form itself: which blocks have one, and that it gives back the values exactly; with
+// `high` (AVX2) also the two-plane form (gemm.h) of blocks without the one-plane form.
 TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
-  constexpr int nb = 10;
+  constexpr int nb = 19;
   std::mt19937 rng(13);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> a(nb * 128);
   for (auto& v : a) v = round_to_e4m3_clamped(nd(rng) * 64.0f) * 0x1p-6f;  // e4m3 values times a block scale
   auto lane0 = [&](int b, int t) -> float& { return a[static_cast<size_t>(b) * 128 + 16 * t]; };
-  lane0(1, 3) = 0x1p-24f;                                  // 1: spans more than int16 (refused)
+  lane0(1, 3) = 0x1p-24f;                                  // 1: spans more than 18 bits (refused)
   lane0(2, 0) = std::numeric_limits<float>::quiet_NaN();  // 2: NaN (refused)
   std::fill(a.begin() + 3 * 128, a.begin() + 4 * 128, 0.0f);  // 3: all zeros (taken)
   for (int i = 0; i < 128; ++i) a[4 * 128 + i] = std::ldexp(static_cast<float>(i % 7) - 3.0f, -105);  // 4: largest binade 2^-104: u < 2^-117 (refused)
   for (int i = 0; i < 128; ++i) a[5 * 128 + i] = static_cast<float>(32767 - 2 * i);  // 5: odd integers up to 2^15 - 1 (taken)
-  for (int i = 0; i < 128; ++i) a[6 * 128 + i] = static_cast<float>(32769 - 2 * i);  // 6: 32769 > 2^15: unit 2 (refused)
+  for (int i = 0; i < 128; ++i) a[6 * 128 + i] = static_cast<float>(32769 - 2 * i);  // 6: 32769 > 2^15: unit 2 (two planes: unit 1/4)
   lane0(7, 5) = std::numeric_limits<float>::infinity();  // 7: infinity (refused)
   a[8 * 128 + 16 * 2 + 9] = -0.0f;                       // 8: a negative zero (taken)
   for (int i = 0; i < 128; ++i) a[9 * 128 + i] = std::ldexp(static_cast<float>(i % 7) - 3.0f, -104);  // 9: 2^-103: u = 2^-117 (taken)
-  const uint8_t want[nb] = {1, 0, 0, 1, 0, 1, 0, 0, 1, 1};
-  std::vector<uint32_t> words(nb * 64);
-  std::vector<float> unit(nb * 16);
-  std::vector<uint8_t> ok(nb);
-  gemm_detail::fp4_int_activations(a.data(), nb, words.data(), unit.data(), ok.data());
+  // Two planes: u = 2^-9 under a largest value of 448 or 480 in lane 0 (n = 229376, 245760).
+  lane0(10, 0) = -448.0f, lane0(10, 3) = 0x1p-9f, lane0(10, 6) = -0x3p-9f;  // 10: 18 bits, both signs (two planes)
+  lane0(11, 0) = 480.0f, lane0(11, 1) = 0x1p-10f;                          // 11: a bit below u (refused)
+  for (int t = 0; t < 5; ++t) lane0(12, t) = t % 2 ? -480.0f : 480.0f;      // 12: 12 sum |n| = 12 (5 x 245760 + 1) < 2^24 (two planes)
+  lane0(12, 7) = 0x1p-9f;
+  for (int t = 0; t < 6; ++t) lane0(13, t) = 480.0f;                         // 13: 12 (6 x 245760 + 1) >= 2^24 (refused)
+  lane0(13, 7) = 0x1p-9f;
+  for (int i = 0; i < 128; ++i) a[14 * 128 + i] = i < 16 ? 0x1p-101f : 0x1p-118f;  // 14: largest binade 2^-101: fine u < 2^-117 (refused)
+  for (int i = 0; i < 128; ++i) a[15 * 128 + i] = i < 16 ? 0x1p-100f : 0x1p-117f;  // 15: 2^-100: fine u = 2^-117 (two planes)
+  // Largest binades at the top (gemm.h: no partial sum may overflow), values 0 and +-2^(e - 127):
+  for (int i = 0; i < 128; ++i) a[16 * 128 + i] = std::ldexp(static_cast<float>(i % 3) - 1.0f, 121);  // 16: e = 248 (taken)
+  for (int i = 0; i < 128; ++i) a[17 * 128 + i] = std::ldexp(static_cast<float>(i % 3) - 1.0f, 122);  // 17: e = 249 (two planes)
+  for (int i = 0; i < 128; ++i) a[18 * 128 + i] = std::ldexp(static_cast<float>(i % 3) - 1.0f, 123);  // 18: e = 250 (refused)
+  const uint8_t want[nb] = {1, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+  const uint8_t want_two[nb] = {1, 0, 0, 1, 0, 1, 2, 0, 1, 1, 2, 0, 2, 0, 0, 2, 1, 2, 0};
+  // n of element t of lane d, from the planes (one plane: high absent or unused).
+  auto value = [](const uint32_t* words, const uint32_t* high, const float* unit, int b, int t, int d) {
+    const int u = t / 2, shift = t % 2 ? 0 : 16;
+    const uint32_t w = words[b * 64 + 16 * u + d] >> shift & 0xFFFF;
+    const int n = high ? 32768 * static_cast<int16_t>(high[b * 64 + 16 * u + d] >> shift & 0xFFFF) + static_cast<int>(w)
+                       : static_cast<int16_t>(w);
+    return static_cast<float>(n) * unit[b * 16 + d] * 2.0f;
+  };
+  struct Form {
+    std::vector<uint32_t> words = std::vector<uint32_t>(nb * 64), high = std::vector<uint32_t>(nb * 64);
+    std::vector<float> unit = std::vector<float>(nb * 16);
+    std::vector<uint8_t> ok = std::vector<uint8_t>(nb);
+  };
+  Form one, two;
+  gemm_detail::fp4_int_activations(a.data(), nb, one.words.data(), one.unit.data(), one.ok.data());
+  gemm_detail::fp4_int_activations(a.data(), nb, two.words.data(), two.unit.data(), two.ok.data(), two.high.data());
   for (int b = 0; b < nb; ++b) {
-    EXPECT_EQ(ok[b], want[b]) << "block " << b;
-    if (!ok[b]) continue;
-    for (int u = 0; u < 4; ++u)
-      for (int d = 0; d < 16; ++d) {  // dword d of vector u: (element 8d+u, element 8d+4+u), i.e. t = 2u+1, 2u
-        const uint32_t w = words[b * 64 + 16 * u + d];
-        const float lo = static_cast<float>(static_cast<int16_t>(w & 0xFFFF)), hi = static_cast<float>(static_cast<int16_t>(w >> 16));
-        EXPECT_EQ(lo * unit[b * 16 + d] * 2.0f, a[b * 128 + 16 * (2 * u + 1) + d]) << "block " << b;
-        EXPECT_EQ(hi * unit[b * 16 + d] * 2.0f, a[b * 128 + 16 * (2 * u) + d]) << "block " << b;
+    EXPECT_EQ(one.ok[b], want[b]) << "block " << b;
+    EXPECT_EQ(two.ok[b], want_two[b]) << "block " << b << " (two planes)";
+    for (int t = 0; t < 8; ++t)
+      for (int d = 0; d < 16; ++d) {
+        if (one.ok[b]) {
+          EXPECT_EQ(value(one.words.data(), nullptr, one.unit.data(), b, t, d), a[b * 128 + 16 * t + d]) << "block " << b;
+        }
+        if (two.ok[b] == 2) {
+          EXPECT_EQ(value(two.words.data(), two.high.data(), two.unit.data(), b, t, d), a[b * 128 + 16 * t + d]) << "block " << b;
+          EXPECT_LT(two.words[b * 64 + 16 * (t / 2) + d] >> (t % 2 ? 0 : 16) & 0xFFFF, 32768u) << "block " << b;  // (low planes: 0 .. 2^15 - 1)
+        }
       }
   }
-  // The SIMD versions must agree with this one.
+  // The SIMD versions must agree with this one (AVX-512: the one-plane form only).
   for (Isa isa : simd_isas()) {
-    std::vector<uint32_t> words2(nb * 64);
-    std::vector<float> unit2(nb * 16);
-    std::vector<uint8_t> ok2(nb);
-    (isa == Isa::Avx512 ? gemm_detail::fp4_int_activations_avx512 : gemm_detail::fp4_int_activations_avx2)(
-        a.data(), nb, words2.data(), unit2.data(), ok2.data());
+    const Form& ref = isa == Isa::Avx512 ? one : two;
+    Form got;
+    if (isa == Isa::Avx512)
+      gemm_detail::fp4_int_activations_avx512(a.data(), nb, got.words.data(), got.unit.data(), got.ok.data());
+    else
+      gemm_detail::fp4_int_activations_avx2(a.data(), nb, got.words.data(), got.unit.data(), got.ok.data(), got.high.data());
     for (int b = 0; b < nb; ++b) {
-      EXPECT_EQ(ok2[b], ok[b]) << isa_name(isa) << " block " << b;
-      if (!ok[b]) continue;
-      for (int i = 0; i < 64; ++i) EXPECT_EQ(words2[b * 64 + i], words[b * 64 + i]) << isa_name(isa) << " block " << b;
-      for (int i = 0; i < 16; ++i) EXPECT_EQ(f32_bits(unit2[b * 16 + i]), f32_bits(unit[b * 16 + i])) << isa_name(isa) << " block " << b;
+      EXPECT_EQ(got.ok[b], ref.ok[b]) << isa_name(isa) << " block " << b;
+      if (!ref.ok[b]) continue;
+      for (int i = 0; i < 64; ++i) EXPECT_EQ(got.words[b * 64 + i], ref.words[b * 64 + i]) << isa_name(isa) << " block " << b;
+      if (ref.ok[b] == 2) {
+        for (int i = 0; i < 64; ++i) EXPECT_EQ(got.high[b * 64 + i], ref.high[b * 64 + i]) << isa_name(isa) << " block " << b;
+      }
+      for (int i = 0; i < 16; ++i) EXPECT_EQ(f32_bits(got.unit[b * 16 + i]), f32_bits(ref.unit[b * 16 + i])) << isa_name(isa) << " block " << b;
     }
+  }
+}
+
+// The w2 input of an expert, silu(gate) x up, leaves about a quarter of the blocks without the
+// one-plane integer form: AVX2 takes them in two planes (gemm.h). Every path gives the scalar
+// reference's bits, and both kinds of blocks did occur.
+TEST(Gemm, Fp4TwoPlaneBlocksKeepTheCanonicalOrder) {
+  std::mt19937 rng(15);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const Shape shapes[] = {{1, 48, 2048}, {2, 40, 4096}, {3, 33, 1056}, {7, 20, 640}};
+  for (Shape s : shapes) {
+    auto d = make_fp4(rng, s.N, s.K);
+    std::vector<float> x(static_cast<size_t>(s.M) * s.K);
+    for (float& v : x) {
+      const float g = nd(rng), up = nd(rng);
+      v = bf16_round(g / (1.0f + std::exp(-g)) * up);
+    }
+    for (bool two_planes : {true, false}) {  // (off: those blocks through the fp32 chain)
+      const bool saved = force_fp4_two_planes(two_planes);
+      const auto y = check_all_paths(static_cast<size_t>(s.M) * s.N, name("fp4 two planes", s) + (two_planes ? " on" : " off"),
+                                     [&](ThreadPool& p, std::vector<float>& out) { gemm_fp4(x.data(), s.M, d.W, out.data(), p); });
+      force_fp4_two_planes(saved);
+      ASSERT_FALSE(y.empty());
+    }
+    const int nb = (s.K + 127) / 128;
+    std::vector<float> q(static_cast<size_t>(s.M) * s.K), sa(static_cast<size_t>(s.M) * nb);
+    quantize_rows_fp8(x.data(), s.M, s.K, q.data(), sa.data());
+    int count[3] = {};
+    for (int m = 0; m < s.M; ++m) {
+      std::vector<float> a(static_cast<size_t>(nb) * 128, 0.0f);
+      for (int k = 0; k < s.K; ++k)
+        a[static_cast<size_t>(k / 128 * 128 + gemm_detail::fp4_permuted_pos(k % 128))] = q[size_t(m) * s.K + k] * sa[size_t(m) * nb + k / 128];
+      std::vector<uint32_t> words(static_cast<size_t>(nb) * 64), high(static_cast<size_t>(nb) * 64);
+      std::vector<float> unit(static_cast<size_t>(nb) * 16);
+      std::vector<uint8_t> ok(static_cast<size_t>(nb));
+      gemm_detail::fp4_int_activations(a.data(), nb, words.data(), unit.data(), ok.data(), high.data());
+      for (uint8_t o : ok) ++count[o];
+    }
+    EXPECT_GT(count[1], 0) << name("fp4 two planes", s);
+    EXPECT_GT(count[2], 0) << name("fp4 two planes", s);
   }
 }
 

@@ -163,6 +163,7 @@ gd::Problem slice_rows(const gd::Problem& p, int m0, int m1) {
   s.a = p.a + m * static_cast<size_t>(p.a_stride);
   if (p.a_pairs) s.a_pairs = p.a_pairs + m * static_cast<size_t>(p.kp / 2);
   if (p.a_int) s.a_int = p.a_int + m * nb * 64;
+  if (p.a_int_high) s.a_int_high = p.a_int_high + m * nb * 64;
   if (p.a_int_unit) s.a_int_unit = p.a_int_unit + m * nb * 16;
   if (p.a_int_corr) s.a_int_corr = p.a_int_corr + m * nb * 16;
   if (p.a_int_ok) s.a_int_ok = p.a_int_ok + m * nb;
@@ -435,28 +436,58 @@ void fp4_permute_blocks(float* a, int nb) {
   }
 }
 
-void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
+void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok, uint32_t* high) {
   for (int b = 0; b < nb; ++b) {
     const float* ab = a + b * 128;  // position 16 t + d: lane d's t-th element
     int32_t ints[128];
-    bool good = true;
+    int e[16];
+    bool zero[16], lane_ok[16];
+    // One plane: u = 2^(e - 127 - 14) per lane; 1 / u and u / 2 as bit patterns (an all-zero
+    // lane takes u = 1).
     for (int d = 0; d < 16; ++d) {
       uint32_t top = 0;  // the largest |value|'s bits (a NaN's are larger than any number's)
       for (int t = 0; t < 8; ++t) top = std::max(top, f32_bits(ab[16 * t + d]) & 0x7FFFFFFFu);
-      const int e = static_cast<int>(top >> 23);  // biased exponent of the largest value
-      // u = 2^(e - 127 - 14); 1 / u and u / 2 as bit patterns (an all-zero lane takes u = 1).
-      const bool zero = top == 0;
-      good = good && (zero || (e >= kFp4IntMinExp && e <= 254));
-      const float inv_u = zero || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(268 - e) << 23);
-      unit[b * 16 + d] = zero || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(e - 15) << 23);
+      e[d] = static_cast<int>(top >> 23);  // biased exponent of the largest value
+      zero[d] = top == 0;
+      bool good = zero[d] || (e[d] >= kFp4IntMinExp && e[d] <= kFp4IntMaxExp);
+      const float inv_u = zero[d] || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(268 - e[d]) << 23);
+      unit[b * 16 + d] = zero[d] || !good ? 1.0f : f32_from_bits(static_cast<uint32_t>(e[d] - 15) << 23);
       for (int t = 0; t < 8; ++t) {
         const float v = ab[16 * t + d] * inv_u;  // exact: a power of two, in the normal range
         const float r = std::nearbyint(v);       // |v| < 2^15
         good = good && r == v;
         ints[16 * t + d] = static_cast<int32_t>(r);
       }
+      lane_ok[d] = good;
     }
-    ok[b] = good;
+    ok[b] = std::all_of(lane_ok, lane_ok + 16, [](bool g) { return g; });
+    if (!ok[b] && high) {
+      // Two planes: the lanes without the one-plane form at u = 2^(e - 144).
+      bool good = true;
+      for (int d = 0; d < 16; ++d) {
+        if (lane_ok[d]) continue;
+        bool lane = e[d] >= kFp4IntMinExp + 3 && e[d] <= kFp4TwoPlaneMaxExp;
+        const float inv_u = lane ? f32_from_bits(static_cast<uint32_t>(271 - e[d]) << 23) : 1.0f;
+        unit[b * 16 + d] = lane ? f32_from_bits(static_cast<uint32_t>(e[d] - 18) << 23) : 1.0f;
+        int64_t sum = 0;
+        for (int t = 0; t < 8; ++t) {
+          const float v = ab[16 * t + d] * inv_u;  // |v| < 2^18
+          const float r = std::nearbyint(v);
+          lane = lane && r == v;
+          ints[16 * t + d] = lane ? static_cast<int32_t>(r) : 0;
+          sum += std::abs(static_cast<int64_t>(ints[16 * t + d]));
+        }
+        good = good && lane && 12 * sum < (int64_t{1} << 24);
+      }
+      if (good) {
+        ok[b] = 2;
+        for (int u = 0; u < 4; ++u)
+          for (int d = 0; d < 16; ++d)
+            high[b * 64 + 16 * u + d] = (static_cast<uint32_t>(ints[16 * (2 * u + 1) + d] >> 15) & 0xFFFFu) |
+                                        (static_cast<uint32_t>(ints[16 * (2 * u) + d] >> 15) << 16);
+        for (int& n : ints) n &= 0x7FFF;  // the low planes, 0 .. 2^15 - 1
+      }
+    }
     for (int u = 0; u < 4; ++u)
       for (int d = 0; d < 16; ++d)  // dword d of vector u: (element 8d+u, element 8d+4+u), as a_pairs
         words[b * 64 + 16 * u + d] = (static_cast<uint32_t>(ints[16 * (2 * u + 1) + d]) & 0xFFFFu) |
@@ -518,22 +549,31 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   } else if (fp4_ints) {
     // The activations as exact integers where they have that form (gemm_detail), in one
     // buffer: words (or byte planes), then lane units, then with bytes the lane corrections,
-    // then block flags.
-    const bool bytes = M < p.small_m && active_isa() == Isa::Avx512 && fp4_bytes_active();
+    // then block flags, then on AVX2 the high planes of two-plane blocks.
+    const bool avx512 = active_isa() == Isa::Avx512;
+    const bool bytes = M < p.small_m && avx512 && fp4_bytes_active();
     const size_t blocks = static_cast<size_t>(M) * p.nb;
-    if (pairs.size() < blocks * 97) pairs.resize(blocks * 97);
+    if (pairs.size() < blocks * 161) pairs.resize(blocks * 161);
     uint32_t* words = pairs.data();
     float* unit = reinterpret_cast<float*>(pairs.data() + blocks * 64);
     float* corr = reinterpret_cast<float*>(pairs.data() + blocks * 80);
     uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 96);
-    const auto prepare = active_isa() == Isa::Avx512 ? gd::fp4_int_activations_avx512 : gd::fp4_int_activations_avx2;
+    uint32_t* high = avx512 || p.nb > gd::kFp4TwoPlaneMaxBlocks || !fp4_two_planes_active() ? nullptr : pairs.data() + blocks * 97;
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
         const float* a = q.data() + static_cast<size_t>(m) * p.a_stride;
+        const size_t mb = static_cast<size_t>(m) * p.nb;
         if (bytes)
-          gd::fp4_byte_activations_avx512(a, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, corr + m * p.nb * 16, ok + m * p.nb);
-        else
-          prepare(a, p.nb, words + m * p.nb * 64, unit + m * p.nb * 16, ok + m * p.nb);
+          gd::fp4_byte_activations_avx512(a, p.nb, words + mb * 64, unit + mb * 16, corr + mb * 16, ok + mb);
+        else if (avx512)
+          gd::fp4_int_activations_avx512(a, p.nb, words + mb * 64, unit + mb * 16, ok + mb);
+        else {
+          gd::fp4_int_activations_avx2(a, p.nb, words + mb * 64, unit + mb * 16, ok + mb, high ? high + mb * 64 : nullptr);
+          // A row with few two-plane blocks runs them in fp32 (they would cost its one-plane
+          // blocks more than they save: gemm_avx2.cpp, fp4_rows_int).
+          if (std::count(ok + mb, ok + mb + p.nb, uint8_t{2}) * gd::kFp4TwoPlaneShare < p.nb)
+            std::replace(ok + mb, ok + mb + p.nb, uint8_t{2}, uint8_t{0});
+        }
       }
     }, 8);
     // The tiles redo a block without the integer form in fp32 (about three times the work), so
@@ -542,6 +582,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     const size_t ok_blocks = static_cast<size_t>(std::count(ok, ok + blocks, uint8_t{1}));
     if (M < p.small_m || ok_blocks * 10 >= blocks * 9) {
       p.a_int = words;
+      p.a_int_high = high;
       p.a_int_unit = unit;
       p.a_int_ok = ok;
       if (bytes) p.a_int_corr = corr;
@@ -725,7 +766,10 @@ static CpuFormSwitch g_fp4_bytes("DSV4_FP4_BYTES", cpu_has_avx512_vbmi);
 static CpuFormSwitch g_fp8_gfni("DSV4_FP8_GFNI", cpu_has_avx512_vbmi_gfni);
 static CpuFormSwitch g_fp8_nta("DSV4_FP8_PREFETCH_NTA", [] { return true; }, cpu_is_amd);
 static CpuFormSwitch g_amx("DSV4_GEMM_AMX", cpu_has_amx_bf16);
+static CpuFormSwitch g_fp4_two_planes("DSV4_FP4_TWO_PLANES", [] { return isa_supported(Isa::Avx2); });
 
+bool fp4_two_planes_active() { return g_fp4_two_planes.active(); }
+bool force_fp4_two_planes(bool on) { return g_fp4_two_planes.force(on); }
 bool fp4_bytes_active() { return g_fp4_bytes.active(); }
 bool force_fp4_bytes(bool on) { return g_fp4_bytes.force(on); }
 bool fp8_gfni_active() { return g_fp8_gfni.active(); }

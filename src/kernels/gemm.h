@@ -136,6 +136,12 @@ bool fp4_bytes_active();
 // For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
 bool force_fp4_bytes(bool on);
 
+// Small-M FP4 on AVX2: activation blocks that need 16 to 18 bits run in two integer planes
+// (gemm_detail::fp4_int_activations) instead of fp32 FMAs, same bits. On by default; env
+// DSV4_FP4_TWO_PLANES=0, or force_fp4_two_planes(false), turns it off.
+bool fp4_two_planes_active();
+bool force_fp4_two_planes(bool on);  // (as force_fp4_bytes)
+
 // Small-M FP8 on AVX-512 CPUs that also have VBMI and GFNI: the e4m3 codes become fp32 weights
 // through two GF2P8AFFINEQB (each code's bits moved to where the fp32 wants them) and VPERMI2B
 // (the two bytes into place), 10 instead of 16 vector instructions per 64 weights; the same
@@ -191,7 +197,10 @@ struct Problem {
   // With a_int_corr set (the byte form, fp4_byte_activations_avx512), a_int holds per row
   // [nb][64] dwords of byte planes instead, a_int_corr [nb][16] the lane corrections, and
   // a_int_ok that form's flags.
+  // With a_int_high set (AVX2), blocks flagged 2 are in the two-plane form: a_int holds the low
+  // planes, a_int_high [nb][64] the high ones.
   const uint32_t* a_int = nullptr;
+  const uint32_t* a_int_high = nullptr;
   const float* a_int_unit = nullptr;
   const float* a_int_corr = nullptr;
   const uint8_t* a_int_ok = nullptr;
@@ -353,15 +362,35 @@ void fp4_permute_blocks_avx512(float* a, int nb);  // the same
 // u / 2 and the AVX2 path's u / 512 stay normal); the finest u (2^-14 of the lane's largest
 // power of two, biased exponent e: u = 2^(e - 141)) is the one to try.
 constexpr int kFp4IntMinExp = 24;  // the smallest e
+// The largest e: a partial sum of the canonical order stays below 12 * 8 * 2^15 u / 2 < 2^(e - 120),
+// so up to e = 248 none overflows (where one did, the fp32 chain's inf would differ from the
+// integer sum's finite value).
+constexpr int kFp4IntMaxExp = 248;
+// With `high` given (AVX2), a block without that form may take two planes instead (ok = 2). An
+// activation quantised to e4m3 spans 18 bits of one power of two (2^-9 s .. 448 s), more than
+// int16 holds: activations like silu(gate) x up often leave a quarter of the blocks without the
+// one-plane form, each lane partial then costing the fp32 chain, about twice the integer sum. In
+// a two-plane block every lane with the one-plane form keeps its u, the others take u = 2^(e - 144)
+// (so |n| < 2^18; e >= kFp4IntMinExp + 3 keeps u >= 2^-117) and hold when 12 sum |n| < 2^24 (the
+// weights doubled reach 12: every partial sum of the canonical order is exact, as above, and below
+// 2^(e - 121): e <= kFp4TwoPlaneMaxExp keeps it finite).
+// words then hold l = n mod 2^15 (0 .. 32767) and high [nb][64] h = n >> 15 (floor), n = 2^15 h + l,
+// in the same layout; the lane partial is (2^15 sum h w + sum l w) u / 2. A row of activations
+// takes them when at least 1 / kFp4TwoPlaneShare of its blocks have this form (else those run
+// in fp32): at M = 1 on Zen 3 (one thread, weights in L3) silu x up rows (~24 % two-plane blocks)
+// ran 8-10 % faster with them; rows of normal values (~4 %) gained nothing measurable.
+constexpr int kFp4TwoPlaneShare = 8;
+constexpr int kFp4TwoPlaneMaxExp = 249;
+constexpr int kFp4TwoPlaneMaxBlocks = 64;  // (K <= 8192: the experts' widths, 2048 .. 7168)
 // Small-M FP4 asks for each weight row twice: into L1 one row group ahead, and into L2 this many
 // rows further on. Prefetches into L1 wait in the core's few fill buffers, so they alone keep too
 // little in flight once two cores stream. 2048 x 4096 and 4096 x 2048 at M = 1, weights from
 // DRAM (540 MB), best of 5, Xeon VM, 2 threads: 16-21 -> 22.6-24.1 GB/s; one thread 10.3-12.0 ->
 // 10.8-13.0.
 constexpr int kFp4FarRows = 16;
-void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);
-void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);  // the same
-void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);    // the same
+void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok, uint32_t* high = nullptr);
+void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);  // the same, one plane
+void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok, uint32_t* high);  // the same
 // The same integers n as bytes for VPDPBUSD (unsigned bytes times signed bytes, four products
 // per dword): the weights become w' = 2 e2m1 + 12 in 0 .. 24, the activations two signed byte
 // planes, n = 256 hi + lo (lo = n mod 256 as a signed byte, so hi is in -128 .. 127 for n up to

@@ -237,14 +237,17 @@ inline void fp4_int_words(__m256i codes, __m256i* w) {
   w[3] = _mm256_and_si256(hi, high);
 }
 // Block b of R rows, kOdd its parity (the loop runs by block pairs: the evens stay in registers).
-template <int R, bool kRawScales, bool kOdd>
-inline void fp4_int_block(const uint8_t* const* codes, int b, const uint32_t* words, const float* unit, const uint8_t* ok,
-                          const float* a, const float* const* scales_f32, const uint8_t* const* scales_raw, Vec* evens,
-                          Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
+// kTwo: the activation row has two-plane blocks (gemm.h), whose high planes' sums `hparts` holds
+// (fp4_rows_int): their low planes sum here like a one-plane block, the high sum joins by FMA.
+template <int R, bool kRawScales, bool kTwo, bool kOdd>
+[[gnu::always_inline]] inline void fp4_int_block(const uint8_t* const* codes, int b, const uint32_t* words, const Vec* hparts,
+                                                 const float* unit, const uint8_t* ok, const float* a,
+                                                 const float* const* scales_f32, const uint8_t* const* scales_raw,
+                                                 Vec* evens, Vec* lanes, const uint8_t* const* next, const uint8_t* const* far) {
   for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
   for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
   if (ok[b]) {
-    const Vec un = vmul(vload(unit + 16 * b), vset1(0x1p-8f));  // (normal: u >= 2^-117)
+    const Vec un = kTwo ? vload(unit + 16 * b) : vmul(vload(unit + 16 * b), vset1(0x1p-8f));  // (normal: u >= 2^-117)
     for (int j = 0; j < R; ++j) {
       __m256i w0[4], w1[4];
       fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[j] + 64 * b)), w0);
@@ -255,7 +258,20 @@ inline void fp4_int_block(const uint8_t* const* codes, int b, const uint32_t* wo
         x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(w0[u], _mm256_loadu_si256(av + 2 * u)));
         x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(av + 2 * u + 1)));
       }
-      const Vec part{_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)};
+      Vec part;
+      if constexpr (kTwo) {
+        // The integer sum n w = x_l / 256 + 2^15 sum h w (exact: below 2^24; the high sum is 0 in
+        // one-plane blocks), then times u / 2 as a one-plane sum. (Each half times u / 2 first
+        // could overflow where the whole does not.) No branch on the block's form: as fast as a
+        // one-plane block's multiply by u / 512.
+        static_assert(R == 1, "one row of high sums");
+        const Vec h = hparts[b];
+        const __m256 eighth = _mm256_set1_ps(0x1p-8f);
+        part = {_mm256_mul_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(x0), eighth, h.lo), un.lo),
+                _mm256_mul_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(x1), eighth, h.hi), un.hi)};
+      } else {
+        part = {_mm256_mul_ps(_mm256_cvtepi32_ps(x0), un.lo), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), un.hi)};
+      }
       fp4_pair_add<kOdd>(part, fp4_lane_scales<kRawScales>(scales_raw[j], scales_f32[j], b), evens[j], lanes[j]);
     }
   } else {
@@ -270,12 +286,32 @@ inline void fp4_int_block(const uint8_t* const* codes, int b, const uint32_t* wo
 }
 // As in gemm_avx512.cpp (R rows, blocks without an integer form through the fp32 chain): the
 // full blocks of R rows, by pairs. (The byte form is AVX-512's only: the GEMMs never give this
-// path its corrections.)
-template <int R, bool kRawScales>
-inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
-                         const float* /*corr*/, const uint8_t* ok, const float* a, const float* const* scales_f32,
-                         const uint8_t* const* scales_raw, Vec* evens_io, Vec* lanes_io, const uint8_t* const* next,
-                         const uint8_t* const* far) {
+// path its corrections.) kTwo: the activation row has two-plane blocks, `two` lists them (gemm.h).
+// Their high planes go first, in a loop of their own, into 2^15 sum h w (exact); the block loop
+// adds each to its low planes' sum. (Inline in the block loop, the two-plane
+// code's registers cost the one-plane blocks 8-10 %: GCC reloaded the loop's constants.)
+constexpr bool kFp4TwoPlanes = true;
+template <int R, bool kRawScales, bool kTwo>
+inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const uint32_t* high,
+                         const uint8_t* two, int n_two, Vec* hparts, const float* unit, const float* /*corr*/, const uint8_t* ok,
+                         const float* a, const float* const* scales_f32, const uint8_t* const* scales_raw, Vec* evens_io,
+                         Vec* lanes_io, const uint8_t* const* next, const uint8_t* const* far) {
+  if constexpr (kTwo) {
+    const __m256 h_scale = _mm256_set1_ps(0x1p7f);  // x_h = 256 sum h w
+    for (int i = 0; i < n_two; ++i) {
+      const int b = two[i];
+      const __m256i* hv = reinterpret_cast<const __m256i*>(high + 64 * b);
+      __m256i w0[4], w1[4];
+      fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[0] + 64 * b)), w0);
+      fp4_int_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[0] + 64 * b + 32)), w1);
+      __m256i x0 = _mm256_madd_epi16(w0[0], _mm256_loadu_si256(hv)), x1 = _mm256_madd_epi16(w1[0], _mm256_loadu_si256(hv + 1));
+      for (int u = 1; u < 4; ++u) {
+        x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(w0[u], _mm256_loadu_si256(hv + 2 * u)));
+        x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(w1[u], _mm256_loadu_si256(hv + 2 * u + 1)));
+      }
+      hparts[b] = {_mm256_mul_ps(_mm256_cvtepi32_ps(x0), h_scale), _mm256_mul_ps(_mm256_cvtepi32_ps(x1), h_scale)};
+    }
+  }
   // Local copies: stores through the callers' pointers could alias the code bytes, which would
   // keep the partials in memory.
   Vec evens[R], lanes[R];
@@ -285,10 +321,11 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
   }
   int b = 0;
   for (; b + 2 <= full; b += 2) {
-    fp4_int_block<R, kRawScales, false>(codes, b, words, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
-    fp4_int_block<R, kRawScales, true>(codes, b + 1, words, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
+    fp4_int_block<R, kRawScales, kTwo, false>(codes, b, words, hparts, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
+    fp4_int_block<R, kRawScales, kTwo, true>(codes, b + 1, words, hparts, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
   }
-  if (b < full) fp4_int_block<R, kRawScales, false>(codes, b, words, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
+  if (b < full)
+    fp4_int_block<R, kRawScales, kTwo, false>(codes, b, words, hparts, unit, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
   for (int j = 0; j < R; ++j) {
     evens_io[j] = evens[j];
     lanes_io[j] = lanes[j];
@@ -302,40 +339,93 @@ constexpr bool kBcastTiles = true;  // (gemm_simd.inc: fp8_bcast_tiles, fp4_bcas
 
 void rows_avx2(const Problem& p, int n0, int n1, float* scratch) { rows_simd(p, n0, n1, scratch); }
 
-// fp4_int_activations (gemm.cpp), 8 lanes per pass (see the AVX-512 version).
-void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
-  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
-  const __m256 one = _mm256_set1_ps(1.0f);
+// fp4_int_activations (gemm.cpp), 8 lanes per pass (see the AVX-512 version). A lane's bits:
+// the largest |value| (top), its exponent field e, whether all are zero.
+namespace {
+struct Fp4Lanes {
+  __m256 v[8];
+  __m256i e, zero;
+};
+inline Fp4Lanes fp4_load_lanes(const float* ab) {
+  Fp4Lanes l;
+  __m256i top = _mm256_setzero_si256();
+  for (int t = 0; t < 8; ++t) {
+    l.v[t] = _mm256_loadu_ps(ab + 16 * t);
+    top = _mm256_max_epu32(top, _mm256_and_si256(_mm256_castps_si256(l.v[t]), _mm256_set1_epi32(0x7FFFFFFF)));
+  }
+  l.e = _mm256_srli_epi32(top, 23);
+  l.zero = _mm256_cmpeq_epi32(top, _mm256_setzero_si256());
+  return l;
+}
+inline __m256i in_range(__m256i e, int lo, int hi) {  // lo <= e <= hi, per dword
+  return _mm256_and_si256(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(lo - 1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(hi + 1), e));
+}
+// n = v / u for 1 / u = 2^(inv_exp - 127) per lane; good keeps the lanes whose n are all exact.
+inline void fp4_lane_ints(const Fp4Lanes& l, __m256i inv_exp, __m256i* n, __m256i& good) {
+  const __m256 inv_u = _mm256_castsi256_ps(_mm256_slli_epi32(inv_exp, 23));
+  for (int t = 0; t < 8; ++t) {
+    const __m256 x = _mm256_mul_ps(l.v[t], inv_u);
+    n[t] = _mm256_cvtps_epi32(x);
+    good = _mm256_and_si256(good, _mm256_castps_si256(_mm256_cmp_ps(_mm256_cvtepi32_ps(n[t]), x, _CMP_EQ_OQ)));
+  }
+}
+inline void fp4_store_pairs(const __m256i* n, uint32_t* out) {  // dword d of vector u: (8d+u, 8d+4+u)
+  for (int u = 0; u < 4; ++u)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * u),
+                        _mm256_or_si256(_mm256_and_si256(n[2 * u + 1], _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(n[2 * u], 16)));
+}
+}  // namespace
+
+void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok, uint32_t* high) {
+  const __m256i one_exp = _mm256_set1_epi32(127);  // the exponent field of 1.0f (all-zero lanes)
   for (int b = 0; b < nb; ++b) {
     bool all = true;
+    __m256i lane_ok[2];
     for (int h = 0; h < 2; ++h) {
-      const float* ab = a + b * 128 + 8 * h;
-      __m256 v[8];
-      __m256i top = _mm256_setzero_si256();
-      for (int t = 0; t < 8; ++t) {
-        v[t] = _mm256_loadu_ps(ab + 16 * t);
-        top = _mm256_max_epu32(top, _mm256_and_si256(_mm256_castps_si256(v[t]), abs_mask));
-      }
-      const __m256i e = _mm256_srli_epi32(top, 23);
-      const __m256i zero = _mm256_cmpeq_epi32(top, _mm256_setzero_si256());
-      __m256i good = _mm256_or_si256(zero, _mm256_and_si256(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(kFp4IntMinExp - 1)),
-                                                            _mm256_cmpgt_epi32(_mm256_set1_epi32(255), e)));
-      const __m256 live = _mm256_castsi256_ps(_mm256_andnot_si256(zero, good));
-      const __m256 inv_u = _mm256_blendv_ps(one, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(268), e), 23)), live);
-      _mm256_storeu_ps(unit + b * 16 + 8 * h,
-                       _mm256_blendv_ps(one, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(15)), 23)), live));
+      const Fp4Lanes l = fp4_load_lanes(a + b * 128 + 8 * h);
+      __m256i good = _mm256_or_si256(l.zero, in_range(l.e, kFp4IntMinExp, kFp4IntMaxExp));
+      const __m256i live = _mm256_andnot_si256(l.zero, good);  // (else u = 1)
+      const __m256i inv_exp = _mm256_blendv_epi8(one_exp, _mm256_sub_epi32(_mm256_set1_epi32(268), l.e), live);
+      const __m256i unit_exp = _mm256_blendv_epi8(one_exp, _mm256_sub_epi32(l.e, _mm256_set1_epi32(15)), live);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(unit + b * 16 + 8 * h), _mm256_slli_epi32(unit_exp, 23));
       __m256i n[8];
-      for (int t = 0; t < 8; ++t) {
-        const __m256 x = _mm256_mul_ps(v[t], inv_u);
-        n[t] = _mm256_cvtps_epi32(x);
-        good = _mm256_and_si256(good, _mm256_castps_si256(_mm256_cmp_ps(_mm256_cvtepi32_ps(n[t]), x, _CMP_EQ_OQ)));
-      }
+      fp4_lane_ints(l, inv_exp, n, good);
+      lane_ok[h] = good;
       all = all && _mm256_movemask_ps(_mm256_castsi256_ps(good)) == 0xFF;
-      for (int u = 0; u < 4; ++u)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + b * 64 + 16 * u + 8 * h),
-                            _mm256_or_si256(_mm256_and_si256(n[2 * u + 1], _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(n[2 * u], 16)));
+      fp4_store_pairs(n, words + b * 64 + 8 * h);
     }
     ok[b] = all;
+    if (all || !high) continue;
+    // Two planes (gemm.h): the lanes without the one-plane form (fine) at u = 2^(e - 144).
+    bool all2 = true;
+    for (int h = 0; h < 2; ++h) {
+      const Fp4Lanes l = fp4_load_lanes(a + b * 128 + 8 * h);
+      const __m256i coarse = lane_ok[h];
+      const __m256i fine_live = _mm256_andnot_si256(coarse, in_range(l.e, kFp4IntMinExp + 3, kFp4TwoPlaneMaxExp));
+      __m256i good = _mm256_or_si256(coarse, fine_live);
+      const __m256i live = _mm256_andnot_si256(l.zero, good);
+      const __m256i three = _mm256_and_si256(fine_live, _mm256_set1_epi32(3));
+      const __m256i inv_exp =
+          _mm256_blendv_epi8(one_exp, _mm256_sub_epi32(_mm256_add_epi32(_mm256_set1_epi32(268), three), l.e), live);
+      const __m256i unit_exp =
+          _mm256_blendv_epi8(one_exp, _mm256_sub_epi32(_mm256_sub_epi32(l.e, _mm256_set1_epi32(15)), three), live);
+      __m256i n[8];
+      fp4_lane_ints(l, inv_exp, n, good);
+      __m256i sum = _mm256_setzero_si256();  // (|n| < 2^18: no overflow in live lanes)
+      for (int t = 0; t < 8; ++t) sum = _mm256_add_epi32(sum, _mm256_abs_epi32(n[t]));
+      good = _mm256_and_si256(good, _mm256_cmpgt_epi32(_mm256_set1_epi32(((1 << 24) + 11) / 12), sum));  // 12 sum < 2^24
+      all2 = all2 && _mm256_movemask_ps(_mm256_castsi256_ps(good)) == 0xFF;
+      if (!all2) break;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(unit + b * 16 + 8 * h), _mm256_slli_epi32(unit_exp, 23));
+      __m256i lo[8], hi[8];
+      for (int t = 0; t < 8; ++t) {
+        lo[t] = _mm256_and_si256(n[t], _mm256_set1_epi32(0x7FFF));
+        hi[t] = _mm256_srai_epi32(n[t], 15);
+      }
+      fp4_store_pairs(lo, words + b * 64 + 8 * h);
+      fp4_store_pairs(hi, high + b * 64 + 8 * h);
+    }
+    if (all2) ok[b] = 2;
   }
 }
 

@@ -290,11 +290,15 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
 // they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
 // too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s); far: rows kFp4FarRows past those, asked
 // into L2 only (see kFp4FarRows). With corr set, `words` is the byte form and fp4_rows_bytes runs.
-template <int R, bool kRawScales>
-inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const float* unit,
+// (No two-plane blocks here: fp4_int_activations_avx512 makes none, `high` is AVX2's.)
+constexpr bool kFp4TwoPlanes = false;
+template <int R, bool kRawScales, bool kTwo>
+inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const uint32_t* /*high*/,
+                         const uint8_t* /*two*/, int /*n_two*/, Vec* /*hparts*/, const float* unit,
                          const float* corr, const uint8_t* ok, const float* a, const float* const* scales_f32,
                          const uint8_t* const* scales_raw, Vec* evens, Vec* lanes, const uint8_t* const* next,
                          const uint8_t* const* far) {
+  static_assert(!kTwo);
   if (corr) {
     fp4_rows_bytes<R, kRawScales>(codes, full, words, unit, corr, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
     return;
@@ -578,7 +582,7 @@ static bool fp4_int_block(const float* ab, __m512i* n, float* unit) {
   }
   const __m512i e = _mm512_srli_epi32(top, 23);
   const __mmask16 zero = _mm512_cmpeq_epi32_mask(top, _mm512_setzero_si512());
-  __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254)));
+  __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(kFp4IntMaxExp)));
   const __mmask16 live = good & ~zero;  // lanes with a unit (the others take 1)
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 inv_u = _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(268), e), 23)));
