@@ -605,7 +605,7 @@ TEST(Gemm, Fp4IntActivationsAreExactOrRefused) {
 }
 
 // The w2 input of an expert, silu(gate) x up, leaves about a quarter of the blocks without the
-// one-plane integer form: AVX2 takes them in two planes (gemm.h). Every path gives the scalar
+// one-plane integer form: AVX2 takes them in two planes, AVX-512's byte form in three (gemm.h). Every path gives the scalar
 // reference's bits, and both kinds of blocks did occur.
 TEST(Gemm, Fp4TwoPlaneBlocksKeepTheCanonicalOrder) {
   std::mt19937 rng(15);
@@ -706,45 +706,77 @@ TEST(Gemm, Fp4PermuteBlocksPlacesEveryValue) {
 
 // The byte form of the same integers (AVX-512, gemm.h): every value n = 256 hi + lo comes back
 // from its two planes at the byte that meets its weight nibble, the corrections are -12 unit
-// sum n, and a block is refused exactly where the word form refuses it or some n > 32639.
+// sum n, and a block is refused exactly where the word form refuses it or some n > 32639. With
+// `high`, the blocks refused so take three planes, n = 65536 top + 256 hi + lo, where the word
+// form or its two planes (fp4_int_activations with high) have them, at those forms' units.
 TEST(Gemm, Fp4ByteActivationsSplitTheIntegersExactly) {
   if (!isa_supported(Isa::Avx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  constexpr int nb = 6;
+  constexpr int nb = 11;
   std::mt19937 rng(14);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> a(nb * 128);
   for (auto& v : a) v = round_to_e4m3_clamped(nd(rng) * 64.0f) * 0x1p-6f;
-  for (int i = 0; i < 128; ++i) a[1 * 128 + i] = static_cast<float>(32767 - 2 * i);        // 1: n up to 32767 (refused)
+  auto lane0 = [&](int b, int t) -> float& { return a[static_cast<size_t>(b) * 128 + 16 * t]; };
+  for (int i = 0; i < 128; ++i) a[1 * 128 + i] = static_cast<float>(32767 - 2 * i);        // 1: n up to 32767 (refused; three planes)
   for (int i = 0; i < 128; ++i) a[2 * 128 + i] = static_cast<float>(32639 - 2 * i);        // 2: n up to 32639 (taken)
   for (int i = 0; i < 128; ++i) a[3 * 128 + i] = static_cast<float>(-32767 + 256 * (i % 7));  // 3: n down to -32767 (taken)
   a[4 * 128 + 16 * 3] = 0x1p-30f;                                                            // 4: no integer form (refused)
   for (int i = 0; i < 128; ++i) a[5 * 128 + i] = static_cast<float>((i * 37) % 511 - 255);  // 5: lo bytes of both signs
-  std::vector<uint32_t> words(nb * 64), planes(nb * 64);
-  std::vector<float> unit(nb * 16), unit2(nb * 16), corr(nb * 16);
-  std::vector<uint8_t> ok(nb), ok2(nb);
-  gemm_detail::fp4_int_activations(a.data(), nb, words.data(), unit.data(), ok.data());
-  gemm_detail::fp4_byte_activations_avx512(a.data(), nb, planes.data(), unit2.data(), corr.data(), ok2.data());
-  const uint8_t want[nb] = {1, 0, 1, 1, 0, 1};
+  lane0(6, 0) = -448.0f, lane0(6, 3) = 0x1p-9f, lane0(6, 6) = -0x3p-9f;                      // 6: 18 bits (three planes)
+  for (int t = 0; t < 5; ++t) lane0(7, t) = t % 2 ? -480.0f : 480.0f;                         // 7: 12 sum |n| < 2^24 (three planes)
+  lane0(7, 7) = 0x1p-9f;
+  for (int t = 0; t < 6; ++t) lane0(8, t) = 480.0f;                                          // 8: 12 sum |n| >= 2^24 (refused)
+  lane0(8, 7) = 0x1p-9f;
+  for (int i = 0; i < 128; ++i) a[9 * 128 + i] = std::ldexp(static_cast<float>(i % 3) - 1.0f, 122);  // 9: e = 249 (three planes)
+  for (int i = 0; i < 128; ++i) {                                                            // 10: silu(g) x up, lanes of every kind
+    const float g = nd(rng), up = nd(rng);
+    a[10 * 128 + i] = round_to_e4m3_clamped(g / (1.0f + std::exp(-g)) * up * 64.0f) * 0x1p-6f;
+  }
+  lane0(10, 2) = 0x1p-9f, lane0(10, 4) = 300.0f;
+  struct Form {
+    std::vector<uint32_t> words = std::vector<uint32_t>(nb * 64), high = std::vector<uint32_t>(nb * 64);
+    std::vector<float> unit = std::vector<float>(nb * 16), corr = std::vector<float>(nb * 16);
+    std::vector<uint8_t> ok = std::vector<uint8_t>(nb);
+  };
+  Form word, two, bytes, bytes3;
+  gemm_detail::fp4_int_activations(a.data(), nb, word.words.data(), word.unit.data(), word.ok.data());
+  gemm_detail::fp4_int_activations(a.data(), nb, two.words.data(), two.unit.data(), two.ok.data(), two.high.data());
+  gemm_detail::fp4_byte_activations_avx512(a.data(), nb, bytes.words.data(), bytes.unit.data(), bytes.corr.data(), bytes.ok.data());
+  gemm_detail::fp4_byte_activations_avx512(a.data(), nb, bytes3.words.data(), bytes3.unit.data(), bytes3.corr.data(),
+                                           bytes3.ok.data(), bytes3.high.data());
+  const uint8_t want[nb] = {1, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0};
+  const uint8_t want3[nb] = {1, 2, 1, 1, 0, 1, 2, 2, 0, 2, 2};
   constexpr int kEven[4] = {1, 5, 0, 4}, kOdd[4] = {3, 7, 2, 6};  // vector t of element 8d + 2i (+1)
   for (int b = 0; b < nb; ++b) {
-    EXPECT_EQ(ok2[b], want[b]) << "block " << b;
-    if (!ok2[b]) continue;
-    ASSERT_TRUE(ok[b]) << "block " << b;
-    for (int d = 0; d < 16; ++d) {
-      const float u = unit[b * 16 + d];
-      EXPECT_EQ(f32_bits(unit2[b * 16 + d]), f32_bits(u)) << "block " << b;
-      double sum = 0;
-      for (int odd = 0; odd < 2; ++odd)
-        for (int i = 0; i < 4; ++i) {
-          const int t = odd ? kOdd[i] : kEven[i];
-          const auto byte = [&](int plane) {
-            return static_cast<int8_t>(planes[b * 64 + 16 * plane + d] >> (8 * i) & 0xFF);
-          };
-          const int n = 256 * byte(odd) + byte(2 + odd);
-          EXPECT_EQ(static_cast<float>(n) * u * 2.0f, a[b * 128 + 16 * t + d]) << "block " << b << " lane " << d << " t " << t;
-          sum += n;
-        }
-      EXPECT_EQ(corr[b * 16 + d], static_cast<float>(-12.0 * sum * u)) << "block " << b << " lane " << d;
+    EXPECT_EQ(bytes.ok[b], want[b]) << "block " << b;
+    EXPECT_EQ(bytes3.ok[b], want3[b]) << "block " << b << " (three planes)";
+    EXPECT_EQ(bytes3.ok[b] == 1, bytes.ok[b] == 1) << "block " << b;
+    for (const Form* f : {&bytes, &bytes3}) {
+      if (!f->ok[b]) continue;
+      const bool three = f->ok[b] == 2;
+      // The units of the word form where it holds, else of its two planes.
+      const Form& ref = word.ok[b] ? word : two;
+      ASSERT_TRUE(ref.ok[b]) << "block " << b;
+      for (int d = 0; d < 16; ++d) {
+        const float u = ref.unit[b * 16 + d];
+        EXPECT_EQ(f32_bits(f->unit[b * 16 + d]), f32_bits(u)) << "block " << b << " lane " << d;
+        double sum = 0;
+        for (int odd = 0; odd < 2; ++odd)
+          for (int i = 0; i < 4; ++i) {
+            const int t = odd ? kOdd[i] : kEven[i];
+            const auto byte = [&](const std::vector<uint32_t>& planes, int plane) {
+              return static_cast<int8_t>(planes[b * 64 + 16 * plane + d] >> (8 * i) & 0xFF);
+            };
+            const int top = three ? byte(f->high, odd) : 0;
+            if (three) {
+              EXPECT_LE(std::abs(top), 4) << "block " << b;
+            }
+            const int n = 65536 * top + 256 * byte(f->words, odd) + byte(f->words, 2 + odd);
+            EXPECT_EQ(static_cast<float>(n) * u * 2.0f, a[b * 128 + 16 * t + d]) << "block " << b << " lane " << d << " t " << t;
+            sum += n;
+          }
+        EXPECT_EQ(f->corr[b * 16 + d], static_cast<float>(-12.0 * sum * u)) << "block " << b << " lane " << d;
+      }
     }
   }
 }

@@ -558,13 +558,17 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     float* unit = reinterpret_cast<float*>(pairs.data() + blocks * 64);
     float* corr = reinterpret_cast<float*>(pairs.data() + blocks * 80);
     uint8_t* ok = reinterpret_cast<uint8_t*>(pairs.data() + blocks * 96);
-    uint32_t* high = avx512 || p.nb > gd::kFp4TwoPlaneMaxBlocks || !fp4_two_planes_active() ? nullptr : pairs.data() + blocks * 97;
+    // (The two-plane form at small M only: AVX-512's word form and the tiles have none.)
+    uint32_t* high = (avx512 && !bytes) || M >= p.small_m || p.nb > gd::kFp4TwoPlaneMaxBlocks || !fp4_two_planes_active()
+                         ? nullptr
+                         : pairs.data() + blocks * 97;
     pool.parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
         const float* a = q.data() + static_cast<size_t>(m) * p.a_stride;
         const size_t mb = static_cast<size_t>(m) * p.nb;
-        if (bytes)
-          gd::fp4_byte_activations_avx512(a, p.nb, words + mb * 64, unit + mb * 16, corr + mb * 16, ok + mb);
+        if (bytes)  // (every two-plane block pays here: its extra work stays inside the block)
+          gd::fp4_byte_activations_avx512(a, p.nb, words + mb * 64, unit + mb * 16, corr + mb * 16, ok + mb,
+                                          high ? high + mb * 64 : nullptr);
         else if (avx512)
           gd::fp4_int_activations_avx512(a, p.nb, words + mb * 64, unit + mb * 16, ok + mb);
         else {

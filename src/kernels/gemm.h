@@ -136,8 +136,9 @@ bool fp4_bytes_active();
 // For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
 bool force_fp4_bytes(bool on);
 
-// Small-M FP4 on AVX2: activation blocks that need 16 to 18 bits run in two integer planes
-// (gemm_detail::fp4_int_activations) instead of fp32 FMAs, same bits. On by default; env
+// Small-M FP4 on AVX2 and in AVX-512's byte form: activation blocks that need 16 to 18 bits run
+// in two integer planes (gemm_detail::fp4_int_activations; the byte form: three byte planes,
+// fp4_byte_activations_avx512) instead of fp32 FMAs, same bits. On by default; env
 // DSV4_FP4_TWO_PLANES=0, or force_fp4_two_planes(false), turns it off.
 bool fp4_two_planes_active();
 bool force_fp4_two_planes(bool on);  // (as force_fp4_bytes)
@@ -197,8 +198,9 @@ struct Problem {
   // With a_int_corr set (the byte form, fp4_byte_activations_avx512), a_int holds per row
   // [nb][64] dwords of byte planes instead, a_int_corr [nb][16] the lane corrections, and
   // a_int_ok that form's flags.
-  // With a_int_high set (AVX2), blocks flagged 2 are in the two-plane form: a_int holds the low
-  // planes, a_int_high [nb][64] the high ones.
+  // With a_int_high set, blocks flagged 2 are in the two-plane form: a_int holds the low
+  // planes, a_int_high [nb][64] the high ones (AVX2); in the byte form a_int holds the hi and lo
+  // byte planes, a_int_high the top ones (fp4_byte_activations_avx512).
   const uint32_t* a_int = nullptr;
   const uint32_t* a_int_high = nullptr;
   const float* a_int_unit = nullptr;
@@ -400,7 +402,15 @@ void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* un
 // for bit. Per block: planes [4][16] dwords (vector 0: the hi bytes of the elements that meet the
 // weights' low nibbles, 8d + 2i at byte i of dword d; 1: of the high nibbles, 8d + 2i + 1; 2, 3:
 // the lo bytes of the same), unit [16] as fp4_int_activations, corr [16], ok.
-void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float* unit, float* corr, uint8_t* ok);
+// With `high`, a block without that form may take three planes instead (ok = 2): the lanes
+// without the one-plane form at u = 2^(e - 144), as fp4_int_activations' two planes, and every
+// n = 65536 top + 256 hi + lo, hi and lo as above, `top` (-4 .. 4) in high [nb][64] (vectors 0, 1
+// as the hi planes; 2, 3 unused). The kernel sums the top planes by VPDPBUSD too, and the lane's
+// partial is fma(sum (256 hi + lo) w', unit, fma(sum top w', 65536 unit, corr)): the inner sum
+// is (P - sum (256 hi + lo) w') unit for the exact partial P = sum n (2 e2m1) unit (a multiple
+// of 4 units below 2^25 of them: exact), and then the outer one is P itself.
+void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float* unit, float* corr, uint8_t* ok,
+                                 uint32_t* high = nullptr);
 
 // BF16 activation layout of one 32-wide chunk: odd elements in slots 0..15, even ones in 16..31,
 // so that vector 0 meets the first element of every lane pair and vector 1 the second.

@@ -229,7 +229,7 @@ inline __m512i fp4_byte_table() {
 // (prepare sets corr only then); not inlined into the callers, hence the lanes in locals.
 template <int R, bool kRawScales>
 __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* codes, int full,
-                                                         const uint32_t* planes, const float* unit,
+                                                         const uint32_t* planes, const uint32_t* high, const float* unit,
                                                          const float* corr, const uint8_t* ok, const float* a,
                                                          const float* const* scales_f32,
                                                          const uint8_t* const* scales_raw, Vec* evens_io,
@@ -246,24 +246,38 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
     lanes[j] = lanes_io[j];
     evens[j] = evens_io[j];
   }
+  // The integer partials of block b (kTwo: the three-plane form, gemm.h), row by row, so that
+  // only one row's weight bytes are live (all rows' at once spill).
+  auto ints = [&]<bool kTwo>(int b, Vec* part) __attribute__((target("avx512vbmi"))) {
+    const __m512i* pl = reinterpret_cast<const __m512i*>(planes + 64 * b);
+    const __m512i even_hi = _mm512_loadu_si512(pl), odd_hi = _mm512_loadu_si512(pl + 1);
+    const __m512i even_lo = _mm512_loadu_si512(pl + 2), odd_lo = _mm512_loadu_si512(pl + 3);
+    const Vec un = _mm512_loadu_ps(unit + 16 * b), cr = _mm512_loadu_ps(corr + 16 * b);
+    const Vec top_unit = kTwo ? _mm512_mul_ps(un, _mm512_set1_ps(65536.0f)) : un;
+    for (int j = 0; j < R; ++j) {
+      const __m512i c = _mm512_loadu_si512(codes[j] + 64 * b);
+      const __m512i lo = _mm512_permutexvar_epi8(c, tab);                         // weights 8d + 2i at byte 4d + i
+      const __m512i hi = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(hi_nibbles, c), tab);  // 8d + 2i + 1
+      __m512i x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, even_hi), hi, odd_hi);
+      x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), lo, even_lo), hi, odd_lo);
+      Vec add = cr;
+      if constexpr (kTwo) {  // (the top planes from memory: the one-plane blocks keep their registers)
+        const __m512i* tp = reinterpret_cast<const __m512i*>(high + 64 * b);
+        const __m512i top = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(tp)), hi,
+                                                _mm512_loadu_si512(tp + 1));
+        add = _mm512_fmadd_ps(_mm512_cvtepi32_ps(top), top_unit, cr);
+      }
+      part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, add);
+    }
+  };
   // A block's body for each parity (fp4_pair_add without a test per block).
   auto block = [&]<bool kOdd>(int b) __attribute__((target("avx512vbmi"))) {
     fp4_rows_prefetch<R>(next, far, b);
     Vec part[R];
-    if (ok[b]) {
-      // Row by row, so that only one row's weight bytes are live (all rows' at once spill).
-      const __m512i* pl = reinterpret_cast<const __m512i*>(planes + 64 * b);
-      const __m512i even_hi = _mm512_loadu_si512(pl), odd_hi = _mm512_loadu_si512(pl + 1);
-      const __m512i even_lo = _mm512_loadu_si512(pl + 2), odd_lo = _mm512_loadu_si512(pl + 3);
-      const Vec un = _mm512_loadu_ps(unit + 16 * b), cr = _mm512_loadu_ps(corr + 16 * b);
-      for (int j = 0; j < R; ++j) {
-        const __m512i c = _mm512_loadu_si512(codes[j] + 64 * b);
-        const __m512i lo = _mm512_permutexvar_epi8(c, tab);                         // weights 8d + 2i at byte 4d + i
-        const __m512i hi = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(hi_nibbles, c), tab);  // 8d + 2i + 1
-        __m512i x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, even_hi), hi, odd_hi);
-        x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), lo, even_lo), hi, odd_lo);
-        part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, cr);
-      }
+    if (ok[b] == 1) {
+      ints.template operator()<false>(b, part);
+    } else if (ok[b] == 2) {
+      ints.template operator()<true>(b, part);
     } else {
       Fp4Blk c[R];
       for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
@@ -289,18 +303,19 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
 // (all plain: fp4_scales_plain). next: the codes of the R rows that follow, asked for in the order
 // they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
 // too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s); far: rows kFp4FarRows past those, asked
-// into L2 only (see kFp4FarRows). With corr set, `words` is the byte form and fp4_rows_bytes runs.
-// (No two-plane blocks here: fp4_int_activations_avx512 makes none, `high` is AVX2's.)
+// into L2 only (see kFp4FarRows). With corr set, `words` is the byte form and fp4_rows_bytes runs,
+// `high` its top planes (blocks flagged 2). The word form has no two-plane blocks (kTwo and the
+// per-row high sums are AVX2's).
 constexpr bool kFp4TwoPlanes = false;
 template <int R, bool kRawScales, bool kTwo>
-inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const uint32_t* /*high*/,
+inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const uint32_t* high,
                          const uint8_t* /*two*/, int /*n_two*/, Vec* /*hparts*/, const float* unit,
                          const float* corr, const uint8_t* ok, const float* a, const float* const* scales_f32,
                          const uint8_t* const* scales_raw, Vec* evens, Vec* lanes, const uint8_t* const* next,
                          const uint8_t* const* far) {
   static_assert(!kTwo);
   if (corr) {
-    fp4_rows_bytes<R, kRawScales>(codes, full, words, unit, corr, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
+    fp4_rows_bytes<R, kRawScales>(codes, full, words, high, unit, corr, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
     return;
   }
   const __m512i tab = fp4_int_table();
@@ -571,8 +586,10 @@ void fp4_permute_blocks_avx512(float* a, int nb) {
 
 // fp4_int_activations (gemm.cpp) a block per pass: lane d's 8 values are lane d of the block's
 // 8 vectors, so the per-lane maximum is vertical. Writes the lane units; returns the integers
-// (lane d of n[t]: lane d's t-th element) and whether the whole block has the form.
-static bool fp4_int_block(const float* ab, __m512i* n, float* unit) {
+// (lane d of n[t]: lane d's t-th element) and the lanes that have the form. With `fine` (the
+// two-plane form, gemm.h), those lanes take u = 2^(e - 144) within kFp4IntMinExp + 3 ..
+// kFp4TwoPlaneMaxExp instead, and hold only where 12 sum |n| < 2^24.
+static __mmask16 fp4_int_block(const float* ab, __m512i* n, float* unit, __mmask16 fine = 0) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   __m512 v[8];
   __m512i top = _mm512_setzero_si512();  // the largest |value|'s bits (NaN above every number)
@@ -582,30 +599,41 @@ static bool fp4_int_block(const float* ab, __m512i* n, float* unit) {
   }
   const __m512i e = _mm512_srli_epi32(top, 23);
   const __mmask16 zero = _mm512_cmpeq_epi32_mask(top, _mm512_setzero_si512());
-  __mmask16 good = zero | (_mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) & _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(kFp4IntMaxExp)));
+  const __mmask16 coarse_range = _mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp)) &
+                                 _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(kFp4IntMaxExp));
+  const __mmask16 fine_range = _mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(kFp4IntMinExp + 3)) &
+                               _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(kFp4TwoPlaneMaxExp));
+  __mmask16 good = zero | (coarse_range & ~fine) | (fine_range & fine);
   const __mmask16 live = good & ~zero;  // lanes with a unit (the others take 1)
+  const __m512i shift = _mm512_maskz_mov_epi32(fine, _mm512_set1_epi32(3));  // fine lanes: u / 8
   const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 inv_u = _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(268), e), 23)));
-  _mm512_storeu_ps(unit, _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(15)), 23))));
+  const __m512 inv_u = _mm512_mask_mov_ps(
+      one, live, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(268), shift), e), 23)));
+  _mm512_storeu_ps(unit, _mm512_mask_mov_ps(one, live, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                           _mm512_sub_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(15)), shift), 23))));
+  __m512i sum = _mm512_setzero_si512();
   for (int t = 0; t < 8; ++t) {
     const __m512 x = _mm512_mul_ps(v[t], inv_u);  // exact (a power of two, normal range)
-    n[t] = _mm512_cvtps_epi32(x);                 // round to nearest: |x| < 2^15
+    n[t] = _mm512_cvtps_epi32(x);                 // round to nearest: |x| < 2^15 (fine: 2^18)
     good &= _mm512_cmpeq_ps_mask(_mm512_cvtepi32_ps(n[t]), x);
+    sum = _mm512_add_epi32(sum, _mm512_abs_epi32(n[t]));
   }
-  return good == 0xFFFF;
+  if (fine) good &= ~fine | _mm512_cmplt_epi32_mask(sum, _mm512_set1_epi32(((1 << 24) + 11) / 12));  // 12 sum < 2^24
+  return good;
 }
 
 void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok) {
   for (int b = 0; b < nb; ++b) {
     __m512i n[8];
-    ok[b] = fp4_int_block(a + b * 128, n, unit + b * 16);
+    ok[b] = fp4_int_block(a + b * 128, n, unit + b * 16) == 0xFFFF;
     for (int u = 0; u < 4; ++u)  // dword d of vector u: (element 8d+u, element 8d+4+u), as a_pairs
       _mm512_storeu_si512(words + b * 64 + 16 * u, _mm512_or_si512(_mm512_and_si512(n[2 * u + 1], _mm512_set1_epi32(0xFFFF)),
                                                                    _mm512_slli_epi32(n[2 * u], 16)));
   }
 }
 
-void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float* unit, float* corr, uint8_t* ok) {
+void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float* unit, float* corr, uint8_t* ok,
+                                 uint32_t* high) {
   // Byte i of dword d meets element 8d + 2i (even) or 8d + 2i + 1 (odd); vector t holds element
   // 8d + kFp4Order[t], so these are the vectors of elements 0, 2, 4, 6 and 1, 3, 5, 7.
   constexpr int kEven[4] = {1, 5, 0, 4}, kOdd[4] = {3, 7, 2, 6};
@@ -617,22 +645,36 @@ void fp4_byte_activations_avx512(const float* a, int nb, uint32_t* planes, float
     for (int i = 0; i < 4; ++i) r = _mm512_or_si512(r, _mm512_slli_epi32(_mm512_and_si512(v[order[i]], byte), 8 * i));
     return r;
   };
+  // n - (n mod 256, as a signed byte), over 256: the next byte plane up.
+  auto up = [](__m512i v) { return _mm512_srai_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(128)), 8); };
   for (int b = 0; b < nb; ++b) {
     __m512i n[8], hi[8];
-    bool good = fp4_int_block(a + b * 128, n, unit + b * 16);
+    const __mmask16 lanes = fp4_int_block(a + b * 128, n, unit + b * 16);
+    bool one = lanes == 0xFFFF, two = false;
+    for (int t = 0; t < 8; ++t) one = one && _mm512_cmpgt_epi32_mask(n[t], _mm512_set1_epi32(32639)) == 0;  // hi must fit a signed byte
+    if (!one && high) {
+      // Two planes: the lanes without the one-plane form at u = 2^(e - 144) (their n are up
+      // to 2^18), each n = 65536 top + 256 hi + lo with three signed byte planes.
+      two = lanes == 0xFFFF || fp4_int_block(a + b * 128, n, unit + b * 16, static_cast<__mmask16>(~lanes)) == 0xFFFF;
+    }
+    ok[b] = one ? 1 : two ? 2 : 0;
     __m512i sum = _mm512_setzero_si512();
     for (int t = 0; t < 8; ++t) {
-      good = good && _mm512_cmpgt_epi32_mask(n[t], _mm512_set1_epi32(32639)) == 0;  // hi must fit a signed byte
-      hi[t] = _mm512_srai_epi32(_mm512_add_epi32(n[t], _mm512_set1_epi32(128)), 8);  // n - (n mod 256, signed)
+      hi[t] = up(n[t]);
       sum = _mm512_add_epi32(sum, n[t]);
     }
-    ok[b] = good;
     uint32_t* out = planes + b * 64;
     _mm512_storeu_si512(out, pack(hi, kEven));
     _mm512_storeu_si512(out + 16, pack(hi, kOdd));
     _mm512_storeu_si512(out + 32, pack(n, kEven));
     _mm512_storeu_si512(out + 48, pack(n, kOdd));
-    // -12 sum n is below 2^22 (exact in fp32), times the unit (a power of two, normal) exactly.
+    if (two) {
+      __m512i top[8];
+      for (int t = 0; t < 8; ++t) top[t] = up(hi[t]);
+      _mm512_storeu_si512(high + b * 64, pack(top, kEven));
+      _mm512_storeu_si512(high + b * 64 + 16, pack(top, kOdd));
+    }
+    // -12 sum n is below 2^24 (exact in fp32), times the unit (a power of two, normal) exactly.
     _mm512_storeu_ps(corr + b * 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sum, _mm512_set1_epi32(-12))),
                                                   _mm512_loadu_ps(unit + b * 16)));
   }
