@@ -62,28 +62,29 @@ void axpy_avx2(float alpha, const float* x, float* y, int n) {
   }
 }
 
-// Elements [i, i + 8 S) of y stay in S registers while every row is applied to them in turn.
+// The axpy family (dot_simd.inc): 8 lanes, the last few elements one at a time (the same chain).
 namespace {
-template <int S>
-inline void axpy_rows_span(const float* alpha, const float* const* rows, int count, float* y, int i) {
-  __m256 acc[S];
-  for (int s = 0; s < S; ++s) acc[s] = _mm256_loadu_ps(y + i + 8 * s);
-  for (int r = 0; r < count; ++r) {
-    const __m256 va = _mm256_set1_ps(alpha[r]);
-    for (int s = 0; s < S; ++s) acc[s] = _mm256_fmadd_ps(va, _mm256_loadu_ps(rows[r] + i + 8 * s), acc[s]);
-  }
-  for (int s = 0; s < S; ++s) _mm256_storeu_ps(y + i + 8 * s, acc[s]);
+using Vec = __m256;
+struct Tail {};  // (every vector is whole here)
+constexpr Tail kAll{};
+constexpr int kW = 8;
+inline Vec vload_tail(const float* p, Tail) { return _mm256_loadu_ps(p); }
+inline void vstore_tail(float* p, Tail, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vbcast(float x) { return _mm256_set1_ps(x); }
+constexpr int kAxpySpans(int q) { return q == 1 ? 8 : q == 2 ? 6 : 2; }  // (4 x 2: 8 accumulators, 4 alphas)
+template <int Q>
+inline void axpy_rows_q_rest(const float* const* alpha, const float* const* rows, int count, float* const* y, int i, int n) {
+  for (; i < n; ++i)
+    for (int q = 0; q < Q; ++q)
+      for (int r = 0; r < count; ++r)
+        y[q][i] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(alpha[q][r]), _mm_set_ss(rows[r][i]), _mm_set_ss(y[q][i])));
 }
+#include "kernels/dot_simd.inc"
 }  // namespace
 
 void axpy_rows_avx2(const float* alpha, const float* const* rows, int count, float* y, int n) {
-  constexpr int S = 8;
-  int i = 0;
-  for (; i + 8 * S <= n; i += 8 * S) axpy_rows_span<S>(alpha, rows, count, y, i);
-  for (; i + 8 <= n; i += 8) axpy_rows_span<1>(alpha, rows, count, y, i);
-  for (; i < n; ++i)  // single elements: the same fma chain
-    for (int r = 0; r < count; ++r)
-      y[i] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(alpha[r]), _mm_set_ss(rows[r][i]), _mm_set_ss(y[i])));
+  axpy_rows_multi_simd(&alpha, 1, rows, count, &y, n);
 }
 
 // Q queries against R rows (Q x R pairs of accumulators, each row vector loaded once for all Q):
@@ -137,41 +138,6 @@ inline void dot_rows_q_all(const float* const* a, const float* const* rows, int 
   for (; r + R <= count; r += R) dot_rows_q<Q, R>(a, rows + r, n, out, r);
   for (; r < count; ++r) dot_rows_q<Q, 1>(a, rows + r, n, out, r);
 }
-// Elements [i, i + 8 S) of Q outputs in Q x S registers while every row is applied to them.
-template <int Q, int S>
-inline void axpy_rows_q_span(const float* const* alpha, const float* const* rows, int count, float* const* y, int i) {
-  __m256 c[Q * S];
-#pragma GCC unroll 16
-  for (int q = 0; q < Q; ++q)
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) c[q * S + s] = _mm256_loadu_ps(y[q] + i + 8 * s);
-  for (int r = 0; r < count; ++r) {
-    __m256 va[Q];
-#pragma GCC unroll 16
-    for (int q = 0; q < Q; ++q) va[q] = _mm256_set1_ps(alpha[q][r]);
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) {
-      const __m256 w = _mm256_loadu_ps(rows[r] + i + 8 * s);
-#pragma GCC unroll 16
-      for (int q = 0; q < Q; ++q) c[q * S + s] = _mm256_fmadd_ps(va[q], w, c[q * S + s]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int q = 0; q < Q; ++q)
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) _mm256_storeu_ps(y[q] + i + 8 * s, c[q * S + s]);
-}
-template <int Q>
-inline void axpy_rows_q_all(const float* const* alpha, const float* const* rows, int count, float* const* y, int n) {
-  constexpr int S = Q == 1 ? 8 : Q == 2 ? 6 : 2;  // (4 x 2: 8 accumulators, 4 alphas)
-  int i = 0;
-  for (; i + 8 * S <= n; i += 8 * S) axpy_rows_q_span<Q, S>(alpha, rows, count, y, i);
-  for (; i + 8 <= n; i += 8) axpy_rows_q_span<Q, 1>(alpha, rows, count, y, i);
-  for (; i < n; ++i)  // single elements: the same fma chains
-    for (int q = 0; q < Q; ++q)
-      for (int r = 0; r < count; ++r)
-        y[q][i] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(alpha[q][r]), _mm_set_ss(rows[r][i]), _mm_set_ss(y[q][i])));
-}
 }  // namespace
 
 // Queries in fours (then pairs, then one): each row vector is read once per four queries. (Zen 3,
@@ -185,10 +151,7 @@ void dot_rows_multi_avx2(const float* const* a, int na, const float* const* rows
 }
 
 void axpy_rows_multi_avx2(const float* const* alpha, int na, const float* const* rows, int count, float* const* y, int n) {
-  int q = 0;
-  for (; q + 4 <= na; q += 4) axpy_rows_q_all<4>(alpha + q, rows, count, y + q, n);
-  for (; q + 2 <= na; q += 2) axpy_rows_q_all<2>(alpha + q, rows, count, y + q, n);
-  if (q < na) axpy_rows_q_all<1>(alpha + q, rows, count, y + q, n);
+  axpy_rows_multi_simd(alpha, na, rows, count, y, n);
 }
 
 }  // namespace dsv4::dot_detail

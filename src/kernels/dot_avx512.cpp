@@ -65,31 +65,28 @@ void axpy_avx512(float alpha, const float* x, float* y, int n) {
   }
 }
 
-// Elements [i, i + 16 S) of y stay in S registers (S independent chains) while every row is
-// applied to them in turn; tail masks the last vector's elements.
+// The axpy family (dot_simd.inc): 16 lanes, the last vector's masked.
 namespace {
-template <int S>
-inline void axpy_rows_span(const float* alpha, const float* const* rows, int count, float* y, int i, __mmask16 tail) {
-  __m512 acc[S];  // (unrolled early, as axpy_rows_q_span: else stored to the stack every row)
-#pragma GCC unroll 16
-  for (int s = 0; s < S; ++s) acc[s] = _mm512_maskz_loadu_ps(s + 1 < S ? 0xFFFF : tail, y + i + 16 * s);
-  for (int r = 0; r < count; ++r) {
-    const __m512 va = _mm512_set1_ps(alpha[r]);
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s)
-      acc[s] = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(s + 1 < S ? 0xFFFF : tail, rows[r] + i + 16 * s), acc[s]);
-  }
-#pragma GCC unroll 16
-  for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(y + i + 16 * s, s + 1 < S ? 0xFFFF : tail, acc[s]);
+using Vec = __m512;
+using Tail = __mmask16;
+constexpr int kW = 16;
+constexpr Tail kAll = 0xFFFF;
+inline Vec vload_tail(const float* p, Tail t) { return _mm512_maskz_loadu_ps(t, p); }
+inline void vstore_tail(float* p, Tail t, Vec v) { _mm512_mask_storeu_ps(p, t, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vbcast(float x) { return _mm512_set1_ps(x); }
+constexpr int kAxpySpans(int q) { return 16 / q; }
+template <int Q>
+inline void axpy_rows_q_rest(const float* const* alpha, const float* const* rows, int count, float* const* y, int i, int n);
+#include "kernels/dot_simd.inc"
+template <int Q>
+inline void axpy_rows_q_rest(const float* const* alpha, const float* const* rows, int count, float* const* y, int i, int n) {
+  axpy_rows_q_span<Q, 1>(alpha, rows, count, y, i, static_cast<Tail>((1u << (n - i)) - 1));
 }
 }  // namespace
 
 void axpy_rows_avx512(const float* alpha, const float* const* rows, int count, float* y, int n) {
-  constexpr int S = 8;
-  int i = 0;
-  for (; i + 16 * S <= n; i += 16 * S) axpy_rows_span<S>(alpha, rows, count, y, i, 0xFFFF);
-  for (; i + 16 <= n; i += 16) axpy_rows_span<1>(alpha, rows, count, y, i, 0xFFFF);
-  if (i < n) axpy_rows_span<1>(alpha, rows, count, y, i, static_cast<__mmask16>((1u << (n - i)) - 1));
+  axpy_rows_multi_simd(&alpha, 1, rows, count, &y, n);
 }
 
 // Q queries against R rows: Q x R chains, each row vector loaded once for all Q.
@@ -130,42 +127,6 @@ inline void dot_rows_q_all(const float* const* a, const float* const* rows, int 
   for (; r < count; ++r) dot_rows_q<Q, 1>(a, rows + r, n, out, r);
 }
 
-// Elements [i, i + 16 S) of Q outputs in Q x S registers while every row is applied to them.
-template <int Q, int S>
-inline void axpy_rows_q_span(const float* const* alpha, const float* const* rows, int count, float* const* y, int i,
-                             __mmask16 tail) {
-  // (The unroll pragmas matter: without them GCC 12 kept c in registers but also stored all of
-  // it to the stack on every row, a store per FMA.)
-  __m512 c[Q * S];
-#pragma GCC unroll 16
-  for (int q = 0; q < Q; ++q)
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) c[q * S + s] = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, y[q] + i + 16 * s);
-  for (int r = 0; r < count; ++r) {
-    __m512 va[Q];
-#pragma GCC unroll 16
-    for (int q = 0; q < Q; ++q) va[q] = _mm512_set1_ps(alpha[q][r]);
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) {
-      const __m512 w = _mm512_maskz_loadu_ps(s + 1 < S ? __mmask16{0xFFFF} : tail, rows[r] + i + 16 * s);
-#pragma GCC unroll 16
-      for (int q = 0; q < Q; ++q) c[q * S + s] = _mm512_fmadd_ps(va[q], w, c[q * S + s]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int q = 0; q < Q; ++q)
-#pragma GCC unroll 16
-    for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(y[q] + i + 16 * s, s + 1 < S ? __mmask16{0xFFFF} : tail, c[q * S + s]);
-}
-
-template <int Q>
-inline void axpy_rows_q_all(const float* const* alpha, const float* const* rows, int count, float* const* y, int n) {
-  constexpr int S = 16 / Q;
-  int i = 0;
-  for (; i + 16 * S <= n; i += 16 * S) axpy_rows_q_span<Q, S>(alpha, rows, count, y, i, 0xFFFF);
-  for (; i + 16 <= n; i += 16) axpy_rows_q_span<Q, 1>(alpha, rows, count, y, i, 0xFFFF);
-  if (i < n) axpy_rows_q_span<Q, 1>(alpha, rows, count, y, i, static_cast<__mmask16>((1u << (n - i)) - 1));
-}
 }  // namespace
 
 // Queries in fours (then a pair, then one): each row is read once per four queries.
@@ -178,10 +139,7 @@ void dot_rows_multi_avx512(const float* const* a, int na, const float* const* ro
 
 void axpy_rows_multi_avx512(const float* const* alpha, int na, const float* const* rows, int count, float* const* y,
                             int n) {
-  int q = 0;
-  for (; q + 4 <= na; q += 4) axpy_rows_q_all<4>(alpha + q, rows, count, y + q, n);
-  if (q + 2 <= na) axpy_rows_q_all<2>(alpha + q, rows, count, y + q, n), q += 2;
-  if (q < na) axpy_rows_q_all<1>(alpha + q, rows, count, y + q, n);
+  axpy_rows_multi_simd(alpha, na, rows, count, y, n);
 }
 
 }  // namespace dsv4::dot_detail
