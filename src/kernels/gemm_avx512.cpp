@@ -223,6 +223,23 @@ inline __m512i fp4_byte_table() {
   return _mm512_set4_epi32(0x00040608, 0x090A0B0C, 0x18141210, 0x0F0E0D0C);  // codes 15 .. 0
 }
 
+// One row's sum n w' of a block in the byte form (fp4_rows_bytes): its weight bytes (lo: of the
+// low nibbles, hi: of the high ones, returned for the top planes) against the hi planes, shifted
+// by 8, then the lo planes.
+[[gnu::always_inline]] __attribute__((target("avx512vbmi"))) inline __m512i fp4_byte_sum(
+    __m512i c, __m512i tab, __m512i hi_nibbles, __m512i even_hi, __m512i odd_hi, __m512i even_lo, __m512i odd_lo,
+    __m512i& lo, __m512i& hi) {
+  lo = _mm512_permutexvar_epi8(c, tab);                                         // weights 8d + 2i at byte 4d + i
+  hi = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(hi_nibbles, c), tab);  // 8d + 2i + 1
+  const __m512i x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, even_hi), hi, odd_hi);
+  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), lo, even_lo), hi, odd_lo);
+}
+[[gnu::always_inline]] __attribute__((target("avx512vbmi"))) inline __m512i fp4_byte_sum(
+    __m512i c, __m512i tab, __m512i hi_nibbles, const __m512i* planes, __m512i& lo, __m512i& hi) {
+  return fp4_byte_sum(c, tab, hi_nibbles, _mm512_loadu_si512(planes), _mm512_loadu_si512(planes + 1),
+                      _mm512_loadu_si512(planes + 2), _mm512_loadu_si512(planes + 3), lo, hi);
+}
+
 // The byte form: per block and row two VPERMB (the low nibbles, then the high ones shifted down)
 // instead of four VPERMW and three shifts, and four VPDPBUSD (the hi planes, a shift by 8, the lo
 // planes). Compiled for VBMI on top of this file's flags, so called only where the CPU has it
@@ -246,38 +263,41 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
     lanes[j] = lanes_io[j];
     evens[j] = evens_io[j];
   }
-  // The integer partials of block b (kTwo: the three-plane form, gemm.h), row by row, so that
-  // only one row's weight bytes are live (all rows' at once spill).
-  auto ints = [&]<bool kTwo>(int b, Vec* part) __attribute__((target("avx512vbmi"))) {
+  // A three-plane block's partials (gemm.h): the two planes' sums as a one-plane block's, the
+  // top planes (from memory: the one-plane blocks keep their registers) times 65536 units added
+  // to the correction first.
+  auto three_planes = [&](int b, Vec* part) __attribute__((target("avx512vbmi"))) {
     const __m512i* pl = reinterpret_cast<const __m512i*>(planes + 64 * b);
-    const __m512i even_hi = _mm512_loadu_si512(pl), odd_hi = _mm512_loadu_si512(pl + 1);
-    const __m512i even_lo = _mm512_loadu_si512(pl + 2), odd_lo = _mm512_loadu_si512(pl + 3);
+    const __m512i* tp = reinterpret_cast<const __m512i*>(high + 64 * b);
     const Vec un = _mm512_loadu_ps(unit + 16 * b), cr = _mm512_loadu_ps(corr + 16 * b);
-    const Vec top_unit = kTwo ? _mm512_mul_ps(un, _mm512_set1_ps(65536.0f)) : un;
+    const Vec top_unit = _mm512_mul_ps(un, _mm512_set1_ps(65536.0f));
     for (int j = 0; j < R; ++j) {
-      const __m512i c = _mm512_loadu_si512(codes[j] + 64 * b);
-      const __m512i lo = _mm512_permutexvar_epi8(c, tab);                         // weights 8d + 2i at byte 4d + i
-      const __m512i hi = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(hi_nibbles, c), tab);  // 8d + 2i + 1
-      __m512i x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, even_hi), hi, odd_hi);
-      x = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(x, 8), lo, even_lo), hi, odd_lo);
-      Vec add = cr;
-      if constexpr (kTwo) {  // (the top planes from memory: the one-plane blocks keep their registers)
-        const __m512i* tp = reinterpret_cast<const __m512i*>(high + 64 * b);
-        const __m512i top = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(tp)), hi,
-                                                _mm512_loadu_si512(tp + 1));
-        add = _mm512_fmadd_ps(_mm512_cvtepi32_ps(top), top_unit, cr);
-      }
-      part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, add);
+      __m512i lo, hi;
+      const __m512i x = fp4_byte_sum(_mm512_loadu_si512(codes[j] + 64 * b), tab, hi_nibbles, pl, lo, hi);
+      const __m512i top = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(tp)), hi,
+                                              _mm512_loadu_si512(tp + 1));
+      part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, _mm512_fmadd_ps(_mm512_cvtepi32_ps(top), top_unit, cr));
     }
   };
-  // A block's body for each parity (fp4_pair_add without a test per block).
+  // A block's body for each parity (fp4_pair_add without a test per block). (The one-plane body
+  // stays written out here: moved into a lambda shared with the three planes, GCC scheduled it
+  // worse for R = 8, w1 at M = 1 one thread in cache ~14 % slower.)
   auto block = [&]<bool kOdd>(int b) __attribute__((target("avx512vbmi"))) {
     fp4_rows_prefetch<R>(next, far, b);
     Vec part[R];
     if (ok[b] == 1) {
-      ints.template operator()<false>(b, part);
+      // Row by row, so that only one row's weight bytes are live (all rows' at once spill).
+      const __m512i* pl = reinterpret_cast<const __m512i*>(planes + 64 * b);
+      const __m512i even_hi = _mm512_loadu_si512(pl), odd_hi = _mm512_loadu_si512(pl + 1);
+      const __m512i even_lo = _mm512_loadu_si512(pl + 2), odd_lo = _mm512_loadu_si512(pl + 3);
+      const Vec un = _mm512_loadu_ps(unit + 16 * b), cr = _mm512_loadu_ps(corr + 16 * b);
+      for (int j = 0; j < R; ++j) {
+        __m512i lo, hi;
+        const __m512i x = fp4_byte_sum(_mm512_loadu_si512(codes[j] + 64 * b), tab, hi_nibbles, even_hi, odd_hi, even_lo, odd_lo, lo, hi);
+        part[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(x), un, cr);
+      }
     } else if (ok[b] == 2) {
-      ints.template operator()<true>(b, part);
+      three_planes(b, part);
     } else {
       Fp4Blk c[R];
       for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);
