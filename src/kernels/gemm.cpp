@@ -566,7 +566,7 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
       for (int64_t m = m0; m < m1; ++m) {
         const float* a = q.data() + static_cast<size_t>(m) * p.a_stride;
         const size_t mb = static_cast<size_t>(m) * p.nb;
-        if (bytes)  // (every two-plane block pays here: its extra work stays inside the block)
+        if (bytes)  // (all its two-plane blocks kept: unlike AVX2's, they cost the other blocks nothing)
           gd::fp4_byte_activations_avx512(a, p.nb, words + mb * 64, unit + mb * 16, corr + mb * 16, ok + mb,
                                           high ? high + mb * 64 : nullptr);
         else if (avx512)
