@@ -133,6 +133,61 @@ TEST(Model, StoppedForwardRestoresTheState) {
 // The routed experts give a token the same bits alone (decode) as among hundreds of others split
 // into several expert batches (prefill): every product is per row, and each output element adds
 // its experts in increasing order. A hash-routed and a score-routed layer.
+// Several sequences decoded in one step (continuous batching) get, each, exactly the logits and
+// state of decoding alone: sequences at different positions (fresh, inside the first window,
+// about to close an HCA block, past the window with CSA rows selected) over steps that cross
+// compressor block ends. Four rows on two threads also take the indexer's one-query-per-task path.
+TEST(Model, DecodeBatchMatchesDecodingEachSequenceAlone) {
+  Model m(test_model_dir(), 2);
+  const int V = m.config().vocab_size;
+  const auto tok = tokens(400);
+  const std::vector<int> prompt = {0, 1, 125, 257};
+  const int B = static_cast<int>(prompt.size()), steps = 6;
+  std::vector<SequenceState> alone, batched;
+  for (int i = 0; i < B; ++i) {
+    alone.push_back(m.new_state());
+    const int n = prompt[static_cast<size_t>(i)];
+    if (n > 0) m.forward(alone.back(), tok.data() + 37 * i, n, nullptr);
+    batched.push_back(alone.back());
+  }
+  std::vector<SequenceState*> ptrs;
+  for (SequenceState& s : batched) ptrs.push_back(&s);
+  std::vector<int32_t> next(static_cast<size_t>(B));
+  for (int i = 0; i < B; ++i) next[static_cast<size_t>(i)] = static_cast<int32_t>((101 * i + 7) % V);
+  std::vector<float> want(static_cast<size_t>(B) * V), got(static_cast<size_t>(B) * V);
+  for (int s = 0; s < steps; ++s) {
+    for (int i = 0; i < B; ++i)
+      m.forward(alone[static_cast<size_t>(i)], &next[static_cast<size_t>(i)], 1, &want[static_cast<size_t>(i) * V]);
+    m.decode_batch(ptrs, next.data(), got.data());
+    for (int i = 0; i < B; ++i) {
+      SCOPED_TRACE("sequence " + std::to_string(i) + ", step " + std::to_string(s));
+      EXPECT_EQ(batched[static_cast<size_t>(i)].pos, alone[static_cast<size_t>(i)].pos);
+      EXPECT_EQ(0, std::memcmp(&want[static_cast<size_t>(i) * V], &got[static_cast<size_t>(i) * V], sizeof(float) * V));
+      const float* row = &want[static_cast<size_t>(i) * V];
+      next[static_cast<size_t>(i)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+    }
+  }
+  for (int i = 0; i < B; ++i) {
+    for (int l = 0; l < m.config().n_layers; ++l) {
+      const LayerState& a = alone[static_cast<size_t>(i)].layers[static_cast<size_t>(l)];
+      const LayerState& b = batched[static_cast<size_t>(i)].layers[static_cast<size_t>(l)];
+      EXPECT_EQ(a.compressed.rows(), b.compressed.rows());
+      EXPECT_EQ(a.index_keys.rows(), b.index_keys.rows());
+      EXPECT_EQ(a.compressor.kv, b.compressor.kv);
+      EXPECT_EQ(a.index_compressor.score, b.index_compressor.score);
+    }
+  }
+  // Bad batches are refused before anything changes.
+  const int64_t pos0 = batched[0].pos;
+  SequenceState* twice[] = {&batched[0], &batched[0]};
+  const int32_t two[] = {1, 2};
+  EXPECT_THROW(m.decode_batch(twice, two, got.data()), Error);
+  SequenceState* pair[] = {&batched[0], &batched[1]};
+  const int32_t bad[] = {1, static_cast<int32_t>(V)};
+  EXPECT_THROW(m.decode_batch(pair, bad, got.data()), Error);
+  EXPECT_EQ(batched[0].pos, pos0);
+}
+
 TEST(Model, MoeOutputDoesNotDependOnTheBatch) {
   Model m(test_model_dir(), 2);
   const ModelConfig& c = m.config();

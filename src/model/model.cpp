@@ -222,85 +222,96 @@ SequenceState Model::new_mtp_state() const {
   return s;
 }
 
-void Model::compress(const CompressorWeights& cw, CompressorState& cs, const float* x, int n, int64_t start,
-                     bool indexer, LayerState& ls) {
-  const int D = cfg_.dim, r = cw.ratio, Dc = cw.out_dim, width = cs.width;
+void Model::compress(const CompressorWeights& cw, std::span<const Segment> segs, const float* x, int n, bool indexer) {
+  const int r = cw.ratio, Dc = cw.out_dim, width = cw.wkv.n;
   const bool overlap = cw.overlap();
   StageTimer timer(Stage::kCompressor);
   float* const a = scratch_.comp_a.grown(static_cast<size_t>(n) * width);
   float* const z = scratch_.comp_z.grown(static_cast<size_t>(n) * width);
   gemm_bf16_f32(x, n, cw.wkv, a, *pool_);
   gemm_bf16_f32(x, n, cw.wgate, z, *pool_);
-  (void)D;
   const int cur0 = overlap ? 4 : 0;
   std::vector<float> u(static_cast<size_t>(Dc)), row(static_cast<size_t>(Dc));
   std::vector<float> cosv(static_cast<size_t>(cfg_.rope_dim / 2)), sinv(cosv.size());
   std::vector<uint8_t> codes(static_cast<size_t>(Dc)), scales(static_cast<size_t>(Dc / 32 + 1));
-  for (int t = 0; t < n; ++t) {
-    const int64_t p = start + t;
-    const int i = static_cast<int>(p % r);
-    float* kv_slot = cs.kv.data() + static_cast<size_t>(cur0 + i) * width;
-    float* sc_slot = cs.score.data() + static_cast<size_t>(cur0 + i) * width;
-    const float* ape = cw.ape + static_cast<size_t>(i) * width;
-    for (int ch = 0; ch < width; ++ch) {
-      kv_slot[ch] = a[static_cast<size_t>(t) * width + ch];
-      sc_slot[ch] = z[static_cast<size_t>(t) * width + ch] + ape[ch];
-    }
-    if (i != r - 1) continue;
-    // Pool the block: per-channel softmax over the candidate tokens.
-    const int64_t j = p / r;
-    for (int ch = 0; ch < Dc; ++ch) {
-      float cand_kv[16], cand_sc[16];
-      int nc = 0;
-      if (overlap) {
-        for (int s = 0; s < 4; ++s) {
-          cand_kv[nc] = cs.kv[static_cast<size_t>(s) * width + ch];
-          cand_sc[nc++] = cs.score[static_cast<size_t>(s) * width + ch];
-        }
-        for (int s = 4; s < 8; ++s) {
-          cand_kv[nc] = cs.kv[static_cast<size_t>(s) * width + Dc + ch];
-          cand_sc[nc++] = cs.score[static_cast<size_t>(s) * width + Dc + ch];
-        }
-        float m = kNegInf;
-        for (int q = 0; q < nc; ++q) m = std::max(m, cand_sc[q]);
-        float e[16], sum = 0.0f;
-        for (int q = 0; q < nc; ++q) sum += (e[q] = std::exp(cand_sc[q] - m));
-        float acc = 0.0f;
-        for (int q = 0; q < nc; ++q) acc += (e[q] / sum) * cand_kv[q];
-        u[static_cast<size_t>(ch)] = acc;
-      } else {
-        float m = kNegInf;
-        for (int s = 0; s < r; ++s) m = std::max(m, cs.score[static_cast<size_t>(s) * width + ch]);
-        float sum = 0.0f;
-        for (int s = 0; s < r; ++s) sum += std::exp(cs.score[static_cast<size_t>(s) * width + ch] - m);
-        float acc = 0.0f;
-        for (int s = 0; s < r; ++s)
-          acc += (std::exp(cs.score[static_cast<size_t>(s) * width + ch] - m) / sum) * cs.kv[static_cast<size_t>(s) * width + ch];
-        u[static_cast<size_t>(ch)] = acc;
+  for (const Segment& sg : segs) {
+    LayerState& ls = *sg.ls;
+    CompressorState& cs = indexer ? ls.index_compressor : ls.compressor;
+    if (cs.width != width)
+      throw Error("compressor state width " + std::to_string(cs.width) + " does not match its weights (" +
+                  std::to_string(width) + ")");
+    for (int t = sg.t0; t < sg.t0 + sg.n; ++t) {
+      const int64_t p = sg.start + (t - sg.t0);
+      const int i = static_cast<int>(p % r);
+      float* kv_slot = cs.kv.data() + static_cast<size_t>(cur0 + i) * width;
+      float* sc_slot = cs.score.data() + static_cast<size_t>(cur0 + i) * width;
+      const float* ape = cw.ape + static_cast<size_t>(i) * width;
+      for (int ch = 0; ch < width; ++ch) {
+        kv_slot[ch] = a[static_cast<size_t>(t) * width + ch];
+        sc_slot[ch] = z[static_cast<size_t>(t) * width + ch] + ape[ch];
       }
-    }
-    for (int ch = 0; ch < Dc; ++ch) u[static_cast<size_t>(ch)] = bf16_round(u[static_cast<size_t>(ch)]);
-    rms_norm(u.data(), cw.norm.data(), Dc, static_cast<float>(cfg_.norm_eps), row.data());
-    rope_compressed_.angles(j * r, cosv.data(), sinv.data());
-    apply_rope(row.data() + Dc - cfg_.rope_dim, cosv.data(), sinv.data(), cfg_.rope_dim / 2, false);
-    if (indexer) {
-      hadamard128(row.data());
-      fp4_simulate_codes(row.data(), Dc, codes.data(), scales.data());
-      ls.index_keys.append(codes.data(), scales.data());
-    } else {
-      const int nope = cfg_.nope_dim();
-      act_quant_simulate_codes(row.data(), nope, 64, codes.data(), scales.data());
-      ls.compressed.append(codes.data(), scales.data(), row.data() + nope);
-    }
-    if (overlap) {  // the completed block becomes the previous block
-      std::copy(cs.kv.begin() + 4 * width, cs.kv.end(), cs.kv.begin());
-      std::copy(cs.score.begin() + 4 * width, cs.score.end(), cs.score.begin());
+      if (i != r - 1) continue;
+      // Pool the block: per-channel softmax over the candidate tokens.
+      const int64_t j = p / r;
+      for (int ch = 0; ch < Dc; ++ch) {
+        float cand_kv[16], cand_sc[16];
+        int nc = 0;
+        if (overlap) {
+          for (int s = 0; s < 4; ++s) {
+            cand_kv[nc] = cs.kv[static_cast<size_t>(s) * width + ch];
+            cand_sc[nc++] = cs.score[static_cast<size_t>(s) * width + ch];
+          }
+          for (int s = 4; s < 8; ++s) {
+            cand_kv[nc] = cs.kv[static_cast<size_t>(s) * width + Dc + ch];
+            cand_sc[nc++] = cs.score[static_cast<size_t>(s) * width + Dc + ch];
+          }
+          float m = kNegInf;
+          for (int q = 0; q < nc; ++q) m = std::max(m, cand_sc[q]);
+          float e[16], sum = 0.0f;
+          for (int q = 0; q < nc; ++q) sum += (e[q] = std::exp(cand_sc[q] - m));
+          float acc = 0.0f;
+          for (int q = 0; q < nc; ++q) acc += (e[q] / sum) * cand_kv[q];
+          u[static_cast<size_t>(ch)] = acc;
+        } else {
+          float m = kNegInf;
+          for (int s = 0; s < r; ++s) m = std::max(m, cs.score[static_cast<size_t>(s) * width + ch]);
+          float sum = 0.0f;
+          for (int s = 0; s < r; ++s) sum += std::exp(cs.score[static_cast<size_t>(s) * width + ch] - m);
+          float acc = 0.0f;
+          for (int s = 0; s < r; ++s)
+            acc += (std::exp(cs.score[static_cast<size_t>(s) * width + ch] - m) / sum) * cs.kv[static_cast<size_t>(s) * width + ch];
+          u[static_cast<size_t>(ch)] = acc;
+        }
+      }
+      for (int ch = 0; ch < Dc; ++ch) u[static_cast<size_t>(ch)] = bf16_round(u[static_cast<size_t>(ch)]);
+      rms_norm(u.data(), cw.norm.data(), Dc, static_cast<float>(cfg_.norm_eps), row.data());
+      rope_compressed_.angles(j * r, cosv.data(), sinv.data());
+      apply_rope(row.data() + Dc - cfg_.rope_dim, cosv.data(), sinv.data(), cfg_.rope_dim / 2, false);
+      if (indexer) {
+        hadamard128(row.data());
+        fp4_simulate_codes(row.data(), Dc, codes.data(), scales.data());
+        ls.index_keys.append(codes.data(), scales.data());
+      } else {
+        const int nope = cfg_.nope_dim();
+        act_quant_simulate_codes(row.data(), nope, 64, codes.data(), scales.data());
+        ls.compressed.append(codes.data(), scales.data(), row.data() + nope);
+      }
+      if (overlap) {  // the completed block becomes the previous block
+        std::copy(cs.kv.begin() + 4 * width, cs.kv.end(), cs.kv.begin());
+        std::copy(cs.score.begin() + 4 * width, cs.score.end(), cs.score.begin());
+      }
     }
   }
 }
 
 void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, int n, int64_t start, float* out,
                       BlockProbe* probe) {
+  const Segment seg{&ls, start, 0, n};
+  attention_segments(bw, {&seg, 1}, x, n, out, probe);
+}
+
+void Model::attention_segments(const BlockWeights& bw, std::span<const Segment> segs, const float* x, int n, float* out,
+                               BlockProbe* probe) {
   const ModelConfig& c = cfg_;
   const AttentionWeights& aw = bw.attn;
   const int H = c.n_heads, Dh = c.head_dim, Dr = c.rope_dim, Dn = c.nope_dim(), W = c.window;
@@ -308,6 +319,14 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   const RopeTable& rope = rope_for(bw.layer_id);
   const float eps = static_cast<float>(c.norm_eps);
   const size_t N = static_cast<size_t>(n);
+  // Each row's position and segment (rows of different sequences share only the products).
+  std::vector<int64_t> pos(N);
+  std::vector<int> seg_of(N);
+  for (size_t si = 0; si < segs.size(); ++si)
+    for (int t = segs[si].t0; t < segs[si].t0 + segs[si].n; ++t) {
+      pos[static_cast<size_t>(t)] = segs[si].start + (t - segs[si].t0);
+      seg_of[static_cast<size_t>(t)] = static_cast<int>(si);
+    }
 
   // Projections (§6.1).
   StageTimer project_timer(Stage::kAttnProject);
@@ -325,7 +344,7 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   gemm_fp8(qr, n, aw.wq_b, q, *pool_);
   std::vector<float> cos_t(N * Dr / 2), sin_t(N * Dr / 2);
   parallel_each(*pool_, n, [&](int64_t t) {
-    rope.angles(start + t, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
+    rope.angles(pos[static_cast<size_t>(t)], &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2]);
   }, 8);
   uint8_t* const kv_codes = scratch_.kv_codes.grown(N * Dn);
   uint8_t* const kv_scales = scratch_.kv_scales.grown(N * (Dn / 64));
@@ -343,15 +362,15 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
   });
 
   project_timer.stop();
-  // Compressors emit every row completed inside this chunk (§6.3); visibility is by position.
-  if (r > 0) compress(aw.compressor, ls.compressor, x, n, start, false, ls);
+  // Compressors emit every row completed inside this call (§6.3); visibility is by position.
+  if (r > 0) compress(aw.compressor, segs, x, n, false);
 
   // Lightning indexer (§6.4): top-k compressed rows per query.
   const int topk_cap = c.index_topk;
   int32_t* topk = nullptr;  // [n, topk_cap], -1 padded
   std::vector<int> topk_count(N, 0);
   if (r == 4) {
-    compress(aw.idx_compressor, ls.index_compressor, x, n, start, true, ls);
+    compress(aw.idx_compressor, segs, x, n, true);
     StageTimer indexer_timer(Stage::kIndexer);
     const int IH = c.index_n_heads, ID = c.index_head_dim;
     float* const qi = scratch_.qi.grown(N * IH * ID);
@@ -373,7 +392,10 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
         fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
       }
     });
-    const uint8_t* keys = ls.index_keys.rows() > 0 ? ls.index_keys.row_data(0) : nullptr;
+    auto keys_of = [&](int64_t t) {
+      const IndexKeyStore& ks = segs[static_cast<size_t>(seg_of[static_cast<size_t>(t)])].ls->index_keys;
+      return ks.rows() > 0 ? ks.row_data(0) : nullptr;
+    };
     auto query = [&](int64_t t) {
       const size_t th = static_cast<size_t>(t) * IH;
       return IndexQuery{IH, &qcodes[th * ID / 2], &qscales[th * ID / 32], wts + th};
@@ -386,20 +408,21 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     };
     topk = scratch_.topk.grown(N * topk_cap);
     std::fill(topk, topk + N * topk_cap, -1);
-    if (n >= pool_->size()) {  // prefill: one query per task
+    if (n >= pool_->size()) {  // prefill (or a batch of sequences): one query per task
       pool_->parallel_for(n, [&](int64_t t0, int64_t t1) {
         std::vector<float> score;
         for (int64_t t = t0; t < t1; ++t) {
-          score.resize(static_cast<size_t>((start + t + 1) / 4));
-          index_scores(query(t), keys, 0, static_cast<int64_t>(score.size()), score.data());
+          score.resize(static_cast<size_t>((pos[static_cast<size_t>(t)] + 1) / 4));
+          index_scores(query(t), keys_of(t), 0, static_cast<int64_t>(score.size()), score.data());
           select(t, score);
         }
       });
     } else {  // decode: the keys of each query split over the pool
       std::vector<float> score;
       for (int64_t t = 0; t < n; ++t) {
-        score.resize(static_cast<size_t>((start + t + 1) / 4));
+        score.resize(static_cast<size_t>((pos[static_cast<size_t>(t)] + 1) / 4));
         const IndexQuery q = query(t);
+        const uint8_t* keys = keys_of(t);
         pool_->parallel_for(static_cast<int64_t>(score.size()), [&](int64_t j0, int64_t j1) {
           index_scores(q, keys, j0, j1, score.data() + j0);
         }, 256);
@@ -409,67 +432,73 @@ void Model::attention(const BlockWeights& bw, LayerState& ls, const float* x, in
     if (probe) probe->indexer_topk.insert(probe->indexer_topk.end(), topk, topk + N * topk_cap);
   }
 
-  // Window rows: earlier positions come from the ring, this chunk's from the fresh kv.
   StageTimer core_timer(Stage::kAttnCore);
-  const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
-  const int64_t nwin = start + n - wstart;
-  float* const win = scratch_.win.grown(static_cast<size_t>(nwin) * Dh);
-  // (row decodes are independent: split over the pool, as the selected rows below)
-  pool_->parallel_for(start - wstart, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) ls.window.load((wstart + i) % W, &win[static_cast<size_t>(i) * Dh]);
-  }, 32);
-  std::copy(kv, kv + N * Dh, win + (start - wstart) * Dh);
-  // HCA attends to every visible compressed row: decode them once per call.
-  float* comp_rows = nullptr;
-  if (r == 128) {
-    comp_rows = scratch_.comp_rows.grown(static_cast<size_t>(ls.compressed.rows()) * Dh);
-    pool_->parallel_for(ls.compressed.rows(), [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) ls.compressed.load(j, &comp_rows[static_cast<size_t>(j) * Dh]);
-    }, 32);
-  }
-
-  // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
-  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  const int wlen = start == 0 ? std::min(n, W) : W;  // window part of the index list
   float* const o = scratch_.o.grown(N * H * Dh);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   std::vector<const float*> rows;
   std::vector<float> sel_rows;
-  for (int t = 0; t < n; ++t) {
-    const int64_t p = start + t;
-    rows.assign(static_cast<size_t>(wlen), nullptr);
-    const int64_t first = std::max<int64_t>(0, p - (W - 1));
-    for (int64_t q0 = first; q0 <= p; ++q0) rows[static_cast<size_t>(q0 - first)] = &win[static_cast<size_t>(q0 - wstart) * Dh];
+  for (const Segment& sg : segs) {
+    LayerState& ls = *sg.ls;
+    const int64_t start = sg.start;
+    const int sn_rows = sg.n;
+    // Window rows: earlier positions come from the ring, this segment's from the fresh kv.
+    const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
+    const int64_t nwin = start + sn_rows - wstart;
+    float* const win = scratch_.win.grown(static_cast<size_t>(nwin) * Dh);
+    // (row decodes are independent: split over the pool, as the selected rows below)
+    pool_->parallel_for(start - wstart, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) ls.window.load((wstart + i) % W, &win[static_cast<size_t>(i) * Dh]);
+    }, 32);
+    const float* const kv_seg = kv + static_cast<size_t>(sg.t0) * Dh;
+    std::copy(kv_seg, kv_seg + static_cast<size_t>(sn_rows) * Dh, win + (start - wstart) * Dh);
+    // HCA attends to every visible compressed row: decode them once per segment.
+    float* comp_rows = nullptr;
     if (r == 128) {
-      const int64_t vis = (p + 1) / r;
-      for (int64_t j = 0; j < vis; ++j) rows.push_back(&comp_rows[static_cast<size_t>(j) * Dh]);
-    } else if (r == 4) {
-      const int k = topk_count[static_cast<size_t>(t)];
-      sel_rows.resize(static_cast<size_t>(k) * Dh);
-      const int32_t* sel = &topk[static_cast<size_t>(t) * topk_cap];
-      pool_->parallel_for(k, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) ls.compressed.load(sel[i], &sel_rows[static_cast<size_t>(i) * Dh]);
+      comp_rows = scratch_.comp_rows.grown(static_cast<size_t>(ls.compressed.rows()) * Dh);
+      pool_->parallel_for(ls.compressed.rows(), [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) ls.compressed.load(j, &comp_rows[static_cast<size_t>(j) * Dh]);
       }, 32);
-      for (int i = 0; i < k; ++i) rows.push_back(&sel_rows[static_cast<size_t>(i) * Dh]);
     }
-    const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
-    const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
-    // Row blocks outside, heads inside: a block of 64 rows (128 KiB) stays in cache while every
-    // head of this thread takes it, instead of each head streaming all rows again (640 rows are
-    // 1.3 MiB, more than L2). Each head's operations and their order are unchanged.
-    const int64_t heads_per_thread = (H + pool_->size() - 1) / pool_->size();
-    pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
-      float* ot = o + static_cast<size_t>(t) * H * Dh;
-      sparse_attention_heads(q + static_cast<size_t>(t) * H * Dh, static_cast<int>(h0), static_cast<int>(h1), Dh, rows.data(),
-                             rows.size(), scale, aw.sink, ot);
-      for (int64_t h = h0; h < h1; ++h)
-        apply_rope(ot + static_cast<size_t>(h) * Dh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
-    }, heads_per_thread);
-  }
 
-  // The ring keeps the last W positions (written after attending, see the ring hazard in §7.3).
-  for (int64_t p = std::max<int64_t>(start, start + n - W); p < start + n; ++p) {
-    const size_t t = static_cast<size_t>(p - start);
-    ls.window.set(p % W, &kv_codes[t * Dn], &kv_scales[t * (Dn / 64)], &kv[t * Dh + Dn]);
+    // Sparse attention with sink (§6.2), online softmax over blocks of 64 indices as the reference kernel.
+    const int wlen = start == 0 ? std::min(sn_rows, W) : W;  // window part of the index list
+    for (int t = sg.t0; t < sg.t0 + sn_rows; ++t) {
+      const int64_t p = pos[static_cast<size_t>(t)];
+      rows.assign(static_cast<size_t>(wlen), nullptr);
+      const int64_t first = std::max<int64_t>(0, p - (W - 1));
+      for (int64_t q0 = first; q0 <= p; ++q0) rows[static_cast<size_t>(q0 - first)] = &win[static_cast<size_t>(q0 - wstart) * Dh];
+      if (r == 128) {
+        const int64_t vis = (p + 1) / r;
+        for (int64_t j = 0; j < vis; ++j) rows.push_back(&comp_rows[static_cast<size_t>(j) * Dh]);
+      } else if (r == 4) {
+        const int k = topk_count[static_cast<size_t>(t)];
+        sel_rows.resize(static_cast<size_t>(k) * Dh);
+        const int32_t* sel = &topk[static_cast<size_t>(t) * topk_cap];
+        pool_->parallel_for(k, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) ls.compressed.load(sel[i], &sel_rows[static_cast<size_t>(i) * Dh]);
+        }, 32);
+        for (int i = 0; i < k; ++i) rows.push_back(&sel_rows[static_cast<size_t>(i) * Dh]);
+      }
+      const float* cs = &cos_t[static_cast<size_t>(t) * Dr / 2];
+      const float* sn = &sin_t[static_cast<size_t>(t) * Dr / 2];
+      // Row blocks outside, heads inside: a block of 64 rows (128 KiB) stays in cache while every
+      // head of this thread takes it, instead of each head streaming all rows again (640 rows are
+      // 1.3 MiB, more than L2). Each head's operations and their order are unchanged.
+      const int64_t heads_per_thread = (H + pool_->size() - 1) / pool_->size();
+      pool_->parallel_for(H, [&](int64_t h0, int64_t h1) {
+        float* ot = o + static_cast<size_t>(t) * H * Dh;
+        sparse_attention_heads(q + static_cast<size_t>(t) * H * Dh, static_cast<int>(h0), static_cast<int>(h1), Dh, rows.data(),
+                               rows.size(), scale, aw.sink, ot);
+        for (int64_t h = h0; h < h1; ++h)
+          apply_rope(ot + static_cast<size_t>(h) * Dh + Dn, cs, sn, Dr / 2, true);  // V = K carries the rotation: undo it
+      }, heads_per_thread);
+    }
+
+    // The ring keeps the last W positions (written after attending, see the ring hazard in §7.3).
+    for (int64_t p = std::max<int64_t>(start, start + sn_rows - W); p < start + sn_rows; ++p) {
+      const size_t t = static_cast<size_t>(sg.t0) + static_cast<size_t>(p - start);
+      ls.window.set(p % W, &kv_codes[t * Dn], &kv_scales[t * (Dn / 64)], &kv[t * Dh + Dn]);
+    }
   }
 
   core_timer.stop();
@@ -639,6 +668,12 @@ void Model::moe(const MoeWeights& mw, int layer_id, const float* x, const int32_
 
 void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const int32_t* tokens, int n, int64_t start,
                       BlockProbe* probe) {
+  const Segment seg{&ls, start, 0, n};
+  run_block_segments(bw, {&seg, 1}, h, tokens, n, probe);
+}
+
+void Model::run_block_segments(const BlockWeights& bw, std::span<const Segment> segs, float* h, const int32_t* tokens,
+                               int n, BlockProbe* probe) {
   const ModelConfig& c = cfg_;
   const int D = c.dim, hc = c.hc_mult;
   const size_t N = static_cast<size_t>(n);
@@ -697,12 +732,16 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
   // 512] fp32, 128 KiB a token at V4-Flash widths) stay bounded however long the chunk, while the
   // MoE takes the whole chunk at once, where more rows per routed expert pay (forward). Any split
   // gives the same bits (pieces start past position 0 or are at least a window long, see the
-  // window layout in attention()).
+  // window layout in attention()). Several sequences' rows (decode_batch: a few each) go in one call.
   const int piece = std::max(kAttentionPieceTokens, c.window);
   site(bw.hc_attn, bw.attn_norm, [&] {
+    if (segs.size() != 1) {
+      attention_segments(bw, segs, a, n, f, probe);
+      return;
+    }
     for (int t0 = 0; t0 < n; t0 += piece) {
       const size_t off = static_cast<size_t>(t0) * D;
-      attention(bw, ls, a + off, std::min(piece, n - t0), start + t0, f + off, probe);
+      attention(bw, *segs[0].ls, a + off, std::min(piece, n - t0), segs[0].start + t0, f + off, probe);
     }
   }, probe ? &probe->attn_in : nullptr, probe ? &probe->attn_out : nullptr);
   site(bw.hc_ffn, bw.ffn_norm, [&] { moe(bw.moe, bw.layer_id, a, tokens, n, f, probe); },
@@ -711,24 +750,33 @@ void Model::run_block(const BlockWeights& bw, LayerState& ls, float* h, const in
 
 void Model::head(const float* streams, const HcWeights& hc_head, const std::vector<float>& norm, float* logits,
                  float* normed_out) {
+  head_rows(streams, 1, hc_head, norm, logits, normed_out);
+}
+
+void Model::head_rows(const float* streams, int rows, const HcWeights& hc_head, const std::vector<float>& norm,
+                      float* logits, float* normed_out) {
   const ModelConfig& c = cfg_;
   const int hc = c.hc_mult, D = c.dim, HD = hc * D;
   StageTimer timer(Stage::kHead);
-  const float ss = hc_sum_squares(streams, HD);
-  const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
-  std::vector<float> y(static_cast<size_t>(D));
-  float pre[16], mix[16];
-  hc_mix_rows(hc_head.fn, hc, HD, streams, mix);
-  for (int j = 0; j < hc; ++j)
-    pre[j] = sigmoid(mix[j] * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
-  for (int d = 0; d < D; ++d) {
-    float acc = 0.0f;
-    for (int j = 0; j < hc; ++j) acc += pre[j] * streams[j * D + d];
-    y[static_cast<size_t>(d)] = bf16_round(acc);
+  std::vector<float> y(static_cast<size_t>(rows) * D);
+  for (int i = 0; i < rows; ++i) {
+    const float* st = streams + static_cast<size_t>(i) * HD;
+    float* yi = &y[static_cast<size_t>(i) * D];
+    const float ss = hc_sum_squares(st, HD);
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
+    float pre[16], mix[16];
+    hc_mix_rows(hc_head.fn, hc, HD, st, mix);
+    for (int j = 0; j < hc; ++j)
+      pre[j] = sigmoid(mix[j] * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
+    for (int d = 0; d < D; ++d) {
+      float acc = 0.0f;
+      for (int j = 0; j < hc; ++j) acc += pre[j] * st[j * D + d];
+      yi[d] = bf16_round(acc);
+    }
+    rms_norm(yi, norm.data(), D, static_cast<float>(c.norm_eps), yi);
   }
-  rms_norm(y.data(), norm.data(), D, static_cast<float>(c.norm_eps), y.data());
   if (normed_out) std::copy(y.begin(), y.end(), normed_out);
-  if (logits) gemm_bf16_f32(y.data(), 1, w_.head, logits, *pool_);
+  if (logits) gemm_bf16_f32(y.data(), rows, w_.head, logits, *pool_);
 }
 
 static void check_tokens(const ModelConfig& c, const SequenceState& st, const int32_t* tokens, int n) {
@@ -771,6 +819,37 @@ bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   if (logits) head(&h[static_cast<size_t>(n - 1) * hc * D], w_.hc_head, w_.norm, logits);
   if (final_streams) final_streams->assign(h, h + stream_floats);
   return true;
+}
+
+void Model::decode_batch(std::span<SequenceState* const> states, const int32_t* tokens, float* logits) {
+  const int B = static_cast<int>(states.size());
+  if (B == 0) return;
+  for (int i = 0; i < B; ++i) {
+    SequenceState& st = *states[static_cast<size_t>(i)];
+    check_tokens(cfg_, st, &tokens[i], 1);
+    if (st.layers.size() != static_cast<size_t>(cfg_.n_layers)) throw Error("decode_batch: a state does not belong to this model");
+    for (int j = 0; j < i; ++j)
+      if (states[static_cast<size_t>(j)] == &st) throw Error("decode_batch: the same sequence appears twice in one batch");
+  }
+  const int D = cfg_.dim, hc = cfg_.hc_mult;
+  float* const h = streams_.grown(static_cast<size_t>(B) * hc * D);
+  StageTimer embed_timer(Stage::kEmbed);
+  parallel_each(*pool_, B, [&](int64_t t) {
+    const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
+    for (int j = 0; j < hc; ++j)
+      for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
+  }, 8);
+  embed_timer.stop();
+  std::vector<Segment> segs(static_cast<size_t>(B));
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    for (int i = 0; i < B; ++i) {
+      SequenceState& st = *states[static_cast<size_t>(i)];
+      segs[static_cast<size_t>(i)] = Segment{&st.layers[static_cast<size_t>(l)], st.pos, i, 1};
+    }
+    run_block_segments(w_.layers[static_cast<size_t>(l)], segs, h, tokens, B, nullptr);
+  }
+  for (SequenceState* st : states) ++st->pos;
+  if (logits) head_rows(h, B, w_.hc_head, w_.norm, logits);
 }
 
 void Model::mtp_forward(SequenceState& st, const float* h_main, const int32_t* tokens, int n, float* logits,

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,14 @@ class Model {
   bool forward(SequenceState& st, const int32_t* tokens, int n, float* logits,
                std::vector<float>* final_streams = nullptr, const LayerCallback& on_layer = {});
 
+  // One decode step of several sequences at once (continuous batching): tokens[i] is the next
+  // token of *states[i] (distinct states). The weight products take all the tokens as rows of one
+  // product, so each weight byte is read once per step (a routed expert once for every token
+  // routed to it), while attention runs per sequence over its own state. Each sequence's logits
+  // (rows of `logits` [B, V]) and state equal, bit for bit, those of forward(*states[i],
+  // &tokens[i], 1, ...): every product and sum keeps its order whatever the other rows are.
+  void decode_batch(std::span<SequenceState* const> states, const int32_t* tokens, float* logits);
+
   // The MTP module: h_main [n, hc, D] final streams of the main model at positions
   // st.pos.., tokens[i] = the token following position i. Writes last-position logits.
   void mtp_forward(SequenceState& st, const float* h_main, const int32_t* tokens, int n, float* logits,
@@ -98,10 +107,26 @@ class Model {
            BlockProbe* probe);
 
  private:
+  // Rows [t0, t0 + n) of a call's tokens belong to one sequence, at positions start.. of its
+  // layer state `ls` (the rows of one call: consecutive segments, distinct states).
+  struct Segment {
+    LayerState* ls;
+    int64_t start;
+    int t0, n;
+  };
+  void run_block_segments(const BlockWeights& bw, std::span<const Segment> segs, float* h, const int32_t* tokens, int n,
+                          BlockProbe* probe);
+  void attention_segments(const BlockWeights& bw, std::span<const Segment> segs, const float* x, int n, float* out,
+                          BlockProbe* probe);
+  // HC_HEAD + final norm of each of `rows` positions' streams [rows][hc, D], then the LM head
+  // over all of them at once: logits [rows, V].
+  void head_rows(const float* streams, int rows, const HcWeights& hc_head, const std::vector<float>& norm, float* logits,
+                 float* normed_out = nullptr);
   template <class Cost>
   StageBytes weights_per_token(const Cost& cost) const;  // the layers' part of both measures above
-  void compress(const CompressorWeights& cw, CompressorState& cs, const float* x, int n, int64_t start,
-                bool indexer, LayerState& ls);
+  // A compressor over the rows of a call (the indexer's or the attention's, in each segment's
+  // state): the projections once for all rows, then each segment's blocks in its own state.
+  void compress(const CompressorWeights& cw, std::span<const Segment> segs, const float* x, int n, bool indexer);
   const RopeTable& rope_for(int layer_id) const;
 
   ModelConfig cfg_;
