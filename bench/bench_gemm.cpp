@@ -36,6 +36,8 @@ namespace {
 
 // > L3 (480 MiB on the Xeon VM this project measures on), so every call streams from DRAM.
 constexpr size_t kMinBytes = size_t{1} << 30;
+// The largest M measured as a decode step (weights from DRAM, read-bandwidth ratio).
+constexpr int kDecodeBatchM = 8;
 
 ThreadPool& pool() { return bench_pool(); }
 
@@ -80,9 +82,11 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K, bool swiglu = fal
   const size_t sbytes = kind == WKind::Fp8   ? size_t((N + 127) / 128) * ((K + 127) / 128)
                         : kind == WKind::Fp4 ? size_t(N) * K / 32
                                              : 0;
-  // M = 1 cycles through copies so the weights come from memory; M = 512 is compute bound.
+  // Decode's M (one token, or a batch of sequences: up to kDecodeBatchM) cycles through copies so
+  // the weights come from memory; M = 512 is compute bound.
   const bool hot = std::getenv("DSV4_BENCH_HOT") != nullptr;
-  const int copies = M == 1 && !hot ? static_cast<int>((kMinBytes + wbytes - 1) / wbytes) : 1;
+  const bool decode = M <= kDecodeBatchM;
+  const int copies = decode && !hot ? static_cast<int>((kMinBytes + wbytes - 1) / wbytes) : 1;
   auto w = rand_bytes(wbytes * copies, 1, kind == WKind::Fp8);
   if (kind == WKind::Bf16)  // weight-like bf16 values: |w| in [2^-17, 1), random sign and mantissa
     for (size_t i = 0; i + 1 < w.size(); i += 2) {
@@ -97,7 +101,7 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K, bool swiglu = fal
   // of the pool) right before and right after, so that each row carries its own ratio: this VM's
   // bandwidth moves by tens of percent within minutes, a probe at the start of a run is stale by
   // its end.
-  const bool probe = M == 1 && !hot;
+  const bool probe = decode && !hot;
   const double read_before = probe ? measure_read_gbs(pool(), w.size(), 0.2, w.data()) : 0.0;
   const auto t0 = std::chrono::steady_clock::now();
   int c = 0;
@@ -133,8 +137,10 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K, bool swiglu = fal
 }
 
 // Scalar at M = 512 takes seconds per call; it is measured on wq_a only (ArgsWithScalar512).
+// M = 2, 4, 8: a decode step of that many sequences at once (Model::decode_batch), AVX-512.
 void Args(benchmark::internal::Benchmark* b) {
   for (int isa : {0, 1, 2}) b->Args({1, isa});
+  for (int M = 2; M <= kDecodeBatchM; M *= 2) b->Args({M, 2});
   for (int isa : {1, 2}) b->Args({512, isa});
   b->ArgNames({"M", "isa"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }

@@ -229,7 +229,8 @@ const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 25
                             {4, 16, 96},    {5, 33, 31},   {1, 40, 7},   {17, 140, 512},
                             {6, 40, 2080}, {9, 40, 2080},  // (three K chunks of the M >= 4 tiles, the last one
                                                            // short; 9 rows: tiles at any small-M limit)
-                            {16, 16, 256}, {6, 50, 512}, {40, 300, 768}, {33, 129, 1280}};  // (AMX: 1-3 token and row blocks)
+                            {16, 16, 256}, {6, 50, 512}, {40, 300, 768}, {33, 129, 1280},  // (AMX: 1-3 token and row blocks)
+                            {7, 140, 640}};  // (small M in passes of 4 and 3 rows sharing each weight load)
 
 // HC_PRE's sums over many tokens (tokens in the vector lanes) equal the one-token chains bit for
 // bit on every path: row counts that take full, partial and single-row passes, token counts

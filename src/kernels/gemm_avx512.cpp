@@ -500,8 +500,8 @@ bool probe_dpbf16_is_two_fmas() {
 // prefetch it shares.
 struct RowPrefetch;
 constexpr bool kFp8Gfni = true;
-template <int R>
-__attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a,
+template <int R, int MR = 1>
+__attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* const* a,
                                                             const uint8_t* scales, const float* e8m0, Vec* v,
                                                             Vec* lanes, const RowPrefetch& ahead);
 
@@ -516,8 +516,11 @@ __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* con
 // zeroing bytes 0 and 1. Per 64 weights 2 + 4 + 4 FMAs = 10 vector instructions instead of 16
 // (VPERMI2B, with the two bytes in two vectors, issues at half VPERMB's rate here: measured
 // slower). Every FMA is the one tile_lanes does, in its order.
-template <int R>
-__attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* a,
+// MR > 1 activation rows (a decode step of several sequences): each chunk's weights are decoded
+// once for all of them, chunk by chunk over the R rows (activation row i's accumulators and lanes
+// at v[i * R ..], lanes[i * R ..]); per accumulator the same FMAs in the same order.
+template <int R, int MR>
+__attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* const* w, int full, const float* const* a,
                                                             const uint8_t* scales, const float* e8m0, Vec* v,
                                                             Vec* lanes, const RowPrefetch& ahead) {
   // GF2P8AFFINEQB: result bit i is the parity of (matrix byte 7 - i) & code.
@@ -540,13 +543,50 @@ __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* con
   static constexpr Indices kIdx;
   const __m512i idx_lo = _mm512_load_si512(kIdx.bytes[0]), idx_hi = _mm512_load_si512(kIdx.bytes[1]);
   const __mmask64 top_bytes = 0xCCCCCCCCCCCCCCCCull;  // bytes 2 and 3 of every dword
+  auto decode = [&](const uint8_t* codes, Vec& wl, Vec& wh) __attribute__((target("avx512vbmi,gfni"))) {
+    const __m512i c = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)));
+    const __m512i t = _mm512_gf2p8affine_epi64_epi8(c, to_bytes, 0);
+    wl = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(top_bytes, idx_lo, t));
+    wh = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(top_bytes, idx_hi, t));
+  };
+  if constexpr (MR > 1) {
+    Vec acc[MR * R];
+    for (int i = 0; i < MR * R; ++i) acc[i] = v[i];
+    for (int b = 0; b < full; ++b) {
+      const int k0 = 128 * b;
+      const Vec sc = _mm512_set1_ps(e8m0[scales[b]] * 0x1p120f);
+      if (ahead.next)
+        for (int j = 0; j < R; ++j) {
+          ahead.ask(w[j], j, k0);
+          ahead.ask(w[j], j, k0 + 64);
+        }
+      for (int u = 0; u < 4; ++u) {  // chunk u in natural order into the slots (gemm.h FP8 order)
+        Vec lo[MR], hi[MR];  // the chunk's activations times 2^120 sw
+        for (int i = 0; i < MR; ++i) {
+          lo[i] = _mm512_mul_ps(_mm512_loadu_ps(a[i] + k0 + 32 * u), sc);
+          hi[i] = _mm512_mul_ps(_mm512_loadu_ps(a[i] + k0 + 32 * u + 16), sc);
+        }
+        for (int j = 0; j < R; ++j) {
+          Vec wl, wh;
+          decode(w[j] + k0 + 32 * u, wl, wh);
+          for (int i = 0; i < MR; ++i) {
+            acc[i * R + j] = _mm512_fmadd_ps(lo[i], wl, acc[i * R + j]);
+            acc[i * R + j] = _mm512_fmadd_ps(hi[i], wh, acc[i * R + j]);
+          }
+        }
+      }
+      if (block_ends_step(b)) fold_step(lanes, acc, MR * R);
+    }
+    for (int i = 0; i < MR * R; ++i) v[i] = acc[i];
+    return;
+  }
   Vec acc[R];
   for (int j = 0; j < R; ++j) acc[j] = v[j];
   for (int b = 0; b < full; ++b) {
     const int k0 = 128 * b;
     const Vec sc = _mm512_set1_ps(e8m0[scales[b]] * 0x1p120f);
     Vec act[8];  // the block's activations times 2^120 sw: chunk u's low half, then its high one
-    for (int t = 0; t < 8; ++t) act[t] = _mm512_mul_ps(_mm512_loadu_ps(a + k0 + 16 * t), sc);
+    for (int t = 0; t < 8; ++t) act[t] = _mm512_mul_ps(_mm512_loadu_ps(a[0] + k0 + 16 * t), sc);
     if (ahead.next)
       for (int j = 0; j < R; ++j) {
         ahead.ask(w[j], j, k0);
