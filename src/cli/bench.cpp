@@ -3,10 +3,12 @@
 // achieved weight-read bandwidth of decode; with --roofline every number also as a ratio of this
 // machine's measured read bandwidth / peak multiply-add throughput (of the instruction the prefill
 // GEMMs use). Prints a table, writes CSV.
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -105,13 +107,18 @@ void print_profile(const char* title, const char* amount_name, const char* rate_
 void register_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Measure prefill/decode speed at context frontiers");
   static std::string model_dir, csv_path, frontiers_arg = "512,2048,8192";
-  static int decode_tokens = 8, threads = 0, chunk = kPrefillChunkTokens;
+  static int decode_tokens = 8, threads = 0, chunk = kPrefillChunkTokens, batch = 1;
   static bool roofline = false, profile = false;
   cmd->add_option("--model", model_dir, "Model directory (default: the built-in demo model)");
   cmd->add_option("--frontiers", frontiers_arg, "Comma-separated context lengths")->capture_default_str();
   cmd->add_option("--decode", decode_tokens, "Greedy decode steps timed at each frontier")->capture_default_str()->check(CLI::Range(1, 100000));
   cmd->add_option("--chunk", chunk, "Prefill chunk size")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("-t,--threads", threads, "Worker threads (0 = all cores)");
+  cmd->add_option("--batch", batch,
+                  "Also decode this many sequences together at each frontier (copies of the sequence, each "
+                  "starting from a different one of the top tokens) and report their total tokens/s")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
   cmd->add_option("--csv", csv_path, "Also write the table as CSV to this file");
   cmd->add_flag("--roofline", roofline, "Measure read bandwidth and peak FMA throughput in the same run");
   cmd->add_flag("--profile", profile, "Also print where decode time goes, stage by stage, with each stage's weight bytes");
@@ -134,7 +141,8 @@ void register_bench(CLI::App& app) {
     Model m(dir, threads);
     m.prefault_weights(true);  // steady state: no first-touch faults inside the timings
     const ModelConfig& c = m.config();
-    if (frontiers.back() + decode_tokens * static_cast<int64_t>(frontiers.size()) > c.max_position_embeddings)
+    if (frontiers.back() + decode_tokens * static_cast<int64_t>(frontiers.size() + (batch > 1 ? 1 : 0)) >
+        c.max_position_embeddings)
       throw Error("--frontiers exceed the model's max_position_embeddings");
     std::printf("model %s (%s), %d threads, ISA %s%s%s%s\n", dir.c_str(), c.family_name().c_str(), m.pool().size(),
                 isa_name(active_isa()), active_isa() == Isa::Avx512 ? ", prefill tiles " : "",
@@ -169,8 +177,12 @@ void register_bench(CLI::App& app) {
     std::printf("decode reads %.3f GB of weights per token; prefill does %.2f G multiply-adds of weight "
                 "products per token (attention over the context not counted)\n\n",
                 bytes_per_token / 1e9, macs_per_token / 1e9);
-    std::printf("%9s %12s %12s %12s %12s %10s%s\n", "context", "prefill t/s", "decode t/s", "decode GB/s", "state MiB",
-                "interval", roofline ? "   read GB/s  decode/read  prefill GFLOP/s  peak GFLOP/s  prefill/peak" : "");
+    if (batch > 1)
+      std::printf("batch: %d sequences decoded together at each frontier, right after the single sequence's decode; "
+                  "batch t/s counts all of their tokens\n\n", batch);
+    std::printf("%9s %12s %12s %12s %12s %10s%s%s\n", "context", "prefill t/s", "decode t/s", "decode GB/s", "state MiB",
+                "interval", roofline ? "   read GB/s  decode/read  prefill GFLOP/s  peak GFLOP/s  prefill/peak" : "",
+                batch > 1 ? "    batch t/s  x single" : "");
     std::ofstream csv;
     if (!csv_path.empty()) {
       csv.open(csv_path);
@@ -178,7 +190,7 @@ void register_bench(CLI::App& app) {
       csv << "context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,decode_seconds,decode_tok_s,"
              "decode_weight_gb_s,state_bytes,read_bw_gb_s,peak_fma_gflops,peak_dot_gflops,decode_bw_ratio,"
              "prefill_gflops,prefill_peak_ratio,products_gflops,products_peak_ratio,peak_amx_gflops,"
-             "peak_sampled_gflops,peak_sampled_min_gflops,peak_sampled_max_gflops\n";
+             "peak_sampled_gflops,peak_sampled_min_gflops,peak_sampled_max_gflops,batch,batch_decode_tok_s\n";
     }
     // A fixed pseudo-random token walk (same for every run and machine).
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -189,7 +201,7 @@ void register_bench(CLI::App& app) {
     SequenceState st = m.new_state();
     std::vector<float> logits(static_cast<size_t>(c.vocab_size));
     std::vector<int32_t> buf;
-    std::vector<ProfileRun> prefill_runs, decode_runs;  // per frontier
+    std::vector<ProfileRun> prefill_runs, decode_runs, batch_runs;  // per frontier
     std::vector<double> interval_peaks;                 // per frontier, with --roofline
     for (int64_t f : frontiers) {
       const int64_t n_prefill = f - st.pos;
@@ -242,6 +254,35 @@ void register_bench(CLI::App& app) {
       StageProfile::enable(false);
       const double read_gbs = roofline ? 0.5 * (read_before + measure_read_gbs(m.pool(), read_bytes, 0.3, read_data)) : 0.0;
       decode_runs.push_back({StageProfile::totals(), decode_s, decode_tokens});
+      // The batch: copies of the sequence, copy i starting from the (i+1)-th best token, then each
+      // greedy on its own logits, all through decode_batch.
+      double batch_tps = 0;
+      if (batch > 1) {
+        const size_t V = static_cast<size_t>(c.vocab_size);
+        std::vector<SequenceState> seqs(static_cast<size_t>(batch), st);
+        std::vector<SequenceState*> ptrs;
+        for (SequenceState& q : seqs) ptrs.push_back(&q);
+        std::vector<int32_t> order(V), next(static_cast<size_t>(batch));
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + std::min<size_t>(V, static_cast<size_t>(batch)), order.end(),
+                          [&](int32_t a, int32_t b) { return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)]; });
+        for (int i = 0; i < batch; ++i) next[static_cast<size_t>(i)] = order[static_cast<size_t>(i) % V];
+        std::vector<float> batch_logits(static_cast<size_t>(batch) * V);
+        StageProfile::reset();
+        StageProfile::enable(profile);
+        const auto t2 = std::chrono::steady_clock::now();
+        for (int s = 0; s < decode_tokens; ++s) {
+          m.decode_batch(ptrs, next.data(), batch_logits.data());
+          for (int i = 0; i < batch; ++i) {
+            const float* row = &batch_logits[static_cast<size_t>(i) * V];
+            next[static_cast<size_t>(i)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+          }
+        }
+        const double batch_s = seconds_since(t2);
+        StageProfile::enable(false);
+        batch_runs.push_back({StageProfile::totals(), batch_s, decode_tokens});
+        batch_tps = static_cast<double>(batch) * decode_tokens / batch_s;
+      }
       const double prefill_tps = n_prefill > 0 ? static_cast<double>(n_prefill) / prefill_s : 0;
       const double decode_tps = decode_tokens / decode_s;
       const double decode_gbs = bytes_per_token * decode_tps / 1e9;
@@ -255,6 +296,7 @@ void register_bench(CLI::App& app) {
       if (roofline)
         std::printf(" %11.1f %11.1f%% %16.1f %13.1f %12.1f%%", read_gbs, 100.0 * decode_gbs / read_gbs, prefill_gflops,
                     peak.mean(), 100.0 * prefill_gflops / peak.mean());
+      if (batch > 1) std::printf(" %12.2f %9.2f", batch_tps, batch_tps / decode_tps);
       std::printf("\n");
       std::fflush(stdout);
       if (csv)
@@ -263,11 +305,16 @@ void register_bench(CLI::App& app) {
             << roof.fma_gflops << ',' << roof.dot_gflops << ',' << (roofline ? decode_gbs / read_gbs : 0) << ','
             << prefill_gflops << ',' << (roofline ? prefill_gflops / peak.mean() : 0) << ','
             << products_gflops << ',' << (roofline ? products_gflops / peak.mean() : 0) << ',' << roof.amx_gflops << ','
-            << peak.mean() << ',' << peak.lo() << ',' << peak.hi() << '\n';
+            << peak.mean() << ',' << peak.lo() << ',' << peak.hi() << ',' << batch << ',' << (batch > 1 ? batch_tps : 0)
+            << '\n';
     }
     if (profile) {
       print_profile("decode profile (ms per token, and the GB/s of the stage's weight reads, at each context)",
                     "MB/token", "GB/s", 1.0, m.bytes_per_token_by_stage(), 1e6, frontiers, decode_runs);
+      if (batch > 1)
+        print_profile("batch decode profile (ms per step of all the sequences, and the GB/s the stage's weight reads would "
+                      "be if read once per step: true but for the routed experts, read once per expert used)",
+                      "MB/token", "GB/s", 1.0, m.bytes_per_token_by_stage(), 1e6, frontiers, batch_runs);
       print_profile("prefill profile (ms per token of each interval, and the GFLOP/s of the stage's weight products)",
                     "MMAC/token", "GFLOP/s", 2.0, m.prefill_macs_by_stage(), 1e6, frontiers, prefill_runs, true,
                     roofline ? interval_peaks : std::vector<double>{}, roof.gemm_peak_name());
