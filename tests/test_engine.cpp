@@ -376,7 +376,7 @@ TEST(Engine, CancelInsidePrefillChunkKeepsTheSequenceExact) {
 }
 
 TEST(Engine, QueueLimitAndQueuedCancel) {
-  auto e = make_engine({.max_queue = 1});
+  auto e = make_engine({.max_queue = 1, .max_batch = 1});
   Latch started, a_done, b_done;
   GenerationRequest a = greedy(prompt_ids(20, 30), 0);
   auto a_cancel = a.cancel;
@@ -491,6 +491,77 @@ TEST(Engine, ConcurrentSubmitsAllComplete) {
   ASSERT_TRUE(cv.wait_for(lk, std::chrono::seconds(30), [&] { return calls == 12; }));
   EXPECT_EQ(done, 12);
   for (int n : tokens) EXPECT_EQ(n, 3);
+}
+
+// Requests submitted together decode in one step each token (continuous batching), and each
+// gets exactly the tokens and logprobs it gets alone: greedy and seeded sampling, two prompt
+// lengths, one request cancelled halfway while the others go on. The same prompt twice at once
+// must not share a sequence (the second forks from a checkpoint of the first).
+TEST(Engine, BatchedRequestsEqualSoloRuns) {
+  auto req = [](int i) {
+    GenerationRequest r = greedy(prompt_ids(30 + 17 * i, 90 + i), 20);
+    if (i == 1) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = 5;
+    }
+    if (i == 3) r.prompt = prompt_ids(30, 90);  // request 0's prompt again
+    r.top_logprobs = 2;
+    return r;
+  };
+  constexpr int kN = 4;
+  std::vector<Outcome> solo;
+  {
+    auto e = make_engine({.max_batch = 1});
+    for (int i = 0; i < kN; ++i) solo.push_back(run(*e, req(i)));
+  }
+  ASSERT_EQ(solo[0].ids, solo[3].ids);
+  auto e = make_engine({.max_batch = kN});
+  Latch all_queued, finished;
+  std::mutex mu;
+  std::vector<int> order;  // request of each token event, in delivery order
+  std::vector<Outcome> got(kN);
+  int done = 0;
+  auto cancel2 = std::make_shared<std::atomic<bool>>(false);
+  for (int i = 0; i < kN; ++i) {
+    GenerationRequest r = req(i);
+    if (i == 2) r.cancel = cancel2;
+    ASSERT_TRUE(e->submit(
+        std::move(r),
+        [&, i](const TokenEvent& ev) {
+          if (i == 0 && got[0].ids.empty()) all_queued.wait();  // hold the engine until every request waits
+          std::lock_guard<std::mutex> lk(mu);
+          order.push_back(i);
+          got[static_cast<size_t>(i)].ids.push_back(ev.id);
+          got[static_cast<size_t>(i)].logprobs.push_back(ev.logprob);
+          if (i == 2 && got[2].ids.size() == 5) cancel2->store(true);
+          return true;
+        },
+        [&, i](const GenerationResult& g) {
+          std::lock_guard<std::mutex> lk(mu);
+          got[static_cast<size_t>(i)].res = g;
+          if (++done == kN) finished.open();
+        }));
+  }
+  all_queued.open();
+  ASSERT_TRUE(finished.wait(60));
+  for (int i = 0; i < kN; ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    const Outcome& g = got[static_cast<size_t>(i)];
+    if (i == 2) {
+      EXPECT_EQ(g.res.cause, FinishCause::kCancelled);
+      ASSERT_GE(g.ids.size(), 5u);
+      ASSERT_LE(g.ids.size(), 6u);  // the flag is seen before the next token
+      EXPECT_TRUE(std::equal(g.ids.begin(), g.ids.end(), solo[2].ids.begin()));
+      continue;
+    }
+    EXPECT_EQ(g.res.cause, FinishCause::kMaxTokens);
+    EXPECT_EQ(g.ids, solo[static_cast<size_t>(i)].ids);
+    EXPECT_EQ(g.logprobs, solo[static_cast<size_t>(i)].logprobs);
+  }
+  // Batched, not one after another: request 3 (admitted last) had tokens before request 0's last.
+  const auto first3 = std::find(order.begin(), order.end(), 3);
+  const auto last0 = std::find(order.rbegin(), order.rend(), 0).base();
+  EXPECT_LT(first3 - order.begin(), last0 - order.begin());
 }
 
 TEST(Engine, ShutdownCancelsRunningAndQueued) {

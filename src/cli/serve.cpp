@@ -23,7 +23,8 @@ void register_serve(CLI::App& app) {
   auto* cmd = app.add_subcommand("serve", "Serve the OpenAI-compatible (chat, FIM) and Anthropic-compatible HTTP API");
   struct Opts {
     std::string model_dir, host = "127.0.0.1", effort_profile = "preview";
-    int port = 8000, threads = 0, http_threads = 64, queue = 64, prefill_chunk = kPrefillChunkTokens;
+    int port = 8000, threads = 0, http_threads = 64, queue = 64, prefill_chunk = kPrefillChunkTokens,
+        max_batch = server::EngineOptions{}.max_batch;
     double sse_keepalive = 5.0;
     int64_t ctx = 0;
     std::vector<std::string> api_keys, served_names;
@@ -50,6 +51,10 @@ void register_serve(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
   cmd->add_option("--max-queue", o.queue, "Queued requests beyond which new ones get 503")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--max-batch", o.max_batch,
+                  "Requests generating at once, their tokens decoded together in one step (1 = one at a time)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--effort-profile", o.effort_profile, "Reasoning-effort prompt table of the checkpoint: preview | 0731")
       ->capture_default_str()->check(CLI::IsMember({"preview", "0731"}));
   cmd->add_flag("--accept-any-model", o.accept_any, "Serve unknown model names with the loaded model instead of 404");
@@ -85,6 +90,7 @@ void register_serve(CLI::App& app) {
     eo.threads = o.threads;
     eo.max_context = o.ctx;
     eo.max_queue = o.queue;
+    eo.max_batch = o.max_batch;
     eo.prefill_chunk = o.prefill_chunk;
     server::Engine engine(model, tok, eo);
 

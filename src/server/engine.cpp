@@ -44,6 +44,7 @@ struct Seq {
   std::vector<std::shared_ptr<const StateCheckpoint>> checkpoints;  // ascending pos, all <= tokens.size()
   int64_t prompt_len = 0;  // prompt length of the last request served on this sequence
   uint64_t last_used = 0;
+  bool active = false;  // a request is generating on it: neither evicted nor taken over
 };
 
 // Where a new prompt can resume: the live end of `seq` (cp == nullptr) or one of its checkpoints.
@@ -292,6 +293,30 @@ void fill_logprobs(const float* l, int vocab, int n, TokenEvent& ev, std::vector
 
 }  // namespace
 
+namespace {
+// A request past its prefill: its sequence, and what its decoding carries from token to token.
+struct Active {
+  // vocab: the ids a sample may take; model_vocab: the logits' length.
+  Active(std::unique_ptr<Job> j, int vocab, int model_vocab, const text::Tokenizer& tok)
+      : job(std::move(j)), sampler(job->req.sampling, vocab), detok(tok), logits(static_cast<size_t>(model_vocab)) {}
+  std::unique_ptr<Job> job;
+  GenerationResult res;
+  Seq* seq = nullptr;
+  int64_t L = 0;  // prompt tokens
+  Clock::time_point t_prefilled{};
+  RequestSampler sampler;
+  text::StreamDecoder detok;
+  std::unordered_set<int32_t> stops;
+  size_t script_pos = 0;
+  std::deque<int32_t> forced;
+  bool force_armed = true, json_mode = false, json_armed = false;
+  JsonDecodeState json;
+  int completion = 0;
+  std::vector<float> logits;  // the next token's
+  bool done = false;          // ended in this step
+};
+}  // namespace
+
 struct Engine::Impl {
   std::shared_ptr<Model> model;
   std::shared_ptr<const text::Tokenizer> tok;
@@ -315,7 +340,7 @@ struct Engine::Impl {
   // Engine thread only.
   std::vector<std::unique_ptr<Seq>> seqs;
   uint64_t tick = 0;
-  std::vector<float> logits;
+  std::vector<float> batch_logits;
   std::vector<int32_t> scratch_idx;
   // Each token's bytes and whether it is an added (special) token, built on first use (JSON mode).
   std::vector<std::string> token_text;
@@ -323,7 +348,12 @@ struct Engine::Impl {
   void build_token_table();
 
   void loop();
-  void run(Job& job);
+  std::unique_ptr<Active> start(std::unique_ptr<Job> job);
+  bool pick(Active& a, int32_t& id);
+  void step(std::vector<std::unique_ptr<Active>>& active);
+  void drop(Active& a);
+  void end(Active& a);
+  void trim_retained(const Seq* keep);
   void finish(Job& job, GenerationResult& res);
   void finish_cancelled(Job& job);
   void sweep_cancelled_queue();
@@ -351,7 +381,6 @@ Engine::Engine(std::shared_ptr<Model> model, std::shared_ptr<const text::Tokeniz
   m.vocab = std::min<int>(c.vocab_size, m.tok->vocab_size());
   m.eos.insert(c.eos_token_id);
   if (auto e = m.tok->eos_id()) m.eos.insert(*e);
-  m.logits.resize(static_cast<size_t>(c.vocab_size));
   m.thread = std::thread([this] { impl_->loop(); });
 }
 
@@ -431,24 +460,37 @@ void Engine::shutdown() {
 }
 
 void Engine::Impl::loop() {
+  // Admit queued requests (each prefilled on arrival) while fewer than max_batch decode, then
+  // take one token for every decoding request in one forward step (continuous batching).
+  const size_t max_batch = static_cast<size_t>(std::max(opt.max_batch, 1));
+  std::vector<std::unique_ptr<Active>> active;
   for (;;) {
-    std::unique_ptr<Job> job;
-    {
-      std::unique_lock<std::mutex> lk(mu);
-      cv.wait(lk, [&] { return stopping.load() || !queue.empty(); });
-      if (stopping) break;
-      job = std::move(queue.front());
-      queue.pop_front();
-      running = true;
+    while (active.size() < max_batch) {
+      std::unique_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        if (active.empty()) cv.wait(lk, [&] { return stopping.load() || !queue.empty(); });
+        if (stopping || queue.empty()) break;
+        job = std::move(queue.front());
+        queue.pop_front();
+        running = true;
+      }
+      if (auto a = start(std::move(job))) active.push_back(std::move(a));
     }
-    run(*job);
+    if (stopping) break;
+    if (!active.empty()) step(active);
     std::lock_guard<std::mutex> lk(mu);
-    running = false;
+    running = !active.empty();
+  }
+  for (auto& a : active) {
+    a->res.cause = FinishCause::kCancelled;
+    end(*a);
   }
   std::deque<std::unique_ptr<Job>> rest;
   {
     std::lock_guard<std::mutex> lk(mu);
     rest.swap(queue);
+    running = false;
   }
   for (auto& j : rest) finish_cancelled(*j);
 }
@@ -494,7 +536,8 @@ Match Engine::Impl::best_match(const std::vector<int32_t>& prompt) {
     const int64_t common = common_prefix(s.tokens, prompt, limit);
     Match m;
     m.seq = &s;
-    if (common == static_cast<int64_t>(s.tokens.size())) {
+    // A generating sequence's live end moves on: only its (immutable) checkpoints can be forked.
+    if (!s.active && common == static_cast<int64_t>(s.tokens.size())) {
       m.reuse = common;  // the whole sequence is a prefix: continue from its live end
     } else {
       for (auto it = s.checkpoints.rbegin(); it != s.checkpoints.rend(); ++it)
@@ -523,7 +566,12 @@ Seq& Engine::Impl::slot_for_new(const Seq* keep) {
   }
   Seq* lru = nullptr;
   for (auto& sp : seqs)
-    if (sp.get() != keep && (!lru || sp->last_used < lru->last_used)) lru = sp.get();
+    if (sp.get() != keep && !sp->active && (!lru || sp->last_used < lru->last_used)) lru = sp.get();
+  if (!lru) {  // every slot is generating (or kept): one more, trimmed once a request ends
+    seqs.push_back(std::make_unique<Seq>());
+    seqs.back()->state = model->new_state();
+    return *seqs.back();
+  }
   // Fresh allocations so an evicted long sequence gives its memory back.
   lru->state = model->new_state();
   lru->tokens.clear();
@@ -544,7 +592,7 @@ Seq& Engine::Impl::acquire(const std::vector<int32_t>& prompt, int64_t& reused) 
   // Diverging inside the source's last prompt means another conversation shares its prefix
   // (e.g. the same system prompt): fork, so both stay warm. Diverging in its completion (or at
   // the prompt's last token) means this request supersedes it: rewind in place.
-  if (p < src.prompt_len - 1 && opt.retained_sequences > 1) {
+  if (src.active || (p < src.prompt_len - 1 && opt.retained_sequences > 1)) {
     Seq& dst = slot_for_new(&src);
     fork_state(src.state, *m.cp, dst.state);
     dst.tokens.assign(prompt.begin(), prompt.begin() + p);
@@ -597,29 +645,44 @@ void Engine::Impl::enforce_budget(const Seq* keep) {
   while (seqs.size() > 1 && cache_bytes() > static_cast<size_t>(opt.cache_bytes)) {
     auto lru = seqs.end();
     for (auto it = seqs.begin(); it != seqs.end(); ++it)
-      if (it->get() != keep && (lru == seqs.end() || (*it)->last_used < (*lru)->last_used)) lru = it;
+      if (it->get() != keep && !(*it)->active && (lru == seqs.end() || (*it)->last_used < (*lru)->last_used)) lru = it;
     if (lru == seqs.end()) break;
     seqs.erase(lru);
   }
 }
 
-void Engine::Impl::run(Job& job) {
+// Back to retained_sequences once the requests that needed more slots have ended.
+void Engine::Impl::trim_retained(const Seq* keep) {
+  const size_t cap = static_cast<size_t>(std::max(opt.retained_sequences, 1));
+  while (seqs.size() > cap) {
+    auto lru = seqs.end();
+    for (auto it = seqs.begin(); it != seqs.end(); ++it)
+      if (it->get() != keep && !(*it)->active && (lru == seqs.end() || (*it)->last_used < (*lru)->last_used)) lru = it;
+    if (lru == seqs.end()) break;
+    seqs.erase(lru);
+  }
+}
+
+std::unique_ptr<Active> Engine::Impl::start(std::unique_ptr<Job> job_ptr) {
+  auto a = std::make_unique<Active>(std::move(job_ptr), vocab, model->config().vocab_size, *tok);
+  Job& job = *a->job;
   const GenerationRequest& req = job.req;
-  GenerationResult res;
-  GenerationStats& st = res.stats;
+  GenerationStats& st = a->res.stats;
   const auto t_start = Clock::now();
   const int64_t L = static_cast<int64_t>(req.prompt.size());
+  a->L = L;
   st.prompt_tokens = static_cast<int>(L);
   st.queue_seconds = seconds(job.submitted, t_start);
   if (cancelled(job)) {
-    res.cause = FinishCause::kCancelled;
-    finish(job, res);
-    return;
+    a->res.cause = FinishCause::kCancelled;
+    end(*a);
+    return nullptr;
   }
-  Seq* seq = nullptr;
   try {
     int64_t reused = 0;
-    seq = &acquire(req.prompt, reused);
+    a->seq = &acquire(req.prompt, reused);
+    Seq* seq = a->seq;
+    seq->active = true;
     seq->last_used = ++tick;
     st.cached_tokens = static_cast<int>(reused);
 
@@ -635,10 +698,10 @@ void Engine::Impl::run(Job& job) {
       // Chunks start at multiples of the chunk length (after the first token), so a prompt is
       // cut the same way whatever was reused.
       const int64_t chunk = std::max(opt.prefill_chunk, 1);
-      int64_t end = pos == 0 ? 1 : std::min(L, (pos / chunk + 1) * chunk);
-      if (interval > 0) end = std::min(end, (pos / interval + 1) * interval);
-      if (pos < L - 1) end = std::min(end, L - 1);  // so a checkpoint can sit just before the last token
-      const int n = static_cast<int>(end - pos);
+      int64_t end_pos = pos == 0 ? 1 : std::min(L, (pos / chunk + 1) * chunk);
+      if (interval > 0) end_pos = std::min(end_pos, (pos / interval + 1) * interval);
+      if (pos < L - 1) end_pos = std::min(end_pos, L - 1);  // so a checkpoint can sit just before the last token
+      const int n = static_cast<int>(end_pos - pos);
       // Progress (keep-alives) and the cancel check after every block, not only per chunk: a
       // chunk of a long prompt runs for seconds to minutes. A cancelled chunk leaves the state
       // where it was, at the last chunk boundary.
@@ -647,12 +710,13 @@ void Engine::Impl::run(Job& job) {
         if (job.on_progress) job.on_progress(pos + static_cast<int64_t>(n) * done / blocks, L);
         return !cancelled(job);
       };
-      if (!model->forward(seq->state, req.prompt.data() + pos, n, end == L ? logits.data() : nullptr, nullptr, on_layer)) {
+      if (!model->forward(seq->state, req.prompt.data() + pos, n, end_pos == L ? a->logits.data() : nullptr, nullptr,
+                          on_layer)) {
         stopped = true;
         break;
       }
-      seq->tokens.insert(seq->tokens.end(), req.prompt.begin() + pos, req.prompt.begin() + end);
-      pos = end;
+      seq->tokens.insert(seq->tokens.end(), req.prompt.begin() + pos, req.prompt.begin() + end_pos);
+      pos = end_pos;
       // At L-1 the snapshot serves a repeat of this prompt and a next turn that re-renders the
       // prompt's last token (e.g. "<think>" dropped from history), not only extensions.
       if (opt.retained_sequences > 0 && ((interval > 0 && pos % interval == 0) || pos == L - 1)) add_checkpoint(*seq);
@@ -662,128 +726,193 @@ void Engine::Impl::run(Job& job) {
         break;
       }
     }
-    const auto t_prefilled = Clock::now();
-    st.prefill_seconds = seconds(t_start, t_prefilled);
-
+    a->t_prefilled = Clock::now();
+    st.prefill_seconds = seconds(t_start, a->t_prefilled);
     if (stopped) {
-      res.cause = FinishCause::kCancelled;
-    } else {
-      // Decode: sample from the current logits, emit, then run the token for the next logits.
-      RequestSampler sampler(req.sampling, vocab);
-      text::StreamDecoder detok(*tok);
-      std::unordered_set<int32_t> stops(req.stop_ids.begin(), req.stop_ids.end());
-      stops.insert(eos.begin(), eos.end());
-      const bool scripted = !req.scripted_tokens.empty();
-      std::size_t script_pos = 0;
-      // Forced tokens not yet emitted; armed from the start or once `force_after` is generated.
-      std::deque<int32_t> forced;
-      bool force_armed = req.forced_tokens.empty() || req.force_after < 0;
-      if (!req.forced_tokens.empty() && req.force_after < 0) forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
-      // JSON mode: armed from the start or once `json_after` is generated.
-      const bool json_mode = req.json_object && req.forced_tokens.empty();
-      bool json_armed = json_mode && req.json_after < 0;
-      JsonDecodeState json;
-      json.v.limit_whitespace(64, 8);
-      if (json_mode) build_token_table();
-      const int32_t eos_id = model->config().eos_token_id;
-      int completion = 0;
-      for (;;) {
-        sweep_cancelled_queue();
-        if (cancelled(job)) {
-          res.cause = FinishCause::kCancelled;
-          break;
-        }
-        int32_t id;
-        if (!forced.empty()) {
-          id = forced.front();
-          forced.pop_front();
-        } else if (json_armed && !json.free) {
-          // A scripted token (tests) is a proposal: taken when the constraint accepts it.
-          const int32_t proposal = scripted ? req.scripted_tokens[script_pos++] : -1;
-          JsonDecodeState next;
-          if (json.v.complete()) {
-            id = eos_id;  // the object is closed: nothing else may follow
-          } else if (proposal >= 0 && (next = json, next.advance(token_text[static_cast<size_t>(proposal)],
-                                                              token_added[static_cast<size_t>(proposal)] != 0,
-                                                              req.json_allow_tool_calls))) {
-            id = proposal;
-            json = next;
-          } else {
-            id = sampler.sample_if(logits.data(), [&](int32_t cand) {
-              next = json;
-              return next.advance(token_text[static_cast<size_t>(cand)], token_added[static_cast<size_t>(cand)] != 0,
-                                  req.json_allow_tool_calls);
-            });
-            if (id < 0) id = eos_id;  // no token continues the JSON (cannot happen with a real vocabulary)
-            else json.advance(token_text[static_cast<size_t>(id)], token_added[static_cast<size_t>(id)] != 0,
-                              req.json_allow_tool_calls);
-          }
-        } else if (scripted) {
-          id = req.scripted_tokens[script_pos++];
-        } else {
-          id = sampler.sample(logits.data());
-        }
-        if (json_mode && !json_armed && (id == req.json_after || stops.count(id))) {
-          id = req.json_after;  // a stop before the answer becomes the end of the reasoning
-          json_armed = true;
-        }
-        if (!force_armed && (id == req.force_after || stops.count(id))) {
-          id = req.force_after;  // a stop before the trigger becomes the trigger
-          force_armed = true;
-          forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
-        }
-        sampler.count(id);
-        ++completion;
-        TokenEvent ev;
-        ev.id = id;
-        if (req.top_logprobs >= 0) fill_logprobs(logits.data(), vocab, req.top_logprobs, ev, scratch_idx);
-        FinishCause cause = FinishCause::kError;  // kError here = keep going
-        if (stops.count(id)) {
-          cause = FinishCause::kStopToken;  // the stop token is still delivered: the parser needs EOS
-        } else if (req.max_tokens > 0 && completion >= req.max_tokens) {
-          cause = FinishCause::kMaxTokens;
-        } else if (L + completion >= max_ctx) {
-          cause = FinishCause::kContextFull;
-        } else if (scripted && forced.empty() && script_pos >= req.scripted_tokens.size()) {
-          cause = FinishCause::kMaxTokens;  // the script ran out: like a length limit
-        }
-        const bool last = cause != FinishCause::kError;
-        ev.text = detok.push(id);
-        if (last) ev.text += detok.finish();  // an unfinished character at the very end comes out lossy
-        if (completion == 1) st.time_to_first_token = seconds(job.submitted, Clock::now());
-        st.completion_tokens = completion;
-        if (job.on_token && !job.on_token(ev)) {
-          res.cause = FinishCause::kCancelled;
-          break;
-        }
-        if (last) {
-          res.cause = cause;
-          break;
-        }
-        model->forward(seq->state, &id, 1, logits.data());
-        seq->tokens.push_back(id);
-      }
-      st.decode_seconds = seconds(t_prefilled, Clock::now());
+      a->res.cause = FinishCause::kCancelled;
+      end(*a);
+      return nullptr;
     }
-    seq->prompt_len = L;
-    seq->last_used = ++tick;
   } catch (const std::exception& e) {
-    res.cause = FinishCause::kError;
-    res.error = e.what();
-    // The state may be half-updated: forget the sequence.
-    if (seq) {
-      for (auto it = seqs.begin(); it != seqs.end(); ++it)
-        if (it->get() == seq) {
-          seqs.erase(it);
-          break;
-        }
+    a->res.cause = FinishCause::kError;
+    a->res.error = e.what();
+    drop(*a);
+    end(*a);
+    return nullptr;
+  }
+  // Decode: sample from the current logits, emit, then run the token for the next logits.
+  const bool json_mode = req.json_object && req.forced_tokens.empty();
+  a->stops.insert(req.stop_ids.begin(), req.stop_ids.end());
+  a->stops.insert(eos.begin(), eos.end());
+  // Forced tokens not yet emitted; armed from the start or once `force_after` is generated.
+  a->force_armed = req.forced_tokens.empty() || req.force_after < 0;
+  if (!req.forced_tokens.empty() && req.force_after < 0) a->forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
+  // JSON mode: armed from the start or once `json_after` is generated.
+  a->json_mode = json_mode;
+  a->json_armed = json_mode && req.json_after < 0;
+  a->json.v.limit_whitespace(64, 8);
+  if (json_mode) build_token_table();
+  return a;
+}
+
+// The next token of a decoding request from its logits, emitted; true when the request goes on
+// (the token must then run through the model), false when it ended (res.cause set).
+bool Engine::Impl::pick(Active& a, int32_t& id) {
+  Job& job = *a.job;
+  const GenerationRequest& req = job.req;
+  GenerationStats& st = a.res.stats;
+  if (cancelled(job)) {
+    a.res.cause = FinishCause::kCancelled;
+    return false;
+  }
+  const float* logits = a.logits.data();
+  const bool scripted = !req.scripted_tokens.empty();
+  const int32_t eos_id = model->config().eos_token_id;
+  if (!a.forced.empty()) {
+    id = a.forced.front();
+    a.forced.pop_front();
+  } else if (a.json_armed && !a.json.free) {
+    // A scripted token (tests) is a proposal: taken when the constraint accepts it.
+    const int32_t proposal = scripted ? req.scripted_tokens[a.script_pos++] : -1;
+    JsonDecodeState next;
+    if (a.json.v.complete()) {
+      id = eos_id;  // the object is closed: nothing else may follow
+    } else if (proposal >= 0 && (next = a.json, next.advance(token_text[static_cast<size_t>(proposal)],
+                                                            token_added[static_cast<size_t>(proposal)] != 0,
+                                                            req.json_allow_tool_calls))) {
+      id = proposal;
+      a.json = next;
+    } else {
+      id = a.sampler.sample_if(logits, [&](int32_t cand) {
+        next = a.json;
+        return next.advance(token_text[static_cast<size_t>(cand)], token_added[static_cast<size_t>(cand)] != 0,
+                            req.json_allow_tool_calls);
+      });
+      if (id < 0) id = eos_id;  // no token continues the JSON (cannot happen with a real vocabulary)
+      else a.json.advance(token_text[static_cast<size_t>(id)], token_added[static_cast<size_t>(id)] != 0,
+                          req.json_allow_tool_calls);
+    }
+  } else if (scripted) {
+    id = req.scripted_tokens[a.script_pos++];
+  } else {
+    id = a.sampler.sample(logits);
+  }
+  if (a.json_mode && !a.json_armed && (id == req.json_after || a.stops.count(id))) {
+    id = req.json_after;  // a stop before the answer becomes the end of the reasoning
+    a.json_armed = true;
+  }
+  if (!a.force_armed && (id == req.force_after || a.stops.count(id))) {
+    id = req.force_after;  // a stop before the trigger becomes the trigger
+    a.force_armed = true;
+    a.forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
+  }
+  a.sampler.count(id);
+  const int completion = ++a.completion;
+  TokenEvent ev;
+  ev.id = id;
+  if (req.top_logprobs >= 0) fill_logprobs(logits, vocab, req.top_logprobs, ev, scratch_idx);
+  FinishCause cause = FinishCause::kError;  // kError here = keep going
+  if (a.stops.count(id)) {
+    cause = FinishCause::kStopToken;  // the stop token is still delivered: the parser needs EOS
+  } else if (req.max_tokens > 0 && completion >= req.max_tokens) {
+    cause = FinishCause::kMaxTokens;
+  } else if (a.L + completion >= max_ctx) {
+    cause = FinishCause::kContextFull;
+  } else if (scripted && a.forced.empty() && a.script_pos >= req.scripted_tokens.size()) {
+    cause = FinishCause::kMaxTokens;  // the script ran out: like a length limit
+  }
+  const bool last = cause != FinishCause::kError;
+  ev.text = a.detok.push(id);
+  if (last) ev.text += a.detok.finish();  // an unfinished character at the very end comes out lossy
+  if (completion == 1) st.time_to_first_token = seconds(job.submitted, Clock::now());
+  st.completion_tokens = completion;
+  if (job.on_token && !job.on_token(ev)) {
+    a.res.cause = FinishCause::kCancelled;
+    return false;
+  }
+  if (last) {
+    a.res.cause = cause;
+    return false;
+  }
+  return true;
+}
+
+// One token for every decoding request: ended requests leave, the others' tokens run through
+// the model in one step (Model::decode_batch; a single one through forward).
+void Engine::Impl::step(std::vector<std::unique_ptr<Active>>& active) {
+  sweep_cancelled_queue();
+  std::vector<Active*> going;
+  std::vector<int32_t> ids;
+  for (auto& a : active) {
+    int32_t id = 0;
+    if (pick(*a, id)) {
+      going.push_back(a.get());
+      ids.push_back(id);
+    } else {
+      a->done = true;
+    }
+  }
+  try {
+    if (going.size() == 1) {
+      model->forward(going[0]->seq->state, &ids[0], 1, going[0]->logits.data());
+    } else if (going.size() > 1) {
+      std::vector<SequenceState*> states;
+      for (Active* a : going) states.push_back(&a->seq->state);
+      const size_t V = going[0]->logits.size();
+      batch_logits.resize(going.size() * V);
+      model->decode_batch(states, ids.data(), batch_logits.data());
+      for (size_t i = 0; i < going.size(); ++i)
+        std::copy_n(batch_logits.begin() + static_cast<ptrdiff_t>(i * V), V, going[i]->logits.begin());
+    }
+    for (size_t i = 0; i < going.size(); ++i) going[i]->seq->tokens.push_back(ids[i]);
+  } catch (const std::exception& e) {
+    // The states may be half-updated: every request of the step ends, its sequence forgotten.
+    for (Active* a : going) {
+      a->res.cause = FinishCause::kError;
+      a->res.error = e.what();
+      drop(*a);
+      a->done = true;
+    }
+  }
+  for (auto it = active.begin(); it != active.end();) {
+    if ((*it)->done) {
+      end(**it);
+      it = active.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// Forgets a request's sequence (its state may be half-updated).
+void Engine::Impl::drop(Active& a) {
+  if (!a.seq) return;
+  for (auto it = seqs.begin(); it != seqs.end(); ++it)
+    if (it->get() == a.seq) {
+      seqs.erase(it);
+      break;
+    }
+  a.seq = nullptr;
+}
+
+// A request's end: its sequence retained (or not), the cache kept within its limits, the caller
+// told.
+void Engine::Impl::end(Active& a) {
+  if (a.t_prefilled != Clock::time_point{}) a.res.stats.decode_seconds = seconds(a.t_prefilled, Clock::now());
+  Seq* seq = a.seq;
+  if (seq) {
+    seq->prompt_len = a.L;
+    seq->last_used = ++tick;
+    seq->active = false;
+    if (opt.retained_sequences <= 0) {
+      drop(a);
       seq = nullptr;
     }
   }
-  if (opt.retained_sequences <= 0) seqs.clear();
+  trim_retained(seq);
   enforce_budget(seq);
   publish();
-  finish(job, res);
+  finish(*a.job, a.res);
 }
 
 void Engine::Impl::build_token_table() {

@@ -1,7 +1,8 @@
 // The generation engine behind `dsv4 serve` (and `dsv4 chat`): a request queue served by one
-// engine thread that owns the model, retained sequences with prefix reuse, sampling, and
-// cancellation. The HTTP layer renders and tokenizes a request, submits it here, and turns the
-// token stream into API events (src/text/output_parser.h) on its own threads.
+// engine thread that owns the model and decodes up to max_batch requests together (continuous
+// batching), retained sequences with prefix reuse, sampling, and cancellation. The HTTP layer
+// renders and tokenizes a request, submits it here, and turns the token stream into API events
+// (src/text/output_parser.h) on its own threads.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -90,6 +91,10 @@ struct EngineOptions {
   int threads = 0;            // model worker threads (0 = all cores)
   int64_t max_context = 0;    // per-sequence token limit (0 = model maximum)
   int max_queue = 64;         // pending requests beyond this are refused (HTTP 429/503)
+  // Requests generating at once: their tokens run through the model together, one decode step
+  // for all (each weight read once per step). A new request's prompt is prefilled when it is
+  // admitted, and the others wait meanwhile. 1 = one request at a time.
+  int max_batch = 4;
   int retained_sequences = 4; // live sequences kept for prefix reuse
   int checkpoint_interval = 1024;  // prompt positions at which a reusable state snapshot is kept
   // Added with the engine (docs/prefix-cache.md):
