@@ -37,7 +37,7 @@ namespace {
 // > L3 (480 MiB on the Xeon VM this project measures on), so every call streams from DRAM.
 constexpr size_t kMinBytes = size_t{1} << 30;
 // The largest M measured as a decode step (weights from DRAM, read-bandwidth ratio).
-constexpr int kDecodeBatchM = 8;
+constexpr int kDecodeBatchM = 12;
 
 ThreadPool& pool() { return bench_pool(); }
 
@@ -130,7 +130,9 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K, bool swiglu = fal
   }
   st.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
   // (on AVX-512 the M >= 4 products run in the tiles chosen at start-up: env DSV4_GEMM_TILES)
-  st.SetLabel(want == Isa::Avx512 && M >= gemm_small_m_limit()
+  // (below gemm_detail::kSharedLoadMaxM the BF16 and GFNI FP8 products stay on the small-M rows)
+  const bool tiles = M >= gemm_small_m_limit() && (kind == WKind::Fp4 || M >= gemm_detail::kSharedLoadMaxM);
+  st.SetLabel(want == Isa::Avx512 && tiles
                   ? std::string(isa_name(want)) + " " + gemm_tiles_name(active_gemm_tiles())
                   : std::string(isa_name(want)));
   force_isa(saved);
@@ -140,7 +142,7 @@ void run_bench(benchmark::State& st, WKind kind, int N, int K, bool swiglu = fal
 // M = 2, 4, 8: a decode step of that many sequences at once (Model::decode_batch), AVX-512.
 void Args(benchmark::internal::Benchmark* b) {
   for (int isa : {0, 1, 2}) b->Args({1, isa});
-  for (int M = 2; M <= kDecodeBatchM; M *= 2) b->Args({M, 2});
+  for (int M : {2, 4, 8, 12}) b->Args({M, 2});
   for (int isa : {1, 2}) b->Args({512, isa});
   b->ArgNames({"M", "isa"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }

@@ -92,9 +92,10 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
   p.e2m1 = kE2M1Values;
   p.e8m0 = e8m0_table();
   p.small_m = gemm_small_m_limit();
-  p.fp8_gfni = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < p.small_m &&
+  p.fp8_gfni = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < std::max(p.small_m, gd::kSharedLoadMaxM) &&
                active_isa() == Isa::Avx512 && fp8_gfni_active();
-  p.fp8_nta = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && M < p.small_m && fp8_prefetch_nta_active();
+  p.fp8_nta = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && (M < p.small_m || p.fp8_gfni) &&
+              fp8_prefetch_nta_active();
   return p;
 }
 
@@ -284,7 +285,9 @@ void quantize_padded(const float* x, const gd::Problem& p, AlignedVector<float>&
 // Whether the small-M fp32 paths may fold the weight scales into the activations
 // (Problem::fold_w_scale): max |a| * 2^120 * sw_max < 2^127 and sw_min >= 2^-120.
 bool can_fold_w_scale(const float* a, int M, int K, int a_stride, int scale_lo, int scale_hi) {
-  if (M >= gemm_small_m_limit() || scale_lo < 127 - 120) return false;
+  const bool small = M < gemm_small_m_limit() ||
+                     (M < gd::kSharedLoadMaxM && active_isa() == Isa::Avx512 && fp8_gfni_active());
+  if (!small || scale_lo < 127 - 120) return false;
   // The largest magnitude as float bits: their unsigned order is the numeric one, and a NaN's
   // sort above infinity's (then no fold). Eight independent maxima: one chain of float maxima
   // was a latency-bound 6 us per call at K = 4096, a third of a small product's fixed cost.
@@ -615,7 +618,8 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
   } else if (fp8_amx) {  // (as the pairs: always exact here)
     fp8_amx_activations(q.data(), M, k, p.a_stride, false, pairs, pool);
     p.a_amx = pairs.data();
-  } else if (fp8_pairs) {  // dequantised e4m3 values are bf16s >= 2^-31: always usable
+  } else if (fp8_pairs && !(p.fp8_gfni && p.fold_w_scale)) {  // (else the GFNI rows run: rows_simd)
+    // dequantised e4m3 values are bf16s >= 2^-31: always usable
     fp8_act_pairs(q.data(), M, k, p.a_stride, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();
   }
@@ -710,7 +714,7 @@ void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool&
     p.fold_w_scale = can_fold_w_scale(p.a, it.M, W.k, p.a_stride, lo, hi);
     if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && amx_tiles(it.M, W.k)) {
       if (fp8_amx_activations(it.x, it.M, W.k, it.x_stride, true, prs[i], pool)) p.a_amx = prs[i].data();
-    } else if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && pair_tiles(it.M) &&
+    } else if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && pair_tiles(it.M) && !(p.fp8_gfni && p.fold_w_scale) &&
                fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool)) {
       p.a_pairs = prs[i].data();
     }
@@ -813,7 +817,8 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
   // FMA back ends, and where the VDPBF16PS back ends may run (AVX-512: small M, or the pair
   // tiles) bf16 words in natural order, checked for that path's exactness.
-  const bool pairs_possible = W.dp_exact && active_isa() == Isa::Avx512 && (M < p.small_m || pair_tiles(M));
+  const bool pairs_possible =
+      W.dp_exact && active_isa() == Isa::Avx512 && (M < std::max(p.small_m, gd::kSharedLoadMaxM) || pair_tiles(M));
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
   // Kept between calls (a prefill's products are tens of MiB each: fresh zeroed pages every call
   // cost more than the scan); each row's padding is zeroed below, the rest written.

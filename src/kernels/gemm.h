@@ -177,6 +177,12 @@ namespace gemm_detail {
 // The fewest activation rows the M >= 4 tiles are made for (their MR); gemm_small_m_limit() is
 // never below it.
 constexpr int kTilesMinM = 4;
+// Below this many rows the BF16 products with bf16 pairs and the folded FP8 products through
+// GFNI stay on the small-M back ends past gemm_small_m_limit(): those share each weight load
+// across up to 4 rows (a decode step of several sequences) and beat the tiles there (Zen 5,
+// 2 threads, weights from DRAM: head M = 8 3.95 ms vs 5.41, wo_b 2.58 vs 3.43; at M = 12 the
+// FP8 tiles win, 3.64 vs 3.89).
+constexpr int kSharedLoadMaxM = 12;
 // One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
 enum class Kind { Fp8, Fp4, Fp8AsBf16, Bf16 };
 struct Problem {
@@ -216,7 +222,8 @@ struct Problem {
   // FP8 kinds, M < 4: the fp32 back ends may scale the activations by 2^120 sw instead of the
   // weights (set where |a| * 2^120 sw stays finite and sw >= 2^-120, so a * 2^120 sw is exact).
   bool fold_w_scale = false;
-  // FP8 kinds, M < 4, AVX-512: the folded rows decode through GFNI + VBMI (fp8_gfni_active).
+  // FP8 kinds, M < kSharedLoadMaxM, AVX-512: the folded rows decode through GFNI + VBMI
+  // (fp8_gfni_active), on the small-M back end whatever small_m is.
   bool fp8_gfni = false;
   // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
   bool fp8_nta = false;
