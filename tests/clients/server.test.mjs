@@ -58,8 +58,8 @@ test('context overflow is a clear 400 (context_length_exceeded)', async () => {
   }
 });
 
-test('queue full (--max-queue 1): 503 with Retry-After, OpenAI and Anthropic error shapes', async () => {
-  const srv = await startServer(['--max-queue', '1']);
+test('queue full (--max-queue 1, --max-batch 1): 503 with Retry-After, OpenAI and Anthropic error shapes', async () => {
+  const srv = await startServer(['--max-queue', '1', '--max-batch', '1']);  // (one generating, one waiting)
   const controller = new AbortController();
   const auth = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` };
   try {
@@ -106,6 +106,45 @@ test('queue full (--max-queue 1): 503 with Retry-After, OpenAI and Anthropic err
     const rb = await b;
     assert.equal(rb.status, 200);
     assert.equal((await rb.json()).object, 'text_completion');
+  } finally {
+    controller.abort();
+    await srv.stop();
+  }
+});
+
+test('continuous batching (default --max-batch 4): a second request completes while a long stream runs', async () => {
+  const srv = await startServer();
+  const controller = new AbortController();
+  const auth = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` };
+  try {
+    // A: a long scripted stream (~30 s unless cancelled).
+    const a = await fetch(srv.base + '/v1/chat/completions', {
+      method: 'POST', signal: controller.signal,
+      headers: { ...auth, 'x-dsv4-test-script': script(' w'.repeat(1500)) },
+      body: JSON.stringify({ model: 'deepseek-chat', stream: true, max_tokens: 1500, messages: [{ role: 'user', content: 'go' }] }),
+    });
+    assert.equal(a.status, 200);
+    const reader = a.body.getReader();
+    let text = '';
+    while (!text.includes('" w"')) {
+      const { value, done } = await reader.read();
+      assert.ok(!done, 'stream A ended early');
+      text += Buffer.from(value).toString();
+    }
+    // B runs alongside A (one place in the batch), so it ends long before A would.
+    const t0 = Date.now();
+    const b = await fetch(srv.base + '/v1/chat/completions', {
+      method: 'POST', headers: { ...auth, 'x-dsv4-test-script': script('done<｜end▁of▁sentence｜>') },
+      body: JSON.stringify({ model: 'deepseek-chat', max_tokens: 8, messages: [{ role: 'user', content: 'x' }] }),
+    });
+    assert.equal(b.status, 200);
+    const bj = await b.json();
+    assert.equal(bj.choices[0].message.content, 'done');
+    assert.equal(bj.choices[0].finish_reason, 'stop');
+    assert.ok(Date.now() - t0 < 20000, 'B waited for A');
+    // A is still streaming.
+    const { done } = await reader.read();
+    assert.ok(!done, 'stream A ended before B');
   } finally {
     controller.abort();
     await srv.stop();
