@@ -790,6 +790,17 @@ static void check_tokens(const ModelConfig& c, const SequenceState& st, const in
                 std::to_string(c.max_position_embeddings));
 }
 
+// Each token's embedding row, widened to fp32, in all hc residual streams: h [n, hc, D].
+void Model::embed(const int32_t* tokens, int n, float* h) {
+  const int D = cfg_.dim, hc = cfg_.hc_mult;
+  StageTimer embed_timer(Stage::kEmbed);
+  parallel_each(*pool_, n, [&](int64_t t) {
+    const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
+    for (int j = 0; j < hc; ++j)
+      for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
+  }, 8);
+}
+
 bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, std::vector<float>* final_streams,
                     const LayerCallback& on_layer) {
   check_tokens(cfg_, st, tokens, n);
@@ -797,13 +808,7 @@ bool Model::forward(SequenceState& st, const int32_t* tokens, int n, float* logi
   const int D = cfg_.dim, hc = cfg_.hc_mult;
   const size_t stream_floats = static_cast<size_t>(n) * hc * D;
   float* const h = streams_.grown(stream_floats);  // (every element written below before it is read)
-  StageTimer embed_timer(Stage::kEmbed);
-  parallel_each(*pool_, n, [&](int64_t t) {
-    const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
-    for (int j = 0; j < hc; ++j)
-      for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
-  }, 8);
-  embed_timer.stop();
+  embed(tokens, n, h);
   // A stoppable call keeps a snapshot to go back to (a few MiB: the window rings and partial
   // compressor blocks; compressed rows are only appended, and are cut back).
   std::optional<StateCheckpoint> before;
@@ -833,13 +838,7 @@ void Model::decode_batch(std::span<SequenceState* const> states, const int32_t* 
   }
   const int D = cfg_.dim, hc = cfg_.hc_mult;
   float* const h = streams_.grown(static_cast<size_t>(B) * hc * D);
-  StageTimer embed_timer(Stage::kEmbed);
-  parallel_each(*pool_, B, [&](int64_t t) {
-    const uint16_t* e = w_.embed.w + static_cast<size_t>(tokens[t]) * D;
-    for (int j = 0; j < hc; ++j)
-      for (int d = 0; d < D; ++d) h[(static_cast<size_t>(t) * hc + j) * D + d] = bf16_to_f32(e[d]);
-  }, 8);
-  embed_timer.stop();
+  embed(tokens, B, h);
   std::vector<Segment> segs(static_cast<size_t>(B));
   for (int l = 0; l < cfg_.n_layers; ++l) {
     for (int i = 0; i < B; ++i) {

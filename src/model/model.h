@@ -122,6 +122,7 @@ class Model {
   // over all of them at once: logits [rows, V].
   void head_rows(const float* streams, int rows, const HcWeights& hc_head, const std::vector<float>& norm, float* logits,
                  float* normed_out = nullptr);
+  void embed(const int32_t* tokens, int n, float* h);
   template <class Cost>
   StageBytes weights_per_token(const Cost& cost) const;  // the layers' part of both measures above
   // A compressor over the rows of a call (the indexer's or the attention's, in each segment's

@@ -58,25 +58,33 @@ test('context overflow is a clear 400 (context_length_exceeded)', async () => {
   }
 });
 
+// A scripted chat stream of 1500 tokens (~30 s unless `controller` aborts it), returned once its
+// first content delta arrived, i.e. once it is generating: its body's reader.
+async function startLongStream(srv, controller) {
+  const a = await fetch(srv.base + '/v1/chat/completions', {
+    method: 'POST', signal: controller.signal,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`,
+      'x-dsv4-test-script': script(' w'.repeat(1500)) },
+    body: JSON.stringify({ model: 'deepseek-chat', stream: true, max_tokens: 1500, messages: [{ role: 'user', content: 'go' }] }),
+  });
+  assert.equal(a.status, 200);
+  const reader = a.body.getReader();
+  let text = '';
+  while (!text.includes('" w"')) {
+    const { value, done } = await reader.read();
+    assert.ok(!done, 'the long stream ended early');
+    text += Buffer.from(value).toString();
+  }
+  return reader;
+}
+
 test('queue full (--max-queue 1, --max-batch 1): 503 with Retry-After, OpenAI and Anthropic error shapes', async () => {
   const srv = await startServer(['--max-queue', '1', '--max-batch', '1']);  // (one generating, one waiting)
   const controller = new AbortController();
   const auth = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` };
   try {
-    // A: a long scripted stream keeps the engine busy (~30 s unless cancelled).
-    const a = await fetch(srv.base + '/v1/chat/completions', {
-      method: 'POST', signal: controller.signal,
-      headers: { ...auth, 'x-dsv4-test-script': script(' w'.repeat(1500)) },
-      body: JSON.stringify({ model: 'deepseek-chat', stream: true, max_tokens: 1500, messages: [{ role: 'user', content: 'go' }] }),
-    });
-    assert.equal(a.status, 200);
-    const reader = a.body.getReader();
-    let text = '';
-    while (!text.includes('" w"')) {  // a content delta: A is running, not queued
-      const { value, done } = await reader.read();
-      assert.ok(!done, 'stream A ended early');
-      text += Buffer.from(value).toString();
-    }
+    // A: a long scripted stream keeps the engine busy, running (not queued).
+    const reader = await startLongStream(srv, controller);
     // B waits in the queue (its one place).
     const b = fetch(srv.base + '/v1/completions', {
       method: 'POST', headers: auth, body: JSON.stringify({ model: 'deepseek-v4-flash', prompt: 'x', max_tokens: 2 }),
@@ -117,20 +125,8 @@ test('continuous batching (default --max-batch 4): a second request completes wh
   const controller = new AbortController();
   const auth = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` };
   try {
-    // A: a long scripted stream (~30 s unless cancelled).
-    const a = await fetch(srv.base + '/v1/chat/completions', {
-      method: 'POST', signal: controller.signal,
-      headers: { ...auth, 'x-dsv4-test-script': script(' w'.repeat(1500)) },
-      body: JSON.stringify({ model: 'deepseek-chat', stream: true, max_tokens: 1500, messages: [{ role: 'user', content: 'go' }] }),
-    });
-    assert.equal(a.status, 200);
-    const reader = a.body.getReader();
-    let text = '';
-    while (!text.includes('" w"')) {
-      const { value, done } = await reader.read();
-      assert.ok(!done, 'stream A ended early');
-      text += Buffer.from(value).toString();
-    }
+    // A: a long scripted stream, running.
+    const reader = await startLongStream(srv, controller);
     // B runs alongside A (one place in the batch), so it ends long before A would.
     const t0 = Date.now();
     const b = await fetch(srv.base + '/v1/chat/completions', {
