@@ -150,6 +150,7 @@ struct TilesGuard {
   GemmTiles saved = active_gemm_tiles();
   bool saved_bytes = fp4_bytes_active();
   bool saved_gfni = fp8_gfni_active();
+  bool saved_small_pairs = fp8_small_pairs_active();
   bool saved_nta = fp8_prefetch_nta_active();
   bool saved_amx = gemm_amx_active();
   ~TilesGuard() {
@@ -157,6 +158,7 @@ struct TilesGuard {
     force_gemm_tiles(saved);
     force_fp4_bytes(saved_bytes);
     force_fp8_gfni(saved_gfni);
+    force_fp8_small_pairs(saved_small_pairs);
     force_fp8_prefetch_nta(saved_nta);
   }
 };
@@ -164,7 +166,8 @@ struct TilesGuard {
 // Runs `f(pool, y)` for scalar/1 thread (the reference) and every ISA x {1, 2} threads; on
 // AVX-512 with both kinds of M >= 4 tiles (VDPBF16PS and fp32 FMA), and where the CPU has VBMI
 // also without the small-M FP4 byte form and FP8 GFNI decode (which are on in the other runs),
-// and where it has AMX once more with the AMX tiles (off in the other runs).
+// once with the GFNI rows in fp32 FMAs instead of VDPBF16PS pairs, and where it has AMX once more
+// with the AMX tiles (off in the other runs).
 // The FP8 rows' prefetch hint alternates with the thread count (NTA at 1 thread, T0 at 2).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
@@ -183,17 +186,20 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
     GemmTiles tiles;
     bool bytes;
     bool amx = false;
+    bool small_pairs = true;  // (the GFNI rows through VDPBF16PS; fp32 FMAs in one more run)
   };
   for (Isa isa : simd_isas())
     for (Variant v : {Variant{GemmTiles::Dp, true}, Variant{GemmTiles::Fma, true}, Variant{GemmTiles::Dp, false},
-                      Variant{GemmTiles::Fma, true, true}}) {
+                      Variant{GemmTiles::Fma, true, true}, Variant{GemmTiles::Dp, true, false, false}}) {
       if (isa != Isa::Avx512 && (v.tiles == GemmTiles::Fma || !v.bytes)) continue;  // (only AVX-512 has these)
       if (!v.bytes && !cpu_has_avx512_vbmi()) continue;                             // (the same run as the first)
       if (v.amx && !cpu_has_amx_bf16()) continue;
+      if (!v.small_pairs && (isa != Isa::Avx512 || !cpu_has_avx512_vbmi_gfni())) continue;  // (the first run again)
       force_isa(isa);
       force_gemm_tiles(v.tiles);
       force_fp4_bytes(v.bytes);
       force_fp8_gfni(v.bytes);
+      force_fp8_small_pairs(v.small_pairs);
       force_gemm_amx(v.amx);
       for (ThreadPool* p : {&p1, &p2}) {
         force_fp8_prefetch_nta(p == &p1);
@@ -201,7 +207,9 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
         f(*p, y);
         const std::string variant = isa != Isa::Avx512                    ? ""
                                     : std::string(" ") + gemm_tiles_name(v.tiles) + (fp4_bytes_active() ? " bytes" : "") +
-                                          (fp8_gfni_active() ? " gfni" : "") + (gemm_amx_active() ? " amx" : "");
+                                          (fp8_gfni_active() ? " gfni" : "") +
+                                          (fp8_gfni_active() && fp8_small_pairs_active() ? " pairs" : "") +
+                                          (gemm_amx_active() ? " amx" : "");
         expect_bits_equal(ref, y, what + " " + isa_name(isa) + variant + " " + std::to_string(p->size()) + " threads");
       }
     }

@@ -325,7 +325,14 @@ bool fp8_act_pairs(const float* x, int M, int K, int x_stride, int kp, bool chec
       const float* xr = x + static_cast<size_t>(m) * x_stride;
       uint32_t* o = out.data() + static_cast<size_t>(m) * kp / 2;
       uint32_t low_bits = 0;
-      for (int c = 0; c < kp; c += 32)
+      int c = 0;
+      for (; c + 32 <= K; c += 32)  // (whole chunks without bounds tests: the compiler vectorises these)
+        for (int d = 0; d < 16; ++d) {
+          const uint32_t first = f32_bits(xr[c + d]), second = f32_bits(xr[c + 16 + d]);
+          low_bits |= (first | second) & 0xFFFFu;
+          o[c / 2 + d] = (first & 0xFFFF0000u) | (second >> 16);
+        }
+      for (; c < kp; c += 32)
         for (int d = 0; d < 16; ++d) {
           const uint32_t first = c + d < K ? f32_bits(xr[c + d]) : 0u, second = c + 16 + d < K ? f32_bits(xr[c + 16 + d]) : 0u;
           low_bits |= (first | second) & 0xFFFFu;
@@ -622,6 +629,10 @@ static Job prepare_quantized(gd::Kind kind, const float* x, int M, const uint8_t
     // dequantised e4m3 values are bf16s >= 2^-31: always usable
     fp8_act_pairs(q.data(), M, k, p.a_stride, p.kp, false, pairs, pool);
     p.a_pairs = pairs.data();
+  } else if (kind == gd::Kind::Fp8 && p.fp8_gfni && p.fold_w_scale && job.simd_ok && scale_lo >= gd::kFp8PairsMinByte &&
+             fp8_small_pairs_active()) {  // the GFNI rows as bf16 pairs (exact for these scales, as the tiles)
+    fp8_act_pairs(q.data(), M, k, p.a_stride, p.kp, false, pairs, pool);
+    p.a_pairs = pairs.data();
   }
   p.w = w;
   p.ws = ws;
@@ -717,6 +728,9 @@ void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool&
     } else if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && pair_tiles(it.M) && !(p.fp8_gfni && p.fold_w_scale) &&
                fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool)) {
       p.a_pairs = prs[i].data();
+    } else if (job.simd_ok && lo >= gd::kFp8AsBf16PairsMinByte && p.fp8_gfni && p.fold_w_scale && fp8_small_pairs_active() &&
+               fp8_act_pairs(it.x, it.M, W.k, it.x_stride, p.kp, true, prs[i], pool)) {
+      p.a_pairs = prs[i].data();  // (the GFNI rows as bf16 pairs, as above)
     }
     p.w = W.w;
     p.ws = W.scale;
@@ -772,6 +786,7 @@ class CpuFormSwitch {
 
 static CpuFormSwitch g_fp4_bytes("DSV4_FP4_BYTES", cpu_has_avx512_vbmi);
 static CpuFormSwitch g_fp8_gfni("DSV4_FP8_GFNI", cpu_has_avx512_vbmi_gfni);
+static CpuFormSwitch g_fp8_small_pairs("DSV4_FP8_SMALL_PAIRS", cpu_has_avx512_vbmi_gfni);
 static CpuFormSwitch g_fp8_nta("DSV4_FP8_PREFETCH_NTA", [] { return true; }, cpu_is_amd);
 static CpuFormSwitch g_amx("DSV4_GEMM_AMX", cpu_has_amx_bf16);
 static CpuFormSwitch g_fp4_two_planes("DSV4_FP4_TWO_PLANES", [] { return isa_supported(Isa::Avx2); });
@@ -782,6 +797,8 @@ bool fp4_bytes_active() { return g_fp4_bytes.active(); }
 bool force_fp4_bytes(bool on) { return g_fp4_bytes.force(on); }
 bool fp8_gfni_active() { return g_fp8_gfni.active(); }
 bool force_fp8_gfni(bool on) { return g_fp8_gfni.force(on); }
+bool fp8_small_pairs_active() { return g_fp8_small_pairs.active(); }
+bool force_fp8_small_pairs(bool on) { return g_fp8_small_pairs.force(on); }
 bool fp8_prefetch_nta_active() { return g_fp8_nta.active(); }
 bool force_fp8_prefetch_nta(bool on) { return g_fp8_nta.force(on); }
 bool gemm_amx_active() { return g_amx.active(); }

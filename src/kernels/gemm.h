@@ -151,6 +151,13 @@ bool force_fp4_two_planes(bool on);  // (as force_fp4_bytes)
 bool fp8_gfni_active();
 // For tests and benchmarks (clamped to what the CPU has); returns the previous setting.
 bool force_fp8_gfni(bool on);
+// Those rows through VDPBF16PS instead of FMAs where exact (the VDPBF16PS guards on the weight
+// scales): the codes become unscaled bf16 weights (6 instructions per 64, gemm_avx512.cpp,
+// fp8_rows_pairs), the activations bf16 pairs with each block's weight scale in their exponents,
+// and one instruction takes 32 products; the same chain, so the same bits. On by default where
+// the GFNI rows run; env DSV4_FP8_SMALL_PAIRS=0, or force_fp8_small_pairs(false), turns it off.
+bool fp8_small_pairs_active();
+bool force_fp8_small_pairs(bool on);  // (as force_fp8_gfni)
 // Small-M FP8 rows ask for their weight lines ahead with PREFETCHNTA instead of PREFETCHT0:
 // the lines are used once, and on a Zen 5 VM the FP8 products at M = 1 read 4-7 % more of the
 // bandwidth so (two threads, four alternating runs of 4-8 rounds). The Xeon's tuning was
@@ -193,7 +200,7 @@ struct Problem {
   const float* zero_row = nullptr;  // kp zeros, stands in for missing rows of a tile
   // Fp4: the activations as bf16 pairs, [M][nb][4][16]: dword d of vector u of a block holds
   // (element 8d+u, element 8d+4+u), the operand layout of the VDPBF16PS paths.
-  // Fp8, Fp8AsBf16 (M >= small_m, AVX-512 only): [M][kp / 2], dword d of the 32-chunk c holds
+  // Fp8, Fp8AsBf16 (M >= small_m, or the GFNI rows as pairs: fp8_gfni; AVX-512 only): [M][kp / 2], dword d of the 32-chunk c holds
   // (element c+d, element c+16+d). Set only when the VDPBF16PS order is exact (see above).
   // Bf16: the activations as bf16 words in natural order, [M][kp] (pairs = adjacent elements).
   const uint32_t* a_pairs = nullptr;
@@ -223,7 +230,8 @@ struct Problem {
   // weights (set where |a| * 2^120 sw stays finite and sw >= 2^-120, so a * 2^120 sw is exact).
   bool fold_w_scale = false;
   // FP8 kinds, M < kSharedLoadMaxM, AVX-512: the folded rows decode through GFNI + VBMI
-  // (fp8_gfni_active), on the small-M back end whatever small_m is.
+  // (fp8_gfni_active), on the small-M back end whatever small_m is; with fold_w_scale and
+  // a_pairs set there (fp8_small_pairs_active), through VDPBF16PS on those pairs.
   bool fp8_gfni = false;
   // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
   bool fp8_nta = false;

@@ -178,6 +178,9 @@ constexpr bool kFp8Gfni = false;  // (an AVX-512 form; declared only, never inst
 template <int R, int MR = 1>
 void fp8_rows_gfni(const uint8_t* const* w, int full, const float* const* a, const uint8_t* scales, const float* e8m0,
                    Vec* v, Vec* lanes, const RowPrefetch& ahead);
+template <int R, int MR = 1>
+void fp8_rows_pairs(const uint8_t* const* w, int full, const uint32_t* const* ap, const uint8_t* scales, Vec* v,
+                    Vec* lanes, const RowPrefetch& ahead);
 // True when every scale byte is in 1..254, whose e8m0 values are the normal floats e << 23
 // (fp4_lane_scales builds them from the bytes in two instructions per 8 lanes).
 inline bool fp4_scales_plain(const uint8_t* scales, int n) {

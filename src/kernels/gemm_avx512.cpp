@@ -505,6 +505,13 @@ __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* con
                                                             const uint8_t* scales, const float* e8m0, Vec* v,
                                                             Vec* lanes, const RowPrefetch& ahead);
 
+// Small-M FP8 as bf16 pairs through VDPBF16PS (Problem::fp8_small_pairs): defined below.
+template <int R, int MR = 1>
+__attribute__((target("avx512vbmi,gfni,avx512bf16"))) void fp8_rows_pairs(const uint8_t* const* w, int full,
+                                                                         const uint32_t* const* ap,
+                                                                         const uint8_t* scales, Vec* v, Vec* lanes,
+                                                                         const RowPrefetch& ahead);
+
 #include "kernels/gemm_simd.inc"
 
 // The folded FP8 rows of fold_rows, blocks 0 .. full-1, R rows at a time, with e4m3_16_raw's
@@ -604,6 +611,92 @@ __attribute__((target("avx512vbmi,gfni"))) void fp8_rows_gfni(const uint8_t* con
     if (block_ends_step(b)) fold_step(lanes, acc, R);
   }
   for (int j = 0; j < R; ++j) v[j] = acc[j];
+}
+
+// The folded FP8 rows of fold_rows through VDPBF16PS (32 products per instruction against an
+// FMA's 16), blocks 0 .. full-1, R rows at a time, MR activation rows sharing each decode. ap[i]
+// holds activation row i as bf16 pairs (Problem::a_pairs: dword d of 32-chunk c = element c+d
+// high, c+16+d low, the slot order of gemm.h); each 128-block's pairs take the weight scale
+// 2^(byte - 127) into their exponents (exact: Problem::fp8_small_pairs), once per block for all
+// R rows. The weights stay unscaled e4m3 values, exact in bf16, built from 64 codes at a time:
+// one VPERMB puts the codes where VPUNPCK{L,H}BW will pair them, two GF2P8AFFINEQB give each
+// code's bf16 high byte (sign, then the exponent e + 120 = e3 ? 1000 0eee : 0111 1eee, an
+// affine map of the code bits) and low byte (exponent bit 0, mantissa), and the unpacks pair
+// them: 6 instructions and two VDPBF16PS per 64 weights, against 10 and four FMAs for the fp32
+// form. Codes with exponent field 0 (zero and the subnormals, which the affine map reads as
+// 2^-7 (1 + m/8)) are fixed up by two table lookups where a 64-code run has any (rare in real
+// weights). Each slot takes its elements in increasing k, as the FMA form.
+template <int R, int MR>
+__attribute__((target("avx512vbmi,gfni,avx512bf16"))) void fp8_rows_pairs(const uint8_t* const* w, int full,
+                                                                         const uint32_t* const* ap,
+                                                                         const uint8_t* scales, Vec* v, Vec* lanes,
+                                                                         const RowPrefetch& ahead) {
+  // GF2P8AFFINEQB: result bit i is the parity of (matrix byte 7 - i) & code, xor imm bit i.
+  const __m512i to_high = _mm512_set1_epi64(0x1020404040404080);  // s, e3, ~e3 x4 (imm 0x3C), e2, e1
+  const __m512i to_low = _mm512_set1_epi64(0x0000000001020408);   // e0, m2, m1, m0, 0000
+  // Byte 16l + t of the permuted codes: word t of 128-bit lane l of the low (t < 8) or high
+  // (t >= 8) unpack, i.e. dword 4l + t/2 of chunk 0 (or 1): element 16 + 4l + t/2 (even t, the
+  // low word) or 4l + t/2 (odd t, the high word).
+  struct Indices {
+    alignas(64) uint8_t bytes[64] = {};
+    constexpr Indices() {
+      for (int l = 0; l < 4; ++l)
+        for (int t = 0; t < 8; ++t) {
+          bytes[16 * l + t] = static_cast<uint8_t>((t % 2 == 0 ? 16 : 0) + 4 * l + t / 2);
+          bytes[16 * l + 8 + t] = static_cast<uint8_t>(32 + bytes[16 * l + t]);
+        }
+    }
+  };
+  static constexpr Indices kIdx;
+  const __m512i idx = _mm512_load_si512(kIdx.bytes);
+  // Exponent field 0, by mantissa m: the xor that turns the affine bytes into m * 2^-9 (0 for m = 0).
+  const __m512i fix_high = _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0x000000000707073C);
+  const __m512i fix_low = _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0x10207040F0A01000);
+  const __m512i exp_mask = _mm512_set1_epi8(0x78);
+  auto decode = [&](const uint8_t* codes, __m512i& p0, __m512i& p1) __attribute__((target("avx512vbmi,gfni"))) {
+    const __m512i x = _mm512_permutexvar_epi8(idx, _mm512_loadu_si512(codes));
+    __m512i hi = _mm512_gf2p8affine_epi64_epi8(x, to_high, 0x3C), lo = _mm512_gf2p8affine_epi64_epi8(x, to_low, 0);
+    const __mmask64 tiny = _mm512_testn_epi8_mask(x, exp_mask);
+    if (__builtin_expect(tiny != 0, 0)) {
+      hi = _mm512_xor_si512(hi, _mm512_maskz_permutexvar_epi8(tiny, x, fix_high));
+      lo = _mm512_xor_si512(lo, _mm512_maskz_permutexvar_epi8(tiny, x, fix_low));
+    }
+    p0 = _mm512_unpacklo_epi8(lo, hi);
+    p1 = _mm512_unpackhi_epi8(lo, hi);
+  };
+  Vec acc[MR * R];
+  for (int i = 0; i < MR * R; ++i) acc[i] = v[i];
+  for (int b = 0; b < full; ++b) {
+    const int k0 = 128 * b;
+    // The block's weight scale into the activations' exponents (zero words stay zero).
+    const __m512i step = _mm512_set1_epi16(static_cast<short>((scales[b] - 127) * 128));
+    auto scaled = [&](const uint32_t* src) __attribute__((target("avx512bw"))) {
+      const __m512i x = _mm512_loadu_si512(src);
+      return _mm512_mask_add_epi16(x, _mm512_test_epi16_mask(x, _mm512_set1_epi16(0x7FFF)), x, step);
+    };
+    if (ahead.next)
+      for (int j = 0; j < R; ++j) {
+        ahead.ask(w[j], j, k0);
+        ahead.ask(w[j], j, k0 + 64);
+      }
+    for (int h = 0; h < 2; ++h) {  // chunks 2h and 2h + 1, in natural order into the slots
+      __m512i a0[MR], a1[MR];
+      for (int i = 0; i < MR; ++i) {
+        a0[i] = scaled(ap[i] + k0 / 2 + 32 * h);
+        a1[i] = scaled(ap[i] + k0 / 2 + 32 * h + 16);
+      }
+      for (int j = 0; j < R; ++j) {
+        __m512i p0, p1;
+        decode(w[j] + k0 + 64 * h, p0, p1);
+        for (int i = 0; i < MR; ++i) {
+          acc[i * R + j] = _mm512_dpbf16_ps(acc[i * R + j], (__m512bh)a0[i], (__m512bh)p0);
+          acc[i * R + j] = _mm512_dpbf16_ps(acc[i * R + j], (__m512bh)a1[i], (__m512bh)p1);
+        }
+      }
+    }
+    if (block_ends_step(b)) fold_step(lanes, acc, MR * R);
+  }
+  for (int i = 0; i < MR * R; ++i) v[i] = acc[i];
 }
 
 }  // namespace
