@@ -9,7 +9,8 @@
 // weights so M = 1 runs from cache: the kernel's compute ceiling, to compare with the DRAM run.
 // DSV4_GEMM_TILES=dp|fma picks the AVX-512 tiles of the M = 512 runs (default: chosen at start-up);
 // DSV4_FP4_BYTES=0 keeps the small-M FP4 products off the VBMI byte form, DSV4_FP8_GFNI=0 the
-// small-M FP8 ones off the GFNI decode, DSV4_FP8_PREFETCH_NTA=0|1 sets their prefetch hint (gemm.h).
+// small-M FP8 ones off the GFNI decode, DSV4_FP8_SMALL_PAIRS=0 keeps that decode in fp32 FMAs
+// instead of VDPBF16PS pairs, DSV4_FP8_PREFETCH_NTA=0|1 sets their prefetch hint (gemm.h).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
