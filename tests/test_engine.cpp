@@ -564,6 +564,69 @@ TEST(Engine, BatchedRequestsEqualSoloRuns) {
   EXPECT_LT(first3 - order.begin(), last0 - order.begin());
 }
 
+// A long prompt admitted while another request decodes is prefilled a chunk at a time between
+// that request's decode steps (interleave_chunk), and both give exactly their solo tokens; with
+// interleave_chunk = 0 the prompt runs in one go and the other request's stream waits.
+TEST(Engine, LongPromptPrefillsBetweenDecodeSteps) {
+  const GenerationRequest decoding = greedy(prompt_ids(20, 11), 40), longer = greedy(prompt_ids(300, 12), 5);
+  Outcome solo_decoding, solo_longer;
+  {
+    auto e = make_engine({.max_batch = 1});
+    solo_decoding = run(*e, decoding);
+    solo_longer = run(*e, longer);
+  }
+  for (int interleave : {64, 0}) {
+    SCOPED_TRACE("interleave_chunk " + std::to_string(interleave));
+    auto e = make_engine({.max_batch = 2, .interleave_chunk = interleave});
+    Latch second_queued, finished;
+    std::mutex mu;
+    std::vector<char> order;  // 't': a token of the decoding request, 'p' / 'P': the prompt's progress / its end
+    Outcome got[2];
+    int done = 0;
+    auto on_done = [&](int i) {
+      return [&, i](const GenerationResult& g) {
+        std::lock_guard<std::mutex> lk(mu);
+        got[i].res = g;
+        if (++done == 2) finished.open();
+      };
+    };
+    ASSERT_TRUE(e->submit(
+        decoding,
+        [&](const TokenEvent& ev) {
+          if (got[0].ids.empty()) second_queued.wait();  // the long prompt arrives while this one decodes
+          std::lock_guard<std::mutex> lk(mu);
+          got[0].ids.push_back(ev.id);
+          order.push_back('t');
+          return true;
+        },
+        on_done(0)));
+    ASSERT_TRUE(e->submit(
+        longer,
+        [&](const TokenEvent& ev) {
+          std::lock_guard<std::mutex> lk(mu);
+          got[1].ids.push_back(ev.id);
+          return true;
+        },
+        on_done(1), [&](int64_t at, int64_t total) {
+          std::lock_guard<std::mutex> lk(mu);
+          order.push_back(at == total ? 'P' : 'p');
+        }));
+    second_queued.open();
+    ASSERT_TRUE(finished.wait(60));
+    EXPECT_EQ(got[0].ids, solo_decoding.ids);
+    EXPECT_EQ(got[1].ids, solo_longer.ids);
+    // Tokens of the decoding request between the prompt's first progress and its end.
+    const auto first = std::find(order.begin(), order.end(), 'p'), end = std::find(order.begin(), order.end(), 'P');
+    ASSERT_NE(first, order.end());
+    ASSERT_NE(end, order.end());
+    const auto between = std::count(first, end, 't');
+    if (interleave > 0)
+      EXPECT_GE(between, 300 / interleave - 1);  // (one step per chunk of the prompt)
+    else
+      EXPECT_EQ(between, 0);
+  }
+}
+
 TEST(Engine, ShutdownCancelsRunningAndQueued) {
   auto e = make_engine();
   Latch started;

@@ -24,7 +24,7 @@ void register_serve(CLI::App& app) {
   struct Opts {
     std::string model_dir, host = "127.0.0.1", effort_profile = "preview";
     int port = 8000, threads = 0, http_threads = 64, queue = 64, prefill_chunk = kPrefillChunkTokens,
-        max_batch = server::EngineOptions{}.max_batch;
+        max_batch = server::EngineOptions{}.max_batch, interleave_chunk = server::EngineOptions{}.interleave_chunk;
     double sse_keepalive = 5.0;
     int64_t ctx = 0;
     std::vector<std::string> api_keys, served_names;
@@ -55,6 +55,11 @@ void register_serve(CLI::App& app) {
                   "Requests generating at once, their tokens decoded together in one step (1 = one at a time)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
+  cmd->add_option("--interleave-chunk", o.interleave_chunk,
+                  "While other requests decode, prompt tokens prefilled between two of their steps (0 = a "
+                  "prompt runs to its end, the others wait)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65536));
   cmd->add_option("--effort-profile", o.effort_profile, "Reasoning-effort prompt table of the checkpoint: preview | 0731")
       ->capture_default_str()->check(CLI::IsMember({"preview", "0731"}));
   cmd->add_flag("--accept-any-model", o.accept_any, "Serve unknown model names with the loaded model instead of 404");
@@ -91,6 +96,7 @@ void register_serve(CLI::App& app) {
     eo.max_context = o.ctx;
     eo.max_queue = o.queue;
     eo.max_batch = o.max_batch;
+    eo.interleave_chunk = o.interleave_chunk;
     eo.prefill_chunk = o.prefill_chunk;
     server::Engine engine(model, tok, eo);
 

@@ -303,7 +303,7 @@ struct Active {
   GenerationResult res;
   Seq* seq = nullptr;
   int64_t L = 0;  // prompt tokens
-  Clock::time_point t_prefilled{};
+  Clock::time_point t_started{}, t_prefilled{};
   RequestSampler sampler;
   text::StreamDecoder detok;
   std::unordered_set<int32_t> stops;
@@ -349,6 +349,9 @@ struct Engine::Impl {
 
   void loop();
   std::unique_ptr<Active> start(std::unique_ptr<Job> job);
+  enum class Prefill { kDone, kMore, kEnded };
+  Prefill prefill(Active& a, int64_t budget);
+  void begin_decode(Active& a);
   bool pick(Active& a, int32_t& id);
   void step(std::vector<std::unique_ptr<Active>>& active);
   void drop(Active& a);
@@ -460,12 +463,15 @@ void Engine::shutdown() {
 }
 
 void Engine::Impl::loop() {
-  // Admit queued requests (each prefilled on arrival) while fewer than max_batch decode, then
-  // take one token for every decoding request in one forward step (continuous batching).
+  // Admit queued requests while fewer than max_batch generate, and take one token for every
+  // decoding request in one forward step (continuous batching). One admitted request at a time
+  // is prefilled: all at once while nothing decodes, else at most interleave_chunk prompt tokens
+  // between two decode steps, so that a long prompt does not stall the others' streams.
   const size_t max_batch = static_cast<size_t>(std::max(opt.max_batch, 1));
   std::vector<std::unique_ptr<Active>> active;
+  std::unique_ptr<Active> admitting;  // prefilling
   for (;;) {
-    while (active.size() < max_batch) {
+    while (!admitting && active.size() < max_batch) {
       std::unique_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lk(mu);
@@ -475,13 +481,32 @@ void Engine::Impl::loop() {
         queue.pop_front();
         running = true;
       }
-      if (auto a = start(std::move(job))) active.push_back(std::move(a));
+      admitting = start(std::move(job));
+      if (!admitting || !active.empty()) break;
+      // Nothing decodes: the prompt runs to its end, and the next request may be admitted.
+      if (prefill(*admitting, 0) == Prefill::kDone) {
+        begin_decode(*admitting);
+        active.push_back(std::move(admitting));
+      }
+      admitting.reset();
     }
     if (stopping) break;
+    if (admitting) {
+      const int64_t budget = opt.interleave_chunk > 0 ? opt.interleave_chunk : 0;
+      switch (prefill(*admitting, active.empty() ? 0 : budget)) {
+        case Prefill::kDone:
+          begin_decode(*admitting);
+          active.push_back(std::move(admitting));
+          break;
+        case Prefill::kEnded: admitting.reset(); break;
+        case Prefill::kMore: break;
+      }
+    }
     if (!active.empty()) step(active);
     std::lock_guard<std::mutex> lk(mu);
-    running = !active.empty();
+    running = !active.empty() || admitting;
   }
+  if (admitting) active.push_back(std::move(admitting));
   for (auto& a : active) {
     a->res.cause = FinishCause::kCancelled;
     end(*a);
@@ -663,16 +688,17 @@ void Engine::Impl::trim_retained(const Seq* keep) {
   }
 }
 
+// An admitted request: its sequence acquired (a retained prefix reused), not yet prefilled;
+// null when it ended here (cancelled while queued, or an error).
 std::unique_ptr<Active> Engine::Impl::start(std::unique_ptr<Job> job_ptr) {
   auto a = std::make_unique<Active>(std::move(job_ptr), vocab, model->config().vocab_size, *tok);
   Job& job = *a->job;
   const GenerationRequest& req = job.req;
   GenerationStats& st = a->res.stats;
-  const auto t_start = Clock::now();
-  const int64_t L = static_cast<int64_t>(req.prompt.size());
-  a->L = L;
-  st.prompt_tokens = static_cast<int>(L);
-  st.queue_seconds = seconds(job.submitted, t_start);
+  a->t_started = Clock::now();
+  a->L = static_cast<int64_t>(req.prompt.size());
+  st.prompt_tokens = static_cast<int>(a->L);
+  st.queue_seconds = seconds(job.submitted, a->t_started);
   if (cancelled(job)) {
     a->res.cause = FinishCause::kCancelled;
     end(*a);
@@ -681,23 +707,41 @@ std::unique_ptr<Active> Engine::Impl::start(std::unique_ptr<Job> job_ptr) {
   try {
     int64_t reused = 0;
     a->seq = &acquire(req.prompt, reused);
-    Seq* seq = a->seq;
-    seq->active = true;
-    seq->last_used = ++tick;
+    a->seq->active = true;
+    a->seq->last_used = ++tick;
     st.cached_tokens = static_cast<int>(reused);
+  } catch (const std::exception& e) {
+    a->res.cause = FinishCause::kError;
+    a->res.error = e.what();
+    drop(*a);
+    end(*a);
+    return nullptr;
+  }
+  return a;
+}
 
+// Prefills an admitted request's prompt: to its end (budget 0), or chunks until at least
+// `budget` tokens ran. kEnded: cancelled or failed, and ended (end() called).
+Engine::Impl::Prefill Engine::Impl::prefill(Active& a, int64_t budget) {
+  Job& job = *a.job;
+  const GenerationRequest& req = job.req;
+  GenerationStats& st = a.res.stats;
+  const int64_t L = a.L;
+  try {
+    Seq* seq = a.seq;
+    seq->last_used = ++tick;
     // Prefill the suffix. A fresh sequence runs token 0 alone: Model::attention lays out a
     // chunk that starts at position 0 with fewer than `window` index slots, which changes the
     // 64-entry summation blocks; every later chunk uses the full layout, which is the decode
     // layout, so each position is computed identically however the prompt was split or reused
     // (and a 1-token chunk at 0 has a single visible row, the same under either layout).
     const int64_t interval = std::max(opt.checkpoint_interval, 0);
-    int64_t pos = seq->state.pos;
+    int64_t pos = seq->state.pos, ran = 0;
     bool stopped = false;
-    while (pos < L) {
+    while (pos < L && (budget <= 0 || ran < budget)) {
       // Chunks start at multiples of the chunk length (after the first token), so a prompt is
-      // cut the same way whatever was reused.
-      const int64_t chunk = std::max(opt.prefill_chunk, 1);
+      // cut the same way whatever was reused; between decode steps at multiples of the budget.
+      const int64_t chunk = std::max<int64_t>(budget > 0 ? std::min<int64_t>(budget, opt.prefill_chunk) : opt.prefill_chunk, 1);
       int64_t end_pos = pos == 0 ? 1 : std::min(L, (pos / chunk + 1) * chunk);
       if (interval > 0) end_pos = std::min(end_pos, (pos / interval + 1) * interval);
       if (pos < L - 1) end_pos = std::min(end_pos, L - 1);  // so a checkpoint can sit just before the last token
@@ -710,13 +754,14 @@ std::unique_ptr<Active> Engine::Impl::start(std::unique_ptr<Job> job_ptr) {
         if (job.on_progress) job.on_progress(pos + static_cast<int64_t>(n) * done / blocks, L);
         return !cancelled(job);
       };
-      if (!model->forward(seq->state, req.prompt.data() + pos, n, end_pos == L ? a->logits.data() : nullptr, nullptr,
+      if (!model->forward(seq->state, req.prompt.data() + pos, n, end_pos == L ? a.logits.data() : nullptr, nullptr,
                           on_layer)) {
         stopped = true;
         break;
       }
       seq->tokens.insert(seq->tokens.end(), req.prompt.begin() + pos, req.prompt.begin() + end_pos);
       pos = end_pos;
+      ran += n;
       // At L-1 the snapshot serves a repeat of this prompt and a next turn that re-renders the
       // prompt's last token (e.g. "<think>" dropped from history), not only extensions.
       if (opt.retained_sequences > 0 && ((interval > 0 && pos % interval == 0) || pos == L - 1)) add_checkpoint(*seq);
@@ -726,33 +771,40 @@ std::unique_ptr<Active> Engine::Impl::start(std::unique_ptr<Job> job_ptr) {
         break;
       }
     }
-    a->t_prefilled = Clock::now();
-    st.prefill_seconds = seconds(t_start, a->t_prefilled);
     if (stopped) {
-      a->res.cause = FinishCause::kCancelled;
-      end(*a);
-      return nullptr;
+      a.t_prefilled = Clock::now();
+      st.prefill_seconds = seconds(a.t_started, a.t_prefilled);
+      a.res.cause = FinishCause::kCancelled;
+      end(a);
+      return Prefill::kEnded;
     }
+    if (pos < L) return Prefill::kMore;
   } catch (const std::exception& e) {
-    a->res.cause = FinishCause::kError;
-    a->res.error = e.what();
-    drop(*a);
-    end(*a);
-    return nullptr;
+    a.res.cause = FinishCause::kError;
+    a.res.error = e.what();
+    drop(a);
+    end(a);
+    return Prefill::kEnded;
   }
-  // Decode: sample from the current logits, emit, then run the token for the next logits.
+  a.t_prefilled = Clock::now();
+  st.prefill_seconds = seconds(a.t_started, a.t_prefilled);  // (decode steps of others included)
+  return Prefill::kDone;
+}
+
+// Decode: sample from the current logits, emit, then run the token for the next logits.
+void Engine::Impl::begin_decode(Active& a) {
+  const GenerationRequest& req = a.job->req;
   const bool json_mode = req.json_object && req.forced_tokens.empty();
-  a->stops.insert(req.stop_ids.begin(), req.stop_ids.end());
-  a->stops.insert(eos.begin(), eos.end());
+  a.stops.insert(req.stop_ids.begin(), req.stop_ids.end());
+  a.stops.insert(eos.begin(), eos.end());
   // Forced tokens not yet emitted; armed from the start or once `force_after` is generated.
-  a->force_armed = req.forced_tokens.empty() || req.force_after < 0;
-  if (!req.forced_tokens.empty() && req.force_after < 0) a->forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
+  a.force_armed = req.forced_tokens.empty() || req.force_after < 0;
+  if (!req.forced_tokens.empty() && req.force_after < 0) a.forced.assign(req.forced_tokens.begin(), req.forced_tokens.end());
   // JSON mode: armed from the start or once `json_after` is generated.
-  a->json_mode = json_mode;
-  a->json_armed = json_mode && req.json_after < 0;
-  a->json.v.limit_whitespace(64, 8);
+  a.json_mode = json_mode;
+  a.json_armed = json_mode && req.json_after < 0;
+  a.json.v.limit_whitespace(64, 8);
   if (json_mode) build_token_table();
-  return a;
 }
 
 // The next token of a decoding request from its logits, emitted; true when the request goes on

@@ -92,9 +92,12 @@ struct EngineOptions {
   int64_t max_context = 0;    // per-sequence token limit (0 = model maximum)
   int max_queue = 64;         // pending requests beyond this are refused (HTTP 429/503)
   // Requests generating at once: their tokens run through the model together, one decode step
-  // for all (each weight read once per step). A new request's prompt is prefilled when it is
-  // admitted, and the others wait meanwhile. 1 = one request at a time.
+  // for all (each weight read once per step). 1 = one request at a time.
   int max_batch = 4;
+  // While others decode, a newly admitted prompt is prefilled at most this many tokens (in
+  // chunks at multiples of it) between two decode steps, so a long prompt does not stall their
+  // streams; with nothing decoding it runs to its end. 0 = always to its end (the others wait).
+  int interleave_chunk = 256;
   int retained_sequences = 4; // live sequences kept for prefix reuse
   int checkpoint_interval = 1024;  // prompt positions at which a reusable state snapshot is kept
   // Added with the engine (docs/prefix-cache.md):
