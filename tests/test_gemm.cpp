@@ -238,7 +238,8 @@ const Shape kFp8Shapes[] = {{1, 300, 1024}, {2, 129, 200}, {3, 17, 130}, {17, 25
                             {6, 40, 2080}, {9, 40, 2080},  // (three K chunks of the M >= 4 tiles, the last one
                                                            // short; 9 rows: tiles at any small-M limit)
                             {16, 16, 256}, {6, 50, 512}, {40, 300, 768}, {33, 129, 1280},  // (AMX: 1-3 token and row blocks)
-                            {7, 140, 640}};  // (small M in passes of 4 and 3 rows sharing each weight load)
+                            {7, 140, 640},   // (small M in passes of 4 and 3 rows sharing each weight load)
+                            {13, 40, 512}};  // (passes of 4, 4, 4 and 1: the shared-load rows up to M = 15)
 
 // HC_PRE's sums over many tokens (tokens in the vector lanes) equal the one-token chains bit for
 // bit on every path: row counts that take full, partial and single-row passes, token counts

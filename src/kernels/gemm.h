@@ -187,9 +187,12 @@ constexpr int kTilesMinM = 4;
 // Below this many rows the BF16 products with bf16 pairs and the folded FP8 products through
 // GFNI stay on the small-M back ends past gemm_small_m_limit(): those share each weight load
 // across up to 4 rows (a decode step of several sequences) and beat the tiles there (Zen 5,
-// 2 threads, weights from DRAM: head M = 8 3.95 ms vs 5.41, wo_b 2.58 vs 3.43; at M = 12 the
-// FP8 tiles win, 3.64 vs 3.89).
-constexpr int kSharedLoadMaxM = 12;
+// 2 threads, weights from DRAM: head M = 8 3.95 ms vs 5.41, wo_b 2.58 vs 3.43). 16 since the FP8
+// rows run as bf16 pairs (fp8_small_pairs_active): at M = 12, two alternating runs, wq_b
+// 4.57 / 3.77 ms vs the tiles' 4.93 / 3.90, wo_b 3.82 / 2.99 vs 4.39 / 4.24, shared w1 0.79 /
+// 0.80 vs 1.17 / 1.10, head 4.55 / 4.72 vs 6.95 / 6.33 (the fp32 GFNI rows lost to the FP8
+// tiles there: wo_b 3.89 vs 3.64).
+constexpr int kSharedLoadMaxM = 16;
 // One GEMM as the ISA back ends see it. Activation rows are readable and zero up to kp.
 enum class Kind { Fp8, Fp4, Fp8AsBf16, Bf16 };
 struct Problem {
