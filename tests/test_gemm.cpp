@@ -152,6 +152,7 @@ struct TilesGuard {
   bool saved_gfni = fp8_gfni_active();
   bool saved_small_pairs = fp8_small_pairs_active();
   bool saved_nta = fp8_prefetch_nta_active();
+  bool saved_ahead = fp4_prefetch_ahead_active();
   bool saved_amx = gemm_amx_active();
   ~TilesGuard() {
     force_gemm_amx(saved_amx);
@@ -160,6 +161,7 @@ struct TilesGuard {
     force_fp8_gfni(saved_gfni);
     force_fp8_small_pairs(saved_small_pairs);
     force_fp8_prefetch_nta(saved_nta);
+    force_fp4_prefetch_ahead(saved_ahead);
   }
 };
 
@@ -168,7 +170,8 @@ struct TilesGuard {
 // also without the small-M FP4 byte form and FP8 GFNI decode (which are on in the other runs),
 // once with the GFNI rows in fp32 FMAs instead of VDPBF16PS pairs, and where it has AMX once more
 // with the AMX tiles (off in the other runs).
-// The FP8 rows' prefetch hint alternates with the thread count (NTA at 1 thread, T0 at 2).
+// The FP8 rows' prefetch hint alternates with the thread count (NTA at 1 thread, T0 at 2), and
+// so does the FP4 rows' prefetch (ahead in the row at 2 threads, the next rows at 1).
 template <class F>
 std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f) {
   IsaGuard g;
@@ -203,6 +206,7 @@ std::vector<float> check_all_paths(size_t out_size, const std::string& what, F f
       force_gemm_amx(v.amx);
       for (ThreadPool* p : {&p1, &p2}) {
         force_fp8_prefetch_nta(p == &p1);
+        force_fp4_prefetch_ahead(p == &p2);
         std::vector<float> y(out_size, -7.0f);
         f(*p, y);
         const std::string variant = isa != Isa::Avx512                    ? ""
@@ -837,8 +841,8 @@ TEST(Gemm, ManyRowsPreparedOnEveryThread) {
 }
 
 // The FP8 rows' prefetch hint: NTA by default on AMD CPUs only (the vendor as /proc/cpuinfo
-// names it), T0 elsewhere, and forcing sets it either way.
-TEST(Gemm, Fp8PrefetchHintDefaultsByVendorAndCanBeForced) {
+// names it), T0 elsewhere, and forcing sets it either way; the FP4 rows' prefetch alike.
+TEST(Gemm, PrefetchChoicesDefaultByVendorAndCanBeForced) {
   std::ifstream info("/proc/cpuinfo");
   std::string line, vendor;
   while (vendor.empty() && std::getline(info, line))
@@ -854,6 +858,14 @@ TEST(Gemm, Fp8PrefetchHintDefaultsByVendorAndCanBeForced) {
   EXPECT_TRUE(fp8_prefetch_nta_active());
   EXPECT_TRUE(force_fp8_prefetch_nta(false));
   EXPECT_FALSE(fp8_prefetch_nta_active());
+  // The FP4 rows' in-row prefetch the same way (gemm.h).
+  if (!std::getenv("DSV4_FP4_PREFETCH_AHEAD")) {
+    EXPECT_EQ(fp4_prefetch_ahead_active(), cpu_is_amd());
+  }
+  force_fp4_prefetch_ahead(true);
+  EXPECT_TRUE(fp4_prefetch_ahead_active());
+  EXPECT_TRUE(force_fp4_prefetch_ahead(false));
+  EXPECT_FALSE(fp4_prefetch_ahead_active());
 }
 
 // Below gemm_small_m_limit() rows the small-M back ends run: 8 rows with the VDPBF16PS tiles and

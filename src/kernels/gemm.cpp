@@ -96,6 +96,7 @@ gd::Problem base_problem(gd::Kind kind, int M, int K) {
                active_isa() == Isa::Avx512 && fp8_gfni_active();
   p.fp8_nta = (kind == gd::Kind::Fp8 || kind == gd::Kind::Fp8AsBf16) && (M < p.small_m || p.fp8_gfni) &&
               fp8_prefetch_nta_active();
+  p.fp4_ahead = kind == gd::Kind::Fp4 && fp4_prefetch_ahead_active();
   return p;
 }
 
@@ -788,6 +789,7 @@ static CpuFormSwitch g_fp4_bytes("DSV4_FP4_BYTES", cpu_has_avx512_vbmi);
 static CpuFormSwitch g_fp8_gfni("DSV4_FP8_GFNI", cpu_has_avx512_vbmi_gfni);
 static CpuFormSwitch g_fp8_small_pairs("DSV4_FP8_SMALL_PAIRS", cpu_has_avx512_vbmi_gfni);
 static CpuFormSwitch g_fp8_nta("DSV4_FP8_PREFETCH_NTA", [] { return true; }, cpu_is_amd);
+static CpuFormSwitch g_fp4_ahead("DSV4_FP4_PREFETCH_AHEAD", [] { return true; }, cpu_is_amd);
 static CpuFormSwitch g_amx("DSV4_GEMM_AMX", cpu_has_amx_bf16);
 static CpuFormSwitch g_fp4_two_planes("DSV4_FP4_TWO_PLANES", [] { return isa_supported(Isa::Avx2); });
 
@@ -801,6 +803,8 @@ bool fp8_small_pairs_active() { return g_fp8_small_pairs.active(); }
 bool force_fp8_small_pairs(bool on) { return g_fp8_small_pairs.force(on); }
 bool fp8_prefetch_nta_active() { return g_fp8_nta.active(); }
 bool force_fp8_prefetch_nta(bool on) { return g_fp8_nta.force(on); }
+bool fp4_prefetch_ahead_active() { return g_fp4_ahead.active(); }
+bool force_fp4_prefetch_ahead(bool on) { return g_fp4_ahead.force(on); }
 bool gemm_amx_active() { return g_amx.active(); }
 bool force_gemm_amx(bool on) { return g_amx.force(on); }
 int gemm_amx_min_m() { return 4; }

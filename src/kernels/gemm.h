@@ -166,6 +166,15 @@ bool force_fp8_small_pairs(bool on);  // (as force_fp8_gfni)
 bool fp8_prefetch_nta_active();
 // For tests and benchmarks; returns the previous setting.
 bool force_fp8_prefetch_nta(bool on);
+// Small-M FP4 rows on AVX-512 ask for each row's own lines kFp4AheadBytes / R ahead (the next
+// pass's rows near a row's end), and nothing into L2, instead of the next pass's rows at the
+// same offset plus rows kFp4FarRows further into L2. On a Zen 5 VM (two threads, weights from
+// DRAM, the two forms alternating within one process) the experts' w1 / w2 at M = 1 took
+// 10-16 % / 5-16 % less time so; the Xeon's tuning was the other one, so the default is this
+// on AMD CPUs only; env DSV4_FP4_PREFETCH_AHEAD=0|1, or force_fp4_prefetch_ahead(), overrides.
+// Speed only: the results are the same.
+bool fp4_prefetch_ahead_active();
+bool force_fp4_prefetch_ahead(bool on);  // (as force_fp8_prefetch_nta)
 
 // FP8 products of at least gemm_amx_min_m() rows through AMX tiles (gemm_detail::rows_amx_fp8)
 // where the CPU has them (cpu_has_amx_bf16) and K is a multiple of kFp8StepK, under the
@@ -238,6 +247,8 @@ struct Problem {
   bool fp8_gfni = false;
   // FP8 kinds, M < 4: the rows' software prefetch uses PREFETCHNTA (fp8_prefetch_nta_active).
   bool fp8_nta = false;
+  // Fp4, small-M AVX-512 rows: the in-row prefetch ahead (fp4_prefetch_ahead_active).
+  bool fp4_ahead = false;
   // Through AMX tiles (rows_amx_fp8, rows_amx_fp4): the activations as tile rows. FP8 kinds:
   // [ceil(M / 16)][K / 256][8][16][16] dwords (token block, step, lane d, pair j, token): dword =
   // element 256 s + 16 j + d (low word), element 256 s + 16 j + 8 + d (high word), as bf16.
@@ -408,6 +419,11 @@ constexpr int kFp4TwoPlaneMaxBlocks = 64;  // (K <= 8192: the experts' widths, 2
 // DRAM (540 MB), best of 5, Xeon VM, 2 threads: 16-21 -> 22.6-24.1 GB/s; one thread 10.3-12.0 ->
 // 10.8-13.0.
 constexpr int kFp4FarRows = 16;
+// With fp4_prefetch_ahead_active (AVX-512): the bytes a pass of R rows asks for ahead, together
+// (each row kFp4AheadBytes / R ahead of its reads; at most a row). Zen 5 VM, paired rounds, w1
+// (8 rows a pass) / w2 (4 rows): 1536 bytes 0.91 / 1.00 of the time without, 3072 0.84 / 0.82-0.96,
+// 4096 0.84 / 0.84-0.94, 8192 0.86 / 0.84-0.93.
+constexpr int kFp4AheadBytes = 4096;
 void fp4_int_activations(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok, uint32_t* high = nullptr);
 void fp4_int_activations_avx512(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok);  // the same, one plane
 void fp4_int_activations_avx2(const float* a, int nb, uint32_t* words, float* unit, uint8_t* ok, uint32_t* high);  // the same

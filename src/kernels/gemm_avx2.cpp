@@ -298,7 +298,8 @@ template <int R, bool kRawScales, bool kTwo>
 inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* words, const uint32_t* high,
                          const uint8_t* two, int n_two, Vec* hparts, const float* unit, const float* /*corr*/, const uint8_t* ok,
                          const float* a, const float* const* scales_f32, const uint8_t* const* scales_raw, Vec* evens_io,
-                         Vec* lanes_io, const uint8_t* const* next, const uint8_t* const* far) {
+                         Vec* lanes_io, const uint8_t* const* next, const uint8_t* const* far,
+                         bool /*ahead: AVX-512's in-row prefetch (its rows are one per pass here)*/) {
   if constexpr (kTwo) {
     const __m256 h_scale = _mm256_set1_ps(0x1p7f);  // x_h = 256 sum h w
     for (int i = 0; i < n_two; ++i) {

@@ -192,13 +192,25 @@ inline Vec fp4_lane_scales_f32(const float* scales, int b) {
   return _mm512_permutevar_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(scales + 4 * b)),
                               _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
 }
-// Per block of fp4_rows_int and fp4_rows_bytes: the next rows' codes asked for (see there), a
+// Per block of fp4_rows_int and fp4_rows_bytes: the codes asked for ahead (see there), a
 // block's fp32 partials (blocks without an integer form), and the partials times the lane scales
 // into the lane vectors.
+// With `ahead` (fp4_prefetch_ahead_active) each row's line kFp4AheadBytes / R further on, past
+// its end the next pass's rows' first lines; else the next pass's rows at this block, and the
+// rows kFp4FarRows further on into L2.
 template <int R>
-inline void fp4_rows_prefetch(const uint8_t* const* next, const uint8_t* const* far, int b) {
-  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j] + 64 * b), _MM_HINT_T0);
-  for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(far[j] + 64 * b), _MM_HINT_T1);
+inline void fp4_rows_prefetch(const uint8_t* const* codes, const uint8_t* const* next, const uint8_t* const* far, int full,
+                              int b, bool ahead) {
+  if (ahead) {
+    constexpr int kAhead = kFp4AheadBytes / (64 * R);
+    const int t = b + (kAhead < full ? kAhead : full);
+    const uint8_t* const* rows = t < full ? codes : next;
+    const int at = 64 * (t < full ? t : t - full);
+    for (int j = 0; j < R; ++j) isa_local::prefetch_line(rows[j] + at, false);
+    return;
+  }
+  for (int j = 0; j < R; ++j) isa_local::prefetch_line(next[j] + 64 * b, false);
+  for (int j = 0; j < R; ++j) isa_local::prefetch_line_l2(far[j] + 64 * b);
 }
 template <int R>
 inline void fp4_rows_fp32_parts(const Fp4Blk* c, const float* ab, Vec* part) {
@@ -251,7 +263,7 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
                                                          const float* const* scales_f32,
                                                          const uint8_t* const* scales_raw, Vec* evens_io,
                                                          Vec* lanes_io, const uint8_t* const* next,
-                                                         const uint8_t* const* far) {
+                                                         const uint8_t* const* far, bool ahead) {
   const __m512i tab = fp4_byte_table();
   // VPMULTISHIFTQB brings each byte's high nibble down (bits 8i+4 .. of its qword; the bits
   // above the nibble are don't-cares for VPERMB, as the table repeats): a port-5 byte move in
@@ -283,7 +295,7 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
   // stays written out here: moved into a lambda shared with the three planes, GCC scheduled it
   // worse for R = 8, w1 at M = 1 one thread in cache ~14 % slower.)
   auto block = [&]<bool kOdd>(int b) __attribute__((target("avx512vbmi"))) {
-    fp4_rows_prefetch<R>(next, far, b);
+    fp4_rows_prefetch<R>(codes, next, far, full, b, ahead);
     Vec part[R];
     if (ok[b] == 1) {
       // Row by row, so that only one row's weight bytes are live (all rows' at once spill).
@@ -323,7 +335,7 @@ __attribute__((target("avx512vbmi"))) void fp4_rows_bytes(const uint8_t* const* 
 // (all plain: fp4_scales_plain). next: the codes of the R rows that follow, asked for in the order
 // they will be read, one row group ahead (a linear prefetch of those rows reached the last of them
 // too late: one core, cold, 9.3-10.5 -> 10.5-11.9 GB/s); far: rows kFp4FarRows past those, asked
-// into L2 only (see kFp4FarRows). With corr set, `words` is the byte form and fp4_rows_bytes runs,
+// into L2 only (see kFp4FarRows); with `ahead` the rows' own lines instead (fp4_rows_prefetch). With corr set, `words` is the byte form and fp4_rows_bytes runs,
 // `high` its top planes (blocks flagged 2). The word form has no two-plane blocks (kTwo and the
 // per-row high sums are AVX2's).
 constexpr bool kFp4TwoPlanes = false;
@@ -332,15 +344,15 @@ inline void fp4_rows_int(const uint8_t* const* codes, int full, const uint32_t* 
                          const uint8_t* /*two*/, int /*n_two*/, Vec* /*hparts*/, const float* unit,
                          const float* corr, const uint8_t* ok, const float* a, const float* const* scales_f32,
                          const uint8_t* const* scales_raw, Vec* evens, Vec* lanes, const uint8_t* const* next,
-                         const uint8_t* const* far) {
+                         const uint8_t* const* far, bool ahead) {
   static_assert(!kTwo);
   if (corr) {
-    fp4_rows_bytes<R, kRawScales>(codes, full, words, high, unit, corr, ok, a, scales_f32, scales_raw, evens, lanes, next, far);
+    fp4_rows_bytes<R, kRawScales>(codes, full, words, high, unit, corr, ok, a, scales_f32, scales_raw, evens, lanes, next, far, ahead);
     return;
   }
   const __m512i tab = fp4_int_table();
   auto block = [&]<bool kOdd>(int b) {  // (as fp4_rows_bytes)
-    fp4_rows_prefetch<R>(next, far, b);
+    fp4_rows_prefetch<R>(codes, next, far, full, b, ahead);
     Fp4Blk c[R];
     Vec part[R];
     for (int j = 0; j < R; ++j) c[j].dw = _mm512_loadu_si512(codes[j] + 64 * b);

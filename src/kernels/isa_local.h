@@ -20,4 +20,16 @@ static inline float bf16_round(float f) {
   return f;
 }
 
+// Software prefetch of p's line: T0 or NTA, or T1 (into L2). As volatile asm: GCC 12 dropped
+// __builtin_prefetch / _mm_prefetch where their address came from a branch, and every one in
+// a small inline helper that did nothing else (it took the helper for a function without side
+// effects and deleted the call); no prefetch instruction was left in the callers.
+static inline void prefetch_line(const void* p, bool nta) {
+  if (nta)
+    asm volatile("prefetchnta %0" : : "m"(*static_cast<const char*>(p)));
+  else
+    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+}
+static inline void prefetch_line_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+
 }  // namespace dsv4::isa_local
