@@ -3,7 +3,10 @@
 // shuts down cleanly in either state.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <utility>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -41,6 +44,28 @@ TEST(ThreadPool, ChunksHoldAtLeastTheGrain) {
     if (e - b < 64 && e != 1000) small++;  // only the last chunk may be short
   }, 64);
   EXPECT_EQ(small.load(), 0);
+}
+
+// Guided chunks: each takes a quarter (two threads) of what is left, at least the grain, so they
+// shrink towards the end and the last one is a single item; which thread takes which does not
+// change the chunks.
+TEST(ThreadPool, ChunksShrinkTowardsTheEnd) {
+  ThreadPool pool(2);
+  std::mutex mu;
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  pool.parallel_for(1000, [&](int64_t b, int64_t e) {
+    std::lock_guard<std::mutex> lk(mu);
+    chunks.emplace_back(b, e);
+  });
+  std::sort(chunks.begin(), chunks.end());
+  ASSERT_GE(chunks.size(), 8u);
+  EXPECT_EQ(chunks.front(), std::make_pair(int64_t{0}, int64_t{250}));
+  EXPECT_EQ(chunks[1], std::make_pair(int64_t{250}, int64_t{438}));  // ceil(750 / 4) = 188
+  for (size_t i = 1; i < chunks.size(); ++i) {
+    EXPECT_EQ(chunks[i].first, chunks[i - 1].second);
+    EXPECT_LE(chunks[i].second - chunks[i].first, chunks[i - 1].second - chunks[i - 1].first);
+  }
+  EXPECT_EQ(chunks.back().second - chunks.back().first, 1);
 }
 
 // Thousands of tiny jobs in a row: the workers stay in their spin phase between them, so this is

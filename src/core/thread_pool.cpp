@@ -57,10 +57,15 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::run_chunks() {
   in_pool_job = true;
-  for (;;) {
-    const int64_t b = next_.fetch_add(chunk_);
-    if (b >= n_) break;
-    (*fn_)(b, std::min(n_, b + chunk_));
+  // Guided: each claim takes its share of what is left (at least the grain), so chunks shrink
+  // towards the end and the threads finish close together.
+  const int64_t share = 2 * static_cast<int64_t>(size());
+  int64_t b = next_.load();
+  while (b < n_) {
+    const int64_t len = std::max(grain_, (n_ - b + share - 1) / share);
+    if (!next_.compare_exchange_weak(b, b + len)) continue;  // (b now holds the current counter)
+    (*fn_)(b, std::min(n_, b + len));
+    b = next_.load();
   }
   in_pool_job = false;
 }
@@ -92,11 +97,9 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
-  // A few chunks per thread balance uneven work without much scheduling overhead.
-  const int64_t parts = static_cast<int64_t>(size()) * 4;
   fn_ = &fn;
   n_ = n;
-  chunk_ = std::max(grain, (n + parts - 1) / parts);
+  grain_ = grain;
   next_.store(0);
   active_.store(static_cast<int>(workers_.size()));
   generation_.fetch_add(1);  // publishes the job fields above

@@ -29,7 +29,11 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(begin, end) on disjoint chunks covering [0, n), in parallel; returns when all are
-  // done. Chunks hold at least `grain` items. Nested calls from inside fn run serially.
+  // done. Chunks hold at least `grain` items (the last may hold fewer) and shrink towards the
+  // end: a claim takes 1 / (2 x threads) of what is left, so the threads finish close together
+  // (one slow chunk at the end left a thread idle for up to an eighth of a product: two threads,
+  // FP4 at M = 1 from DRAM, 4-7 % less time than with four fixed chunks per thread). Nested calls
+  // from inside fn run serially.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
  private:
@@ -49,7 +53,7 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   // Current job.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0, chunk_ = 1;
+  int64_t n_ = 0, grain_ = 1;
   std::atomic<int64_t> next_{0};
 };
 
