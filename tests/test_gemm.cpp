@@ -851,21 +851,19 @@ TEST(Gemm, PrefetchChoicesDefaultByVendorAndCanBeForced) {
     EXPECT_EQ(cpu_is_amd(), vendor == "AuthenticAMD") << vendor;
   }
   TilesGuard g;
-  if (!std::getenv("DSV4_FP8_PREFETCH_NTA")) {
-    EXPECT_EQ(fp8_prefetch_nta_active(), cpu_is_amd());
-  }
-  force_fp8_prefetch_nta(true);
-  EXPECT_TRUE(fp8_prefetch_nta_active());
-  EXPECT_TRUE(force_fp8_prefetch_nta(false));
-  EXPECT_FALSE(fp8_prefetch_nta_active());
-  // The FP4 rows' in-row prefetch the same way (gemm.h).
-  if (!std::getenv("DSV4_FP4_PREFETCH_AHEAD")) {
-    EXPECT_EQ(fp4_prefetch_ahead_active(), cpu_is_amd());
-  }
-  force_fp4_prefetch_ahead(true);
-  EXPECT_TRUE(fp4_prefetch_ahead_active());
-  EXPECT_TRUE(force_fp4_prefetch_ahead(false));
-  EXPECT_FALSE(fp4_prefetch_ahead_active());
+  // Each choice: on AMD by default (unless its env variable sets it), and force() sets it and
+  // returns the previous setting.
+  auto check = [](const char* env, bool (*active)(), bool (*force)(bool)) {
+    if (!std::getenv(env)) {
+      EXPECT_EQ(active(), cpu_is_amd()) << env;
+    }
+    force(true);
+    EXPECT_TRUE(active()) << env;
+    EXPECT_TRUE(force(false)) << env;
+    EXPECT_FALSE(active()) << env;
+  };
+  check("DSV4_FP8_PREFETCH_NTA", fp8_prefetch_nta_active, force_fp8_prefetch_nta);
+  check("DSV4_FP4_PREFETCH_AHEAD", fp4_prefetch_ahead_active, force_fp4_prefetch_ahead);  // (gemm.h)
 }
 
 // Below gemm_small_m_limit() rows the small-M back ends run: 8 rows with the VDPBF16PS tiles and
