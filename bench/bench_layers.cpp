@@ -109,8 +109,8 @@ BENCHMARK(BM_sparse_attention)
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // HC_PRE's sums (ss and 24 mix rows over the 4 x 4096 streams) and the Sinkhorn comb, then
-// HC_POST, split over the pool as the model does (decode: one token's parts; prefill: groups of
-// 16 tokens). GB/s of the streams' bytes read by the sums (the 1.5 MiB of mix weights per site
+// HC_POST, split over the pool as the model does (decode: one token's chains in two parts;
+// prefill: groups of 16 tokens). GB/s of the streams' bytes read by the sums (the 1.5 MiB of mix weights per site
 // are read once per call as well).
 void BM_mhc(benchmark::State& st) {
   const IsaScope isa(st);
@@ -124,15 +124,12 @@ void BM_mhc(benchmark::State& st) {
   std::vector<float> comb(static_cast<size_t>(tokens) * kHc * kHc);
   ThreadPool& pool = bench_pool();
   for (auto _ : st) {
-    if (tokens < 16) {  // decode: per token the sum of squares and three parts of 8 mix rows over the pool
-      pool.parallel_for(static_cast<int64_t>(tokens) * 4, [&](int64_t i0, int64_t i1) {
+    if (tokens < 16) {  // decode: per token its 25 chains (ss, then the mix rows) in two parts over the pool
+      pool.parallel_for(static_cast<int64_t>(tokens) * 2, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
-          const size_t t = static_cast<size_t>(i / 4);
-          const int part = static_cast<int>(i % 4);
-          if (part == 0)
-            ss[t] = hc_sum_squares(&h[t * HD], HD);
-          else
-            hc_mix_rows(&fn[static_cast<size_t>(part - 1) * 8 * HD], 8, HD, &h[t * HD], &mix[t * kHcRows + static_cast<size_t>(part - 1) * 8]);
+          const size_t t = static_cast<size_t>(i / 2);
+          const int c0 = static_cast<int>(i % 2) * 13;
+          hc_token_sums(fn.data(), HD, &h[t * HD], c0, std::min(kHcRows + 1, c0 + 13), &ss[t], &mix[t * kHcRows]);
         }
       });
     } else {  // prefill: 16 tokens in the vector lanes

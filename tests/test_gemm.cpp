@@ -293,6 +293,44 @@ TEST(HcMix, TokensEqualOneTokenChainsOnEveryPath) {
   EXPECT_NE(f32_bits(fused), f32_bits(plain));
 }
 
+// One token's chains with the chains in the vector lanes (decode's HC_PRE, the head) equal the
+// scalar rows and sum of squares bit for bit on every path: chain counts that fill one or two
+// vectors or part of one, lengths with and without a partial last block, a source that is x
+// itself (the sum of squares). Nothing is written past the n outputs.
+TEST(HcMix, ChainsEqualScalarRowsOnEveryPath) {
+  IsaGuard guard;
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> ex(-12, 12);
+  for (const int HD : {5, 16, 37, 1000}) {
+    std::vector<float> fn(static_cast<size_t>(kHcMaxChains) * HD), x(static_cast<size_t>(HD));
+    for (auto& v : fn) v = std::ldexp(nd(rng), ex(rng));
+    for (auto& v : x) v = std::ldexp(nd(rng), ex(rng));
+    for (const int n : {1, 3, 8, 9, 13, 16}) {
+      // Chain 0 the sum of squares, the others rows of fn (the decode site's first part).
+      std::vector<const float*> src{x.data()};
+      for (int c = 1; c < n; ++c) src.push_back(&fn[static_cast<size_t>(c) * HD]);
+      std::vector<float> want(static_cast<size_t>(n) + 1);
+      want[0] = hc_sum_squares(x.data(), HD);
+      hc_mix_rows(&fn[static_cast<size_t>(HD)], n - 1, HD, x.data(), &want[1]);
+      for (Isa isa : all_isas()) {
+        force_isa(isa);
+        const float sentinel = -7.5f;
+        std::vector<float> out(want.size(), sentinel);
+        hc_mix_chains(src.data(), n, HD, x.data(), out.data());
+        expect_bits_then_sentinel(out, want, n, sentinel,
+                                  std::string(isa_name(isa)) + " HD " + std::to_string(HD) + " chains " + std::to_string(n));
+      }
+    }
+  }
+  std::vector<float> x(8, 1.0f), out(1, -7.5f);
+  const float* src[kHcMaxChains + 1] = {};
+  hc_mix_chains(src, 0, 8, x.data(), out.data());  // (no chains: nothing read or written)
+  EXPECT_EQ(out[0], -7.5f);
+  for (auto& p : src) p = x.data();
+  EXPECT_THROW(hc_mix_chains(src, kHcMaxChains + 1, 8, x.data(), out.data()), Error);
+}
+
 // HC_POST on every path equals the spec formula evaluated element by element (the sum from +0
 // in order of j, then post * f added, one bf16 rounding), bit for bit: stream counts with and
 // without the 4-stream form, ranges with vector tails, magnitudes over many binades (another

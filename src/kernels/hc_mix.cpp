@@ -16,21 +16,12 @@ namespace dsv4 {
 // that share the loads of x; each sum's order is unchanged.
 void hc_mix_rows(const float* fn, int rows, int HD, const float* x, float* mix) {
   constexpr int kRows = 8;
-  auto group = [&](int j0, auto count) {
-    constexpr int R = decltype(count)::value;
-    float acc[R] = {};
-    const float* f[R];
-    for (int u = 0; u < R; ++u) f[u] = fn + static_cast<long>(j0 + u) * HD;
-    for (int i = 0; i < HD; ++i) {
-      const float xi = x[i];
-      for (int u = 0; u < R; ++u) acc[u] += f[u][i] * xi;
-    }
-    for (int u = 0; u < R; ++u) mix[j0 + u] = acc[u];
-  };
-  int j = 0;
-  for (; j + kRows <= rows; j += kRows) group(j, std::integral_constant<int, kRows>{});
-  for (; j + 4 <= rows; j += 4) group(j, std::integral_constant<int, 4>{});
-  for (; j < rows; ++j) group(j, std::integral_constant<int, 1>{});
+  const float* src[kRows];
+  for (int j = 0; j < rows; j += kRows) {
+    const int n = std::min(kRows, rows - j);
+    for (int u = 0; u < n; ++u) src[u] = fn + static_cast<long>(j + u) * HD;
+    hc_mix_detail::chains_scalar(src, n, HD, x, mix + j);
+  }
 }
 
 float hc_sum_squares(const float* x, int HD) {
@@ -40,6 +31,22 @@ float hc_sum_squares(const float* x, int HD) {
 }
 
 namespace hc_mix_detail {
+void chains_scalar(const float* const* src, int n, int HD, const float* x, float* out) {
+  auto group = [&](int c0, auto count) {
+    constexpr int R = decltype(count)::value;
+    float acc[R] = {};
+    for (int i = 0; i < HD; ++i) {
+      const float xi = x[i];
+      for (int u = 0; u < R; ++u) acc[u] += src[c0 + u][i] * xi;
+    }
+    for (int u = 0; u < R; ++u) out[c0 + u] = acc[u];
+  };
+  int c = 0;
+  for (; c + 8 <= n; c += 8) group(c, std::integral_constant<int, 8>{});
+  for (; c + 4 <= n; c += 4) group(c, std::integral_constant<int, 4>{});
+  for (; c < n; ++c) group(c, std::integral_constant<int, 1>{});
+}
+
 void post_scalar(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1) {
   float old[16], out[16];
   for (int d = d0; d < d1; ++d) {
@@ -97,6 +104,26 @@ void hc_post(const float* f, const float* post, const float* comb, float* h, int
     case Isa::Avx512: return hc_mix_detail::post_avx512(f, post, comb, h, hc, D, d0, d1);
     case Isa::Avx2: return hc_mix_detail::post_avx2(f, post, comb, h, hc, D, d0, d1);
     default: return hc_mix_detail::post_scalar(f, post, comb, h, hc, D, d0, d1);
+  }
+}
+
+void hc_mix_chains(const float* const* src, int n, int HD, const float* x, float* out) {
+  if (n < 0 || n > kHcMaxChains) throw Error("hc_mix_chains: " + std::to_string(n) + " chains (0 to 16 supported)");
+  switch (active_isa()) {
+    case Isa::Avx512: return hc_mix_detail::chains_avx512(src, n, HD, x, out);
+    case Isa::Avx2: return hc_mix_detail::chains_avx2(src, n, HD, x, out);
+    default: return hc_mix_detail::chains_scalar(src, n, HD, x, out);
+  }
+}
+
+void hc_token_sums(const float* fn, int HD, const float* x, int c0, int c1, float* ss, float* mix) {
+  for (int g = c0; g < c1; g += kHcMaxChains) {
+    const int n = std::min(kHcMaxChains, c1 - g);
+    const float* src[kHcMaxChains];
+    float out[kHcMaxChains];
+    for (int c = 0; c < n; ++c) src[c] = g + c == 0 ? x : fn + static_cast<long>(g + c - 1) * HD;
+    hc_mix_chains(src, n, HD, x, out);
+    for (int c = 0; c < n; ++c) (g + c == 0 ? *ss : mix[g + c - 1]) = out[c];
   }
 }
 

@@ -7,7 +7,18 @@
 
 namespace dsv4 {
 
-// mix[j] for j < rows, one token (decode, the head): rows at once, each its own chain.
+// One token's sums as n independent chains (decode, the head): out[c] = sum_i src[c][i] * x[i],
+// each the plain sequential chain above, so it equals hc_mix_rows (src[c] a row of fn) or
+// hc_sum_squares (src[c] = x) bit for bit. n <= kHcMaxChains. The SIMD paths put the chains in
+// the vector lanes (a block of each source transposed in registers): a chain is latency-bound,
+// so the one-chain-per-register scalar form left the weight stream at a fraction of the read.
+constexpr int kHcMaxChains = 16;
+void hc_mix_chains(const float* const* src, int n, int HD, const float* x, float* out);
+// HC_PRE's sums of one token x [HD] numbered as chains: chain 0 the sum of squares (into *ss),
+// chain 1 + j the mix row fn[j] (into mix[j]); chains [c0, c1) through hc_mix_chains, any count.
+// (A decode step spreads a token's chains over the pool in ranges.)
+void hc_token_sums(const float* fn, int HD, const float* x, int c0, int c1, float* ss, float* mix);
+// mix[j] for j < rows, one token, the scalar chains (the reference the other forms equal).
 void hc_mix_rows(const float* fn, int rows, int HD, const float* x, float* mix);
 // Sum of squares of one token's streams.
 float hc_sum_squares(const float* x, int HD);
@@ -30,6 +41,9 @@ namespace hc_mix_detail {
 void post_scalar(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
 void post_avx2(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
 void post_avx512(const float* f, const float* post, const float* comb, float* h, int hc, int D, int d0, int d1);
+void chains_scalar(const float* const* src, int n, int HD, const float* x, float* out);
+void chains_avx2(const float* const* src, int n, int HD, const float* x, float* out);
+void chains_avx512(const float* const* src, int n, int HD, const float* x, float* out);
 void tokens_scalar(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);
 void tokens_avx2(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);
 void tokens_avx512(const float* fn, int rows, int HD, const float* x, int tokens, float* ss, float* mix);

@@ -58,21 +58,16 @@ void apply_rope(float* x, const float* cs, const float* sn, int npairs, bool inv
   }
 }
 
-// HC_PRE's reductions over one token's streams x [hc*D] come in parts, so that a decode step
-// (one token) can spread them over the pool: part 0 is the sum of squares, part 1 + i the mix
-// rows [8i, 8i+8). Each is the same serial sum as in one pass, so the split changes no bit.
-constexpr int kHcMixRowsPerPart = 8;
+// A decode step (one token) spreads HC_PRE's chains (hc_token_sums) over the pool in parts (at
+// least two: both cores of a small machine stream the mix rows; 13 + 12 chains at hc = 4). Each
+// is the same serial sum as in one pass, so the split changes no bit.
+int hc_pre_parts(const HcWeights& hw) { return std::max(2, (hw.mix + kHcMaxChains) / kHcMaxChains); }
+void hc_pre_part(const HcWeights& hw, int HD, const float* x, int part, float* ss, float* mix) {
+  const int chains = hw.mix + 1, per = (chains + hc_pre_parts(hw) - 1) / hc_pre_parts(hw);
+  hc_token_sums(hw.fn, HD, x, part * per, std::min(chains, (part + 1) * per), ss, mix);
+}
 // From this many tokens on (prefill), HC_PRE's sums run over groups of this many tokens at once.
 constexpr int kHcTokensPerItem = 16;
-int hc_pre_parts(const HcWeights& hw) { return 1 + (hw.mix + kHcMixRowsPerPart - 1) / kHcMixRowsPerPart; }
-void hc_pre_part(const HcWeights& hw, int HD, const float* x, int part, float* ss, float* mix) {
-  if (part == 0) {
-    *ss = hc_sum_squares(x, HD);
-    return;
-  }
-  const int j0 = (part - 1) * kHcMixRowsPerPart;
-  hc_mix_rows(hw.fn + static_cast<size_t>(j0) * HD, std::min(kHcMixRowsPerPart, hw.mix - j0), HD, x, mix + j0);
-}
 
 // The rest of HC_PRE from those sums: pre/post gates, the Sinkhorn-normalised comb [hc][hc] and
 // the block input a [D] = bf16(sum_j pre_j * x_j), rms-normalised with `norm`.
@@ -762,10 +757,9 @@ void Model::head_rows(const float* streams, int rows, const HcWeights& hc_head, 
   for (int i = 0; i < rows; ++i) {
     const float* st = streams + static_cast<size_t>(i) * HD;
     float* yi = &y[static_cast<size_t>(i) * D];
-    const float ss = hc_sum_squares(st, HD);
+    float ss = 0.0f, pre[16], mix[16];
+    hc_token_sums(hc_head.fn, HD, st, 0, hc + 1, &ss, mix);
     const float r = 1.0f / std::sqrt(ss / static_cast<float>(HD) + static_cast<float>(c.norm_eps));
-    float pre[16], mix[16];
-    hc_mix_rows(hc_head.fn, hc, HD, st, mix);
     for (int j = 0; j < hc; ++j)
       pre[j] = sigmoid(mix[j] * r * hc_head.scale[0] + hc_head.base[j]) + static_cast<float>(c.hc_eps);
     for (int d = 0; d < D; ++d) {
