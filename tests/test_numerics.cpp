@@ -80,6 +80,42 @@ TEST(Numerics, RoundingEqualsNearestGridValue) {
   }
 }
 
+// The e2m1 rounding (an add-and-subtract per step size) and the FP4 simulation's codes equal the
+// nearest-grid definition where it is decided: a sweep over the bit patterns up to 6, every
+// float within 16 ulps of each grid value and midpoint (the ties), both signs, and past 6.
+TEST(Numerics, RoundToE2m1MatchesReferenceAtTiesAndSweep) {
+  std::vector<float> probes{0.0f, 6.5f, 100.0f, 0x1p-140f};
+  const uint32_t top = f32_bits(6.0f);
+  for (uint32_t a = 0; a <= top; a += 1021) probes.push_back(f32_from_bits(a));
+  for (int c = 0; c < 7; ++c)
+    for (float centre : {kE2M1Values[c], 0.5f * (kE2M1Values[c] + kE2M1Values[c + 1]), kE2M1Values[c + 1]})
+      for (int d = -16; d <= 16; ++d) {
+        const int64_t b = static_cast<int64_t>(f32_bits(centre)) + d;
+        if (b >= 0) probes.push_back(f32_from_bits(static_cast<uint32_t>(b)));
+      }
+  size_t bad = 0;
+  for (float p : probes)
+    for (float x : {p, -p})
+      if (f32_bits(round_to_e2m1(x)) != f32_bits(brute_round(x, kE2M1Values, 8, 6.0f)) && bad++ < 5)
+        ADD_FAILURE() << "x=" << x << " bits=" << std::hex << f32_bits(x);
+  EXPECT_EQ(bad, 0u) << "of " << 2 * probes.size();
+  EXPECT_TRUE(std::isnan(round_to_e2m1(NAN)));
+  // The simulation's codes: a block whose scale is 1 (amax 6) holds the ties themselves.
+  float blk[32];
+  for (int i = 0; i < 32; ++i) blk[i] = (i % 2 ? -1.0f : 1.0f) * static_cast<float>(i % 13) * 0.25f;
+  blk[31] = 6.0f;
+  float want[32];
+  for (int i = 0; i < 32; ++i) want[i] = round_to_e2m1(blk[i]);
+  uint8_t packed[16], scale = 0;
+  fp4_simulate_codes(blk, 32, packed, &scale);
+  EXPECT_EQ(e8m0_to_f32(scale), 1.0f);
+  for (int k = 0; k < 32; ++k) {
+    const uint8_t nib = k % 2 ? packed[k / 2] >> 4 : packed[k / 2] & 15;
+    EXPECT_EQ(nib, encode_e2m1(want[k])) << k;
+    EXPECT_EQ(f32_bits(blk[k]), f32_bits(want[k])) << k;
+  }
+}
+
 TEST(Numerics, CodecsRoundTrip) {
   for (int c = 0; c < 256; ++c) {
     if ((c & 0x7f) == 0x7f) {

@@ -65,7 +65,16 @@ const float kE2M1Values[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  
                                -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
 float round_to_e4m3(float x) { return round_minifloat(x, -6, 3, kFp8Max); }
-float round_to_e2m1(float x) { return round_minifloat(x, 0, 1, kFp4Max); }
+// §4.3's rule for e2m1: the grid's step is 0.5 below 2, 1 below 4 and 2 above, so adding
+// 1.5 * 2^23 times the step rounds to it, half to even (the FPU's mode); the same value as
+// round_minifloat(x, 0, 1, 6) without its frexp, division and libm rounding (the lightning
+// indexer quantises 64 query heads per token and layer).
+float round_to_e2m1(float x) {
+  const float a = std::fabs(x);
+  if (!(a > 0.0f)) return x;  // zeros and NaN
+  const float magic = a < 2.0f ? 0x1.8p22f : a < 4.0f ? 0x1.8p23f : 0x1.8p24f;
+  return std::copysign(std::min((a + magic) - magic, kFp4Max), x);
+}
 
 uint8_t encode_e4m3(float v) {
   const uint8_t sign = std::signbit(v) ? 0x80 : 0;
@@ -144,17 +153,25 @@ void act_quant_simulate(float* x, int n, int block) {
 
 void fp4_simulate_codes(float* x, int n, uint8_t* packed, uint8_t* scales) {
   constexpr float kAmaxFloor = 6.0f * 0x1p-126f;
+  // e2m1 codes by twice the grid value |q| (0, .5, 1, 1.5, 2, 3, 4, 6); NaN takes 7 as encode_e2m1.
+  static constexpr uint8_t kCodeOfTwice[13] = {0, 1, 2, 3, 4, 0, 5, 0, 6, 0, 0, 0, 7};
   for (int b0 = 0, bi = 0; b0 < n; b0 += 32, ++bi) {
     const int len = std::min(32, n - b0);
     float amax = kAmaxFloor;
     for (int i = 0; i < len; ++i) amax = std::max(amax, std::fabs(x[b0 + i]));
     const float s = pow2ceil(amax / kFp4Max);
     if (scales) scales[bi] = e8m0_from_pow2(s);
+    // 1/s is a normal power of two while s <= 2^126: x * (1/s) is then exactly x / s.
+    const bool by_inverse = s <= 0x1p126f;
+    const float inv = 1.0f / s;
     for (int i = 0; i < len; ++i) {
-      const float q = round_to_e2m1(std::clamp(x[b0 + i] / s, -kFp4Max, kFp4Max));
+      const float v = by_inverse ? x[b0 + i] * inv : x[b0 + i] / s;
+      const float q = round_to_e2m1(std::clamp(v, -kFp4Max, kFp4Max));
       if (packed) {
         const int k = b0 + i;
-        const uint8_t nib = encode_e2m1(q);
+        const float twice = std::fabs(q) * 2.0f;
+        const uint8_t nib = static_cast<uint8_t>((std::signbit(q) ? 8 : 0) |
+                                                 kCodeOfTwice[twice >= 0.0f && twice <= 12.0f ? static_cast<int>(twice) : 12]);
         if (k % 2 == 0)
           packed[k / 2] = nib;
         else

@@ -377,16 +377,16 @@ void Model::attention_segments(const BlockWeights& bw, std::span<const Segment> 
     if (ID != kIndexDim) throw Error("indexer head dim " + std::to_string(ID) + " is not " + std::to_string(kIndexDim));
     uint8_t* const qcodes = scratch_.qcodes.grown(N * IH * ID / 2);
     uint8_t* const qscales = scratch_.qscales.grown(N * IH * ID / 32);
-    parallel_each(*pool_, n, [&](int64_t t) {
-      for (int h = 0; h < IH; ++h) {
-        const size_t th = static_cast<size_t>(t) * IH + h;
-        wts[th] = bf16_round(bf16_round(wts[th]) * wscale);
-        float* v = qi + th * ID;
-        apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
-        hadamard128(v);
-        fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
-      }
-    });
+    // Token x head items: a decode step's 64 heads are spread over the pool as well.
+    parallel_each(*pool_, static_cast<int64_t>(n) * IH, [&](int64_t item) {
+      const int64_t t = item / IH;
+      const size_t th = static_cast<size_t>(item);
+      wts[th] = bf16_round(bf16_round(wts[th]) * wscale);
+      float* v = qi + th * ID;
+      apply_rope(v + ID - Dr, &cos_t[static_cast<size_t>(t) * Dr / 2], &sin_t[static_cast<size_t>(t) * Dr / 2], Dr / 2, false);
+      hadamard128(v);
+      fp4_simulate_codes(v, ID, &qcodes[th * ID / 2], &qscales[th * ID / 32]);
+    }, 8);
     auto keys_of = [&](int64_t t) {
       const IndexKeyStore& ks = segs[static_cast<size_t>(seg_of[static_cast<size_t>(t)])].ls->index_keys;
       return ks.rows() > 0 ? ks.row_data(0) : nullptr;
