@@ -697,8 +697,8 @@ TEST(Gemm, Fp4TwoPlaneBlocksKeepTheCanonicalOrder) {
 }
 
 // A batch computes each item exactly as its own call would, also where items share activations
-// (the FP4 batch prepares them once per x pointer: here non-adjacent items on one x, and the same
-// pointer with a different M or K, which must not share).
+// (the FP4 and BF16 batches prepare them once per x pointer: here non-adjacent items on one x,
+// and the same pointer with a different M or K, which must not share).
 TEST(Gemm, BatchItemsEqualSingleCalls) {
   IsaGuard g;
   TilesGuard tg;
@@ -707,6 +707,11 @@ TEST(Gemm, BatchItemsEqualSingleCalls) {
   const auto x0 = rand_act(rng, 2 * 1024), x1 = rand_act(rng, 2 * 1024);
   auto a = make_fp4(rng, 40, 1024), b = make_fp4(rng, 24, 1024), c = make_fp4(rng, 33, 512);
   auto f8 = make_fp8(rng, 48, 1024, 110, 20), f8b = make_fp8(rng, 20, 1024, 110, 20);
+  auto h = make_bf16(rng, 36, 1024), h2 = make_bf16(rng, 52, 1024), h_inexact = make_bf16(rng, 20, 1024);
+  h_inexact.w[5] = 0x0001;  // (a subnormal bf16: off the VDPBF16PS path)
+  h_inexact.W.dp_exact = bf16_dp_exact(h_inexact.w.data(), h_inexact.w.size());
+  ASSERT_TRUE(h.W.dp_exact);
+  ASSERT_FALSE(h_inexact.W.dp_exact);
   struct Item {
     const float* x;
     int M;
@@ -737,6 +742,22 @@ TEST(Gemm, BatchItemsEqualSingleCalls) {
     gemm_fp8(x0.data(), 1, f8b.W, s8b.data(), pool);
     expect_bits_equal(s8a, y8a, std::string("fp8 batch item 0 ") + isa_name(isa));
     expect_bits_equal(s8b, y8b, std::string("fp8 batch item 1 ") + isa_name(isa));
+    // BF16 (a compressor's two products on one x share its prepared views): the same x with
+    // another M, another x, and a weight off the pairs path (not dp_exact) must not share them.
+    std::vector<float> y16[5], s16[5];
+    const GemmItem<Bf16Weight> items16[] = {{x0.data(), 1, &h.W, nullptr}, {x0.data(), 1, &h2.W, nullptr},
+                                            {x0.data(), 2, &h.W, nullptr}, {x1.data(), 1, &h2.W, nullptr},
+                                            {x0.data(), 1, &h_inexact.W, nullptr}};
+    std::vector<GemmItem<Bf16Weight>> batch16(std::begin(items16), std::end(items16));
+    for (size_t i = 0; i < batch16.size(); ++i) {
+      y16[i].assign(static_cast<size_t>(batch16[i].M) * batch16[i].W->n, -7.0f);
+      s16[i].assign(y16[i].size(), -9.0f);
+      batch16[i].y = y16[i].data();
+      gemm_bf16_f32(batch16[i].x, batch16[i].M, *batch16[i].W, s16[i].data(), pool);
+    }
+    gemm_bf16_f32_batch(batch16, pool);
+    for (size_t i = 0; i < batch16.size(); ++i)
+      expect_bits_equal(s16[i], y16[i], std::string("bf16 batch item ") + std::to_string(i) + " " + isa_name(isa));
   }
 }
 

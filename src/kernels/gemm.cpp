@@ -260,11 +260,6 @@ void run_jobs(Job* jobs, size_t count, ThreadPool& pool) {
   });
 }
 
-void run(gd::Problem& p, int row_begin, int row_end, ThreadPool& pool, bool simd_ok = true) {
-  Job j{p, row_begin, row_end, simd_ok};
-  run_jobs(&j, 1, pool);
-}
-
 // fp8/fp4 input: act_quant per row and 128-block into a zero-padded [M, kp] buffer, dequantised
 // (q * sa: exact, the scale is a power of two). Rows are independent, so this is split over the
 // pool too (it is a visible cost at M = 512).
@@ -833,21 +828,18 @@ int gemm_small_m_limit() {
   return isa == Isa::Avx2 || (isa == Isa::Avx512 && active_gemm_tiles() == GemmTiles::Dp) ? 8 : gd::kTilesMinM;
 }
 
-void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
+// The activations of a BF16 product in the problem (run on the calling thread's buffers): two
+// views of the (bf16-valued) x, zero past K: fp32 permuted per 32-chunk for the FMA back ends,
+// and where the VDPBF16PS back ends may run (AVX-512: small M, or the pair tiles) bf16 words in
+// natural order, checked for that path's exactness.
+static gd::Problem prepare_bf16(const float* x, int M, const Bf16Weight& W, AlignedVector<float>& perm,
+                                AlignedVector<uint32_t>& pairs, ThreadPool& pool) {
   gd::Problem p = base_problem(gd::Kind::Bf16, M, W.k);
-  // Two views of the (bf16-valued) activations, zero past K: fp32 permuted per 32-chunk for the
-  // FMA back ends, and where the VDPBF16PS back ends may run (AVX-512: small M, or the pair
-  // tiles) bf16 words in natural order, checked for that path's exactness.
   const bool pairs_possible =
       W.dp_exact && active_isa() == Isa::Avx512 && (M < std::max(p.small_m, gd::kSharedLoadMaxM) || pair_tiles(M));
   const size_t stride = static_cast<size_t>(gd::act_stride(p.kp));
   // Kept between calls (a prefill's products are tens of MiB each: fresh zeroed pages every call
   // cost more than the scan); each row's padding is zeroed below, the rest written.
-  // (Named through references: a pool thread would see its own thread_locals.)
-  thread_local AlignedVector<float> perm_buf;
-  thread_local AlignedVector<uint32_t> pairs_buf;
-  AlignedVector<float>& perm = perm_buf;
-  AlignedVector<uint32_t>& pairs = pairs_buf;
   if (perm.size() < static_cast<size_t>(M) * stride) perm.resize(static_cast<size_t>(M) * stride);
   if (pairs_possible && pairs.size() < static_cast<size_t>(M) * p.kp / 2) pairs.resize(static_cast<size_t>(M) * p.kp / 2);
   uint16_t* words = reinterpret_cast<uint16_t*>(pairs.data());
@@ -867,11 +859,41 @@ void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadP
   p.a = perm.data();
   p.a_stride = static_cast<int>(stride);
   if (pairs_possible && std::all_of(row_ok.begin(), row_ok.end(), [](char c) { return c != 0; })) p.a_pairs = pairs.data();
-  p.w = reinterpret_cast<const uint8_t*>(W.w);
-  p.y = y;
-  p.y_stride = W.n;
   p.round_bf16 = false;
-  run(p, 0, W.n, pool);
+  return p;
+}
+
+void gemm_bf16_f32_batch(std::span<const GemmItem<Bf16Weight>> items, ThreadPool& pool) {
+  // Per calling thread and only grown. (Named through references: a pool thread would see its
+  // own thread_locals.)
+  thread_local std::vector<AlignedVector<float>> perm_bufs;
+  thread_local std::vector<AlignedVector<uint32_t>> pair_bufs;
+  thread_local std::vector<Job> job_buf;
+  std::vector<AlignedVector<float>>& perms = perm_bufs;
+  std::vector<AlignedVector<uint32_t>>& prs = pair_bufs;
+  std::vector<Job>& jobs = job_buf;
+  if (perms.size() < items.size()) perms.resize(items.size());
+  if (prs.size() < items.size()) prs.resize(items.size());
+  jobs.clear();
+  for (size_t i = 0; i < items.size(); ++i) {
+    const GemmItem<Bf16Weight>& it = items[i];
+    // Items on the same activations (a compressor's wkv and wgate) share the prepared views.
+    size_t same = i;
+    for (size_t q = 0; q < i && same == i; ++q)
+      if (items[q].x == it.x && items[q].M == it.M && items[q].W->k == it.W->k && items[q].W->dp_exact == it.W->dp_exact)
+        same = q;
+    Job j{same < i ? jobs[same].p : prepare_bf16(it.x, it.M, *it.W, perms[i], prs[i], pool), 0, it.W->n, true};
+    j.p.w = reinterpret_cast<const uint8_t*>(it.W->w);
+    j.p.y = it.y;
+    j.p.y_stride = it.W->n;
+    jobs.push_back(j);
+  }
+  run_jobs(jobs.data(), jobs.size(), pool);
+}
+
+void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool) {
+  const GemmItem<Bf16Weight> item{x, M, &W, y};
+  gemm_bf16_f32_batch({&item, 1}, pool);
 }
 
 }  // namespace dsv4

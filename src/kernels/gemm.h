@@ -99,6 +99,9 @@ void gemm_fp8_as_bf16_rows_batch(std::span<const Fp8RowsItem> items, ThreadPool&
 // x [M, K] times a BF16 weight [N, K] in fp32, fp32 output (gate, compressor, head, ...);
 // 128-block partials summed with scale 1.
 void gemm_bf16_f32(const float* x, int M, const Bf16Weight& W, float* y, ThreadPool& pool);
+// Several of those in one pool job (a compressor's wkv and wgate: their shared activations are
+// prepared once). Each y is exactly what the single call computes.
+void gemm_bf16_f32_batch(std::span<const GemmItem<Bf16Weight>> items, ThreadPool& pool);
 
 // Activation quantisation of a row block for the GEMMs above: q holds the rounded e4m3 values,
 // s the power-of-two scale per 128 columns.

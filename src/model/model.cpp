@@ -223,8 +223,8 @@ void Model::compress(const CompressorWeights& cw, std::span<const Segment> segs,
   StageTimer timer(Stage::kCompressor);
   float* const a = scratch_.comp_a.grown(static_cast<size_t>(n) * width);
   float* const z = scratch_.comp_z.grown(static_cast<size_t>(n) * width);
-  gemm_bf16_f32(x, n, cw.wkv, a, *pool_);
-  gemm_bf16_f32(x, n, cw.wgate, z, *pool_);
+  const GemmItem<Bf16Weight> products[] = {{x, n, &cw.wkv, a}, {x, n, &cw.wgate, z}};
+  gemm_bf16_f32_batch(products, *pool_);
   const int cur0 = overlap ? 4 : 0;
   std::vector<float> u(static_cast<size_t>(Dc)), row(static_cast<size_t>(Dc));
   std::vector<float> cosv(static_cast<size_t>(cfg_.rope_dim / 2)), sinv(cosv.size());
