@@ -167,7 +167,6 @@ size_t state_bytes_at(const ModelConfig& c, int64_t tokens, bool include_mtp) {
   for (int l = 0; l < n; ++l) {
     const int r = c.ratio(l);
     total += static_cast<size_t>(std::min<int64_t>(tokens, c.window)) * attn_row;
-    total += static_cast<size_t>(c.window) * static_cast<size_t>(c.head_dim) * sizeof(float);  // the ring decoded
     if (r > 0) {
       total += static_cast<size_t>(tokens / r) * attn_row;
       const size_t cw = static_cast<size_t>((r == 4 ? 2 : 1) * c.head_dim);
