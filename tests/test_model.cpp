@@ -13,7 +13,6 @@
 #include "core/safetensors.h"
 #include "kernels/numerics.h"
 #include "model/model.h"
-#include "model/state.h"
 #include "model/synth.h"
 #include "temp_dir.h"
 #include "tiny_model.h"
@@ -129,57 +128,6 @@ TEST(Model, StoppedForwardRestoresTheState) {
   EXPECT_TRUE(m.forward(b, tok.data() + 200, 200, got.data(), nullptr, [&](int) { return ++calls > 0; }));
   EXPECT_EQ(calls, layers);
   EXPECT_EQ(0, std::memcmp(want.data(), got.data(), sizeof(float) * static_cast<size_t>(V)));
-}
-
-// The window ring's decoded rows stay what load() decodes from its bytes through every kind of
-// write: set, append, raw rows (snapshots), growth and truncation; rows written as zero bytes too.
-TEST(Model, RowStoreKeepsDecodedRowsInStep) {
-  constexpr int kNope = 128, kRope = 64, kWidth = kNope + kRope;
-  std::mt19937 rng(5);
-  AttnRowStore st;
-  st.init(kNope, kRope);
-  auto row_bytes = [&] {
-    std::vector<uint8_t> b(st.row_bytes());
-    for (auto& v : b) v = static_cast<uint8_t>(rng() % 0x7e);  // (no e4m3 NaN codes)
-    for (size_t i = kNope; i < kNope + kNope / 64; ++i) b[i] = static_cast<uint8_t>(120 + rng() % 10);  // scales
-    return b;
-  };
-  auto expect_in_step = [&](const std::string& what) {
-    std::vector<float> want(kWidth);
-    for (int64_t r = 0; r < st.rows(); ++r) {
-      st.load(r, want.data());
-      ASSERT_EQ(0, std::memcmp(want.data(), st.decoded(r), sizeof(float) * kWidth)) << what << " row " << r;
-    }
-  };
-  const auto first = row_bytes();
-  st.append_raw(first.data(), 1);  // (before keep_decoded: decoded from then on)
-  st.keep_decoded();
-  expect_in_step("keep_decoded");
-  st.resize(4);
-  expect_in_step("resize");
-  std::vector<uint8_t> codes(kNope), scales(kNope / 64);
-  std::vector<float> rope(kRope);
-  std::normal_distribution<float> nd;
-  for (auto& c : codes) c = static_cast<uint8_t>(rng() % 0x7e);
-  for (auto& c : scales) c = static_cast<uint8_t>(124 + rng() % 6);
-  for (auto& v : rope) v = bf16_round(nd(rng));
-  st.set(2, codes.data(), scales.data(), rope.data());
-  expect_in_step("set");
-  st.append(codes.data(), scales.data(), rope.data());
-  expect_in_step("append");
-  std::vector<uint8_t> two = row_bytes(), more = row_bytes();
-  two.insert(two.end(), more.begin(), more.end());
-  st.set_raw(0, two.data(), 2);
-  expect_in_step("set_raw");
-  st.append_raw(two.data(), 2);
-  EXPECT_EQ(st.rows(), 7);
-  expect_in_step("append_raw");
-  st.truncate(3);
-  st.resize(6);
-  expect_in_step("truncate and grow");
-  std::vector<float> row(kWidth);
-  st.load(0, row.data());
-  EXPECT_NE(row[0], 0.0f);  // (the check above compared real rows)
 }
 
 // The routed experts give a token the same bits alone (decode) as among hundreds of others split

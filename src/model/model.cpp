@@ -195,7 +195,6 @@ const RopeTable& Model::rope_for(int layer_id) const {
 
 static void init_layer_state(const ModelConfig& c, int layer_id, LayerState& ls) {
   ls.window.init(c.nope_dim(), c.rope_dim);
-  ls.window.keep_decoded();
   ls.window.resize(c.window);
   ls.compressed.init(c.nope_dim(), c.rope_dim);
   ls.index_keys.init(c.index_head_dim);
@@ -437,11 +436,16 @@ void Model::attention_segments(const BlockWeights& bw, std::span<const Segment> 
     LayerState& ls = *sg.ls;
     const int64_t start = sg.start;
     const int sn_rows = sg.n;
-    // Window rows: earlier positions from the ring (its decoded rows), this segment's from the fresh kv.
+    // Window rows: earlier positions come from the ring, this segment's from the fresh kv.
+    const int64_t wstart = std::max<int64_t>(0, start - (W - 1));
+    const int64_t nwin = start + sn_rows - wstart;
+    float* const win = scratch_.win.grown(static_cast<size_t>(nwin) * Dh);
+    // (row decodes are independent: split over the pool, as the selected rows below)
+    pool_->parallel_for(start - wstart, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) ls.window.load((wstart + i) % W, &win[static_cast<size_t>(i) * Dh]);
+    }, 32);
     const float* const kv_seg = kv + static_cast<size_t>(sg.t0) * Dh;
-    auto window_row = [&](int64_t q0) {
-      return q0 < start ? ls.window.decoded(q0 % W) : kv_seg + static_cast<size_t>(q0 - start) * Dh;
-    };
+    std::copy(kv_seg, kv_seg + static_cast<size_t>(sn_rows) * Dh, win + (start - wstart) * Dh);
     // HCA attends to every visible compressed row: decode them once per segment.
     float* comp_rows = nullptr;
     if (r == 128) {
@@ -457,7 +461,7 @@ void Model::attention_segments(const BlockWeights& bw, std::span<const Segment> 
       const int64_t p = pos[static_cast<size_t>(t)];
       rows.assign(static_cast<size_t>(wlen), nullptr);
       const int64_t first = std::max<int64_t>(0, p - (W - 1));
-      for (int64_t q0 = first; q0 <= p; ++q0) rows[static_cast<size_t>(q0 - first)] = window_row(q0);
+      for (int64_t q0 = first; q0 <= p; ++q0) rows[static_cast<size_t>(q0 - first)] = &win[static_cast<size_t>(q0 - wstart) * Dh];
       if (r == 128) {
         const int64_t vis = (p + 1) / r;
         for (int64_t j = 0; j < vis; ++j) rows.push_back(&comp_rows[static_cast<size_t>(j) * Dh]);

@@ -157,7 +157,7 @@ class Model {
   // past glibc's largest mmap threshold, so as a local every indexer layer mapped, faulted and
   // zero-filled it afresh), their codes and the top-k lists.
   struct AttentionScratch {
-    ScratchBuffer qr, q, o, u, kv, comp_rows, qi, wts, comp_a, comp_z;
+    ScratchBuffer qr, q, o, u, kv, win, comp_rows, qi, wts, comp_a, comp_z;
     ScratchOf<uint8_t> kv_codes, kv_scales, qcodes, qscales;
     ScratchOf<int32_t> topk;
   } scratch_;

@@ -14,19 +14,6 @@ void AttnRowStore::init(int nope, int rope) {
   row_bytes_ = static_cast<size_t>(nope) + static_cast<size_t>(nope / 64) + static_cast<size_t>(rope) * 2;
   rows_ = 0;
   data_.clear();
-  keep_decoded_ = false;
-  decoded_.clear();
-}
-
-void AttnRowStore::keep_decoded() {
-  keep_decoded_ = true;
-  decoded_.resize(static_cast<size_t>(rows_) * static_cast<size_t>(nope_ + rope_));
-  decode_rows(0, rows_);
-}
-
-void AttnRowStore::decode_rows(int64_t row, int64_t n) {
-  if (!keep_decoded_) return;
-  for (int64_t r = row; r < row + n; ++r) load(r, decoded_.data() + static_cast<size_t>(r) * static_cast<size_t>(nope_ + rope_));
 }
 
 void AttnRowStore::set(int64_t row, const uint8_t* codes, const uint8_t* scales, const float* rope) {
@@ -38,23 +25,16 @@ void AttnRowStore::set(int64_t row, const uint8_t* codes, const uint8_t* scales,
     const uint16_t b = bf16_bits(rope[i]);
     std::memcpy(r + 2 * i, &b, 2);
   }
-  decode_rows(row, 1);
 }
 
 void AttnRowStore::append(const uint8_t* codes, const uint8_t* scales, const float* rope) {
-  const int64_t row = rows_;
-  resize(rows_ + 1);
-  set(row, codes, scales, rope);
+  data_.resize(static_cast<size_t>(rows_ + 1) * row_bytes_);
+  set(rows_++, codes, scales, rope);
 }
 
 void AttnRowStore::resize(int64_t rows) {
   data_.resize(static_cast<size_t>(rows) * row_bytes_);
-  const int64_t before = rows_;
   rows_ = rows;
-  if (keep_decoded_) {
-    decoded_.resize(static_cast<size_t>(rows) * static_cast<size_t>(nope_ + rope_));
-    if (rows > before) decode_rows(before, rows - before);  // (zero bytes: the rows load() gives for them)
-  }
 }
 
 void AttnRowStore::truncate(int64_t rows) {
@@ -62,16 +42,14 @@ void AttnRowStore::truncate(int64_t rows) {
 }
 
 void AttnRowStore::set_raw(int64_t row, const uint8_t* bytes, int64_t n) {
-  if (n <= 0) return;
-  std::memcpy(data_.data() + static_cast<size_t>(row) * row_bytes_, bytes, static_cast<size_t>(n) * row_bytes_);
-  decode_rows(row, n);
+  if (n > 0) std::memcpy(data_.data() + static_cast<size_t>(row) * row_bytes_, bytes, static_cast<size_t>(n) * row_bytes_);
 }
 
 void AttnRowStore::append_raw(const uint8_t* bytes, int64_t n) {
   if (n <= 0) return;
-  const int64_t row = rows_;
-  resize(rows_ + n);
-  set_raw(row, bytes, n);
+  data_.resize(static_cast<size_t>(rows_ + n) * row_bytes_);
+  set_raw(rows_, bytes, n);
+  rows_ += n;
 }
 
 void AttnRowStore::load(int64_t row, float* out) const {

@@ -22,12 +22,7 @@ class AttnRowStore {
   void resize(int64_t rows);
   void load(int64_t row, float* out) const;  // nope + rope floats
   void truncate(int64_t rows);
-  // Keep a decoded copy of every row (load()'s floats), updated by each write: for the sliding
-  // window ring, whose W rows every token's attention reads (decoding them on each token cost
-  // ~40 us per layer on a 2-core VM); not for stores that grow with the context. Call after init.
-  void keep_decoded();
-  const float* decoded(int64_t row) const { return decoded_.data() + static_cast<size_t>(row) * (nope_ + rope_); }
-  size_t bytes() const { return data_.capacity() + decoded_.capacity() * sizeof(float); }
+  size_t bytes() const { return data_.capacity(); }
   // Raw row bytes (row_bytes() each), for state snapshots (model/checkpoint.h).
   const uint8_t* row_data(int64_t row) const { return data_.data() + static_cast<size_t>(row) * row_bytes_; }
   void set_raw(int64_t row, const uint8_t* bytes, int64_t n);  // overwrites rows [row, row+n) < rows()
@@ -38,9 +33,6 @@ class AttnRowStore {
   size_t row_bytes_ = 0;
   int64_t rows_ = 0;
   std::vector<uint8_t> data_;
-  bool keep_decoded_ = false;
-  std::vector<float> decoded_;  // [rows][nope + rope] with keep_decoded()
-  void decode_rows(int64_t row, int64_t n);
 };
 
 // Indexer keys: 128 dims as packed e2m1 nibbles with one scale per 32.
